@@ -1,0 +1,90 @@
+// ephrun: runs recipes that rent a machine for one job and give it back.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "runtime/embedded.hpp"
+#include "runtime/log.hpp"
+#include "runtime/runtime.hpp"
+
+namespace {
+
+constexpr const char* kUsage = R"(Usage: ephrun RECIPE [name=value ...] [options]
+
+RECIPE is a path to a recipe file or the name of a built-in recipe.
+`ephrun RECIPE --help` shows the recipe's parameters.
+
+Options:
+  --dry-run        print the plan (resources, commands, cost) and change nothing
+  --json           with --dry-run, print the plan as JSON
+  -y, --yes        do not ask for confirmation
+  -v, --verbose    more output (-vv for trace); tracebacks on errors
+  -q, --quiet      only warnings and errors
+  --log-file FILE  also write a debug log to FILE
+  --list           list the built-in recipes
+  --version        print the version
+  -h, --help       this help, or the recipe's with RECIPE
+
+Exit codes: 0 success, 1 recipe failed, 2 usage or parameter error,
+            130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hangup (SIGHUP).
+)";
+
+void list_builtins() {
+  for (const ephrun::EmbeddedFile* f = ephrun::kEmbeddedFiles; f->path; ++f) {
+    std::string p = f->path;
+    if (p.starts_with("recipes/") && p.ends_with(".lua"))
+      std::cout << p.substr(8, p.size() - 12) << "\n";
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ephrun"};
+  app.set_help_flag();
+  ephrun::Options opts;
+  std::string recipe;
+  std::vector<std::string> args;
+  bool version = false, list = false, quiet = false;
+  int verbose = 0;
+  app.add_option("recipe", recipe);
+  app.add_option("args", args);
+  app.add_flag("--dry-run", opts.dry_run);
+  app.add_flag("--json", opts.json);
+  app.add_flag("-y,--yes", opts.yes);
+  app.add_flag("-v,--verbose", verbose);
+  app.add_flag("-q,--quiet", quiet);
+  app.add_option("--log-file", opts.log_file);
+  app.add_flag("-h,--help", opts.help);
+  app.add_flag("--version", version);
+  app.add_flag("--list", list);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "ephrun: " << e.what() << "\n\n" << kUsage;
+    return ephrun::kUsage;
+  }
+  if (version) {
+    std::cout << "ephrun " << EPHRUN_VERSION << "\n";
+    return 0;
+  }
+  if (list) {
+    list_builtins();
+    return 0;
+  }
+  if (recipe.empty()) {
+    std::cerr << kUsage;
+    return opts.help ? 0 : ephrun::kUsage;
+  }
+  opts.verbosity = quiet ? -1 : verbose;
+  try {
+    ephrun::init_logging(opts.verbosity, opts.log_file);
+    ephrun::Runtime rt(opts);
+    int code = rt.run(recipe, args);
+    std::fflush(stdout);
+    return code;
+  } catch (const std::exception& e) {
+    std::cerr << "ephrun: " << e.what() << "\n";
+    return ephrun::kFailed;
+  }
+}

@@ -1,0 +1,373 @@
+#include "runtime/runtime.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "lua/bind.hpp"
+#include "runtime/embedded.hpp"
+#include "runtime/log.hpp"
+#include "runtime/secrets.hpp"
+
+namespace fs = std::filesystem;
+
+namespace ephrun {
+
+const EmbeddedFile* find_embedded(std::string_view path) {
+  for (const EmbeddedFile* f = kEmbeddedFiles; f->path; ++f)
+    if (path == f->path) return f;
+  return nullptr;
+}
+
+namespace {
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Loads a shipped Lua file: from EPHRUN_LUA_DIR when set (development), else
+// from the binary. Chunk names are the file's path so tracebacks point at it.
+// Returns 1 with the chunk pushed, 0 with nothing pushed when there is no such
+// file, -1 with the syntax error pushed.
+int load_builtin(lua_State* L, const std::string& rel) {
+  if (const char* dir = std::getenv("EPHRUN_LUA_DIR"); dir && *dir) {
+    fs::path p = fs::path(dir) / rel;
+    if (!fs::is_regular_file(p)) return 0;
+    std::string src = read_file(p);
+    std::string chunk = "@" + p.string();
+    return luaL_loadbuffer(L, src.data(), src.size(), chunk.c_str()) == LUA_OK ? 1 : -1;
+  }
+  const EmbeddedFile* f = find_embedded(rel);
+  if (!f) return 0;
+  std::string chunk = "@" + rel;
+  return luaL_loadbuffer(L, f->data, f->size, chunk.c_str()) == LUA_OK ? 1 : -1;
+}
+
+std::string module_path(std::string name) {
+  for (auto& c : name)
+    if (c == '.') c = '/';
+  return name;
+}
+
+// package.searchers[2]: the recipe's directory, then each EPHRUN_PATH entry.
+int search_paths(lua_State* L) {
+  std::string name = module_path(luaL_checkstring(L, 1));
+  Runtime& rt = Runtime::of(L);
+  std::vector<std::string> dirs;
+  if (!rt.recipe_dir.empty()) dirs.push_back(rt.recipe_dir);
+  if (const char* ep = std::getenv("EPHRUN_PATH")) {
+    std::stringstream ss(ep);
+    for (std::string d; std::getline(ss, d, ':');)
+      if (!d.empty()) dirs.push_back(d);
+  }
+  std::string tried;
+  for (const auto& d : dirs) {
+    for (const auto& cand : {fs::path(d) / (name + ".lua"), fs::path(d) / name / "init.lua"}) {
+      if (fs::is_regular_file(cand)) {
+        if (luaL_loadfilex(L, cand.c_str(), "t") != LUA_OK) return lua_error(L);
+        lua_pushstring(L, cand.c_str());
+        return 2;
+      }
+      tried += "\n\tno file '" + cand.string() + "'";
+    }
+  }
+  lua_pushstring(L, tried.c_str());
+  return 1;
+}
+
+// package.searchers[3]: files shipped with ephrun.
+int search_builtin(lua_State* L) {
+  std::string name = module_path(luaL_checkstring(L, 1));
+  for (const auto& rel : {"stdlib/" + name + ".lua", "stdlib/" + name + "/init.lua", name + ".lua"}) {
+    int st = load_builtin(L, rel);
+    if (st < 0) return lua_error(L);
+    if (st > 0) {
+      lua_pushstring(L, rel.c_str());
+      return 2;
+    }
+  }
+  lua_pushfstring(L, "\n\tno built-in module '%s'", name.c_str());
+  return 1;
+}
+
+std::string make_run_id() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  std::random_device rd;
+  return fmt::format("{:04}{:02}{:02}-{:02}{:02}{:02}-{:04x}", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, rd() & 0xffff);
+}
+
+int traceback_handler(lua_State* L) {
+  const char* msg = lua_tostring(L, 1);
+  if (!msg) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+}  // namespace
+
+Runtime::Runtime(Options opts) : opts_(std::move(opts)), run_id_(make_run_id()) { open_state(); }
+
+Runtime::~Runtime() {
+  sched_.reset();
+  if (L_) lua_close(L_);
+}
+
+Runtime* Runtime::maybe(lua_State* L) { return *static_cast<Runtime**>(lua_getextraspace(L)); }
+
+Runtime& Runtime::of(lua_State* L) {
+  Runtime* rt = maybe(L);
+  if (!rt) throw std::logic_error("lua state has no ephrun runtime");
+  return *rt;
+}
+
+void Runtime::open_state() {
+  L_ = luaL_newstate();
+  if (!L_) throw std::runtime_error("cannot create Lua state");
+  *static_cast<Runtime**>(lua_getextraspace(L_)) = this;
+  sched_ = std::make_unique<Scheduler>(L_);
+  luaL_openlibs(L_);
+  lua::preload_all(L_);
+  // require: preload (native modules), recipe dir + EPHRUN_PATH, built-ins.
+  lua_getglobal(L_, "package");
+  lua_createtable(L_, 3, 0);
+  lua_getfield(L_, -2, "searchers");
+  lua_rawgeti(L_, -1, 1);
+  lua_rawseti(L_, -3, 1);
+  lua_pop(L_, 1);
+  lua_pushcfunction(L_, search_paths);
+  lua_rawseti(L_, -2, 2);
+  lua_pushcfunction(L_, search_builtin);
+  lua_rawseti(L_, -2, 3);
+  lua_setfield(L_, -2, "searchers");
+  lua_pushliteral(L_, "");
+  lua_setfield(L_, -2, "cpath");
+  lua_pop(L_, 1);
+}
+
+int Runtime::push_cleanup(lua_State* L, int fn_idx, std::string what, std::string hint) {
+  lua_pushvalue(L, fn_idx);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  int id = next_cleanup_++;
+  cleanups_.push_back({id, std::move(what), std::move(hint), ref, Cleanup::State::pending, {}});
+  return id;
+}
+
+void Runtime::dismiss_cleanup(int id) {
+  for (auto& c : cleanups_)
+    if (c.id == id && c.state == Cleanup::State::pending) c.state = Cleanup::State::dismissed;
+}
+
+bool Runtime::take_cleanup(lua_State* L, int id) {
+  for (auto& c : cleanups_) {
+    if (c.id != id || c.state != Cleanup::State::pending) continue;
+    c.state = Cleanup::State::running;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c.fn_ref);
+    return true;
+  }
+  return false;
+}
+
+void Runtime::finish_cleanup(int id, bool ok, const std::string& error) {
+  for (auto& c : cleanups_) {
+    if (c.id != id) continue;
+    c.state = ok ? Cleanup::State::done : Cleanup::State::failed;
+    c.error = error;
+    if (!ok) {
+      ++scope_cleanup_failures_;
+      spdlog::error("cleanup '{}' failed: {}", c.what, error);
+      if (!c.hint.empty()) spdlog::error("  to remove it by hand: {}", c.hint);
+    }
+  }
+}
+
+std::vector<std::string> Runtime::pending_cleanups() const {
+  std::vector<std::string> out;
+  for (auto it = cleanups_.rbegin(); it != cleanups_.rend(); ++it) {
+    if (it->state == Cleanup::State::running) out.push_back(it->what + " (running)");
+    if (it->state == Cleanup::State::pending) out.push_back(it->what);
+  }
+  return out;
+}
+
+bool Runtime::run_cleanup(lua_State* L, int id) {
+  Cleanup* c = nullptr;
+  for (auto& e : cleanups_)
+    if (e.id == id) c = &e;
+  if (!c || c->state != Cleanup::State::pending) return true;
+  c->state = Cleanup::State::running;
+  std::string what = c->what;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->fn_ref);
+  Task* t = sched_->spawn(L, 0, "cleanup: " + what, nullptr);
+  sched_->run_until(t);
+  // Look the entry up again: running Lua may have pushed more cleanups.
+  for (auto& e : cleanups_) {
+    if (e.id != id) continue;
+    e.state = t->ok ? Cleanup::State::done : Cleanup::State::failed;
+    e.error = t->error;
+    if (!t->ok) {
+      spdlog::error("cleanup '{}' failed: {}", what, t->error);
+      if (!e.hint.empty()) spdlog::error("  to remove it by hand: {}", e.hint);
+    } else {
+      spdlog::debug("cleanup '{}' done", what);
+    }
+  }
+  return t->ok;
+}
+
+// LIFO; a failing cleanup is reported and the others still run.
+int Runtime::run_cleanups() {
+  int failed = 0;
+  for (;;) {
+    int next = 0;
+    for (auto it = cleanups_.rbegin(); it != cleanups_.rend(); ++it)
+      if (it->state == Cleanup::State::pending) {
+        next = it->id;
+        break;
+      }
+    if (!next) break;
+    if (!run_cleanup(L_, next)) ++failed;
+  }
+  return failed;
+}
+
+void Runtime::print_still_cleaning(int sig) {
+  std::string msg = fmt::format("received SIG{} again; still cleaning up, please wait:", sigabbrev_np(sig));
+  auto pending = pending_cleanups();
+  for (const auto& p : pending) msg += "\n  - " + p;
+  for (const auto& j : sched_->in_flight()) msg += "\n  … " + j;
+  if (pending.empty()) msg += "\n  (finishing)";
+  report(msg);
+}
+
+int Runtime::run(const std::string& recipe, const std::vector<std::string>& args) {
+  lua_State* L = L_;
+  sched_->install_signal_handling();
+  sched_->on_first_signal = [this](int sig) {
+    report(fmt::format("ephrun: received SIG{} during phase '{}'; stopping and cleaning up "
+                       "(press Ctrl-C again to see what is left)",
+                       sigabbrev_np(sig), phase));
+  };
+  sched_->on_repeat_signal = [this](int sig) { print_still_cleaning(sig); };
+
+  // Resolve the recipe: a file, else a built-in name.
+  std::string path;
+  std::string label = recipe;
+  int top = lua_gettop(L);
+  lua_pushcfunction(L, traceback_handler);
+  int msgh = lua_gettop(L);
+  if (fs::is_regular_file(recipe)) {
+    path = recipe;
+    recipe_dir = fs::absolute(recipe).parent_path().string();
+    if (luaL_loadfilex(L, recipe.c_str(), "t") != LUA_OK) {
+      report(fmt::format("ephrun: error: {}", lua_tostring(L, -1)));
+      return kFailed;
+    }
+  } else {
+    std::string rel = "recipes/" + recipe + (recipe.ends_with(".lua") ? "" : ".lua");
+    int st = load_builtin(L, rel);
+    if (st == 0) {
+      report(fmt::format("ephrun: no recipe '{}': not a file, and not a built-in recipe (see "
+                         "`ephrun --list`)",
+                         recipe));
+      return kUsage;
+    }
+    if (st < 0) {
+      report(fmt::format("ephrun: error: {}", lua_tostring(L, -1)));
+      return kFailed;
+    }
+    path = rel;
+  }
+  int chunk = lua_gettop(L);
+
+  // Lua decides the rest of the start-up: params, --help.
+  phase = "params";
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "ephrun._main");
+  if (lua_pcall(L, 1, 1, msgh) != LUA_OK) {
+    report(fmt::format("ephrun: internal error: {}", lua_tostring(L, -1)));
+    return kFailed;
+  }
+  lua_getfield(L, -1, "prepare");
+  lua_pushvalue(L, chunk);
+  lua_pushstring(L, path.c_str());
+  lua_createtable(L, static_cast<int>(args.size()), 0);
+  for (size_t i = 0; i < args.size(); ++i) {
+    lua_pushstring(L, args[i].c_str());
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  lua_pushboolean(L, opts_.help);
+  if (lua_pcall(L, 4, 2, msgh) != LUA_OK) {
+    report(fmt::format("ephrun: error: {}", redact(lua_tostring(L, -1))));
+    return kFailed;
+  }
+  if (lua_isinteger(L, -2)) {  // (exit code, nil): help printed or a usage error
+    int code = static_cast<int>(lua_tointeger(L, -2));
+    lua_settop(L, top);
+    return code;
+  }
+  label = lua_tostring(L, -1) ? lua_tostring(L, -1) : recipe;
+  lua_pop(L, 1);  // leave the run function on top
+
+  // The recipe's body is the root task.
+  phase = "run";
+  spdlog::debug("run {} of {}", run_id_, label);
+  Task* root = sched_->spawn(L, 0, "main", nullptr);
+  sched_->run_until(root);
+  sched_->cancel_all("cancelled: the run has finished");
+  sched_->drain();
+
+  std::string failed_phase = phase;
+  sched_->cancel_on_signal = false;
+  phase = "cleanup";
+  int cleanup_failures = run_cleanups() + scope_cleanup_failures_;
+  sched_->drain();
+
+  int sig = sched_->signal_received();
+  int code = kOk;
+  if (!root->ok) {
+    if (sig == 0 || opts_.verbosity > 0) {
+      report(fmt::format("ephrun: error in phase '{}': {}", failed_phase, root->error));
+      if (opts_.verbosity > 0 && !root->traceback.empty()) report(root->traceback);
+    } else {
+      report(fmt::format("ephrun: interrupted by SIG{} in phase '{}'", sigabbrev_np(sig), failed_phase));
+    }
+    code = kFailed;
+  }
+  if (cleanup_failures) {
+    report(fmt::format("ephrun: {} cleanup step{} failed; see the messages above for what is left "
+                       "and how to remove it",
+                       cleanup_failures, cleanup_failures == 1 ? "" : "s"));
+    code = kFailed;
+  }
+  if (sig) code = 128 + sig;
+
+  if (opts_.dry_run) {
+    if (opts_.json) {
+      auto j = plan_.render_json(label);
+      j["ok"] = root->ok;
+      std::string s = j.dump(2) + "\n";
+      fwrite(s.data(), 1, s.size(), stdout);
+    } else {
+      std::string s = plan_.render_text(label);
+      fwrite(s.data(), 1, s.size(), stdout);
+    }
+    fflush(stdout);
+  }
+  lua_settop(L, top);
+  return code;
+}
+
+}  // namespace ephrun

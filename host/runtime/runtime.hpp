@@ -1,0 +1,96 @@
+// One recipe run: the Lua state, its scheduler, cleanup stack, plan and phase.
+#pragma once
+
+#include <lua.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/plan.hpp"
+#include "runtime/scheduler.hpp"
+
+namespace ephrun {
+
+struct Options {
+  bool dry_run = false;
+  bool json = false;
+  bool yes = false;
+  int verbosity = 0;  // -1 quiet, 0 normal, 1+ verbose
+  std::string log_file;
+  bool help = false;
+};
+
+/// Exit codes, as documented in docs/cli.md.
+enum Exit : int { kOk = 0, kFailed = 1, kUsage = 2 };
+
+class Runtime {
+ public:
+  explicit Runtime(Options opts);
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  /// The runtime owning `L`, or null for a state created elsewhere.
+  static Runtime* maybe(lua_State* L);
+  static Runtime& of(lua_State* L);
+
+  /// Loads RECIPE (a path or a built-in name), binds `args` (name=value) to its
+  /// params, runs it as the root task, runs the cleanups, prints the plan or
+  /// summary. Returns the process exit code.
+  int run(const std::string& recipe, const std::vector<std::string>& args);
+
+  /// The one choke point for side effects: records `step` in the plan and
+  /// returns whether to act (false under --dry-run, where the caller returns a
+  /// placeholder instead).
+  bool effect(Step step) {
+    step.phase = phase;
+    plan_.add(std::move(step));
+    return !opts_.dry_run;
+  }
+
+  [[nodiscard]] lua_State* L() const { return L_; }
+  Scheduler& scheduler() { return *sched_; }
+  Plan& plan() { return plan_; }
+  const Options& options() const { return opts_; }
+  [[nodiscard]] const std::string& run_id() const { return run_id_; }
+
+  std::string phase = "load";
+  /// Directory of the running recipe: first place `require` looks.
+  std::string recipe_dir;
+
+  // The cleanup stack (ephrun.defer). Entries run LIFO when the run ends.
+  struct Cleanup {
+    int id;
+    std::string what;
+    std::string hint;  // a command that undoes it by hand, printed if it fails
+    int fn_ref;
+    enum class State { pending, running, done, failed, dismissed } state;
+    std::string error;
+  };
+  int push_cleanup(lua_State* L, int fn_idx, std::string what, std::string hint);
+  /// Runs one cleanup now (from the calling task); false if it failed.
+  bool run_cleanup(lua_State* L, int id);
+  void dismiss_cleanup(int id);
+  /// For a scope's own close: marks the entry running and pushes its function
+  /// (true), or pushes nothing when it already ran or was dismissed (false).
+  bool take_cleanup(lua_State* L, int id);
+  void finish_cleanup(int id, bool ok, const std::string& error);
+  [[nodiscard]] std::vector<std::string> pending_cleanups() const;
+
+ private:
+  void open_state();
+  int run_cleanups();
+  void print_still_cleaning(int sig);
+
+  Options opts_;
+  lua_State* L_ = nullptr;
+  std::unique_ptr<Scheduler> sched_;
+  Plan plan_;
+  std::string run_id_;
+  std::vector<Cleanup> cleanups_;
+  int next_cleanup_ = 1;
+  int scope_cleanup_failures_ = 0;
+};
+
+}  // namespace ephrun

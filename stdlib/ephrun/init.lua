@@ -1,0 +1,261 @@
+--- The ephrun standard library: `local ephrun = require "ephrun"`.
+--- Native modules are fields loaded on first use (`ephrun.http`, `ephrun.fs`, ...).
+local core = require "ephrun._core"
+
+local M = {}
+
+--- Modules reachable as fields; loaded lazily so start-up stays fast.
+local modules = {
+  log = "ephrun.log", json = "ephrun.json", time = "ephrun.time", http = "ephrun.http",
+  fs = "ephrun.fs", proc = "ephrun.proc", xml = "ephrun.xml", ssh = "ephrun.ssh",
+  keys = "ephrun.keys", params = "ephrun.params",
+}
+
+setmetatable(M, {
+  __index = function(t, k)
+    local name = modules[k]
+    if not name then error("ephrun has no field '" .. tostring(k) .. "'", 2) end
+    local mod = require(name)
+    rawset(t, k, mod)
+    return mod
+  end,
+})
+
+local recipe_marker = {}
+
+---@class ephrun.ParamSpec
+---@field type? "string"|"number"|"bool"|"duration"|"path"|"list" inferred from `default` when omitted
+---@field default? any
+---@field required? boolean
+---@field doc? string
+---@field choices? string[]
+
+---@class ephrun.RecipeDef
+---@field name string
+---@field summary? string
+---@field params? table<string, ephrun.ParamSpec>
+---@field run fun(p: table): any
+
+--- Declares a recipe; a recipe file returns the result.
+---@param def ephrun.RecipeDef
+---@return ephrun.RecipeDef
+function M.recipe(def)
+  if type(def) ~= "table" then error("ephrun.recipe expects a table", 2) end
+  if type(def.name) ~= "string" or def.name == "" then error("ephrun.recipe: 'name' must be a non-empty string", 2) end
+  if type(def.run) ~= "function" then error("ephrun.recipe: 'run' must be a function", 2) end
+  def.params = def.params or {}
+  require("ephrun.params").validate_specs(def.params, 3)
+  def[recipe_marker] = true
+  return def
+end
+
+--- True if `t` came from `ephrun.recipe`.
+---@param t any
+---@return boolean
+function M.is_recipe(t)
+  return type(t) == "table" and t[recipe_marker] == true
+end
+
+---@class ephrun.Deferred
+---@field what string
+local Deferred = {}
+Deferred.__index = Deferred
+
+--- Runs the cleanup now (once); later calls do nothing.
+---@return boolean ok
+function Deferred:close()
+  local fn = core.cleanup_take(self.id)
+  if not fn then return true end
+  local ok, err = pcall(fn)
+  core.cleanup_finish(self.id, ok, ok and "" or tostring(err))
+  return ok
+end
+Deferred.__close = Deferred.close
+
+--- Forgets the cleanup without running it (the resource was handed on).
+function Deferred:cancel()
+  core.cleanup_dismiss(self.id)
+end
+
+--- Pushes `fn` onto the run's cleanup stack. Cleanups run last-in first-out
+--- when the run ends: on success, on error, on SIGINT/SIGTERM/SIGHUP. The
+--- returned handle is closable, so `local d <close> = ephrun.defer(...)` runs
+--- it at the end of the enclosing scope instead.
+---@param fn fun()
+---@param what string what is being cleaned up, shown if it fails or is slow
+---@param hint? string a command that removes it by hand, printed if it fails
+---@return ephrun.Deferred
+function M.defer(fn, what, hint)
+  if type(fn) ~= "function" then error("ephrun.defer: expected a function", 2) end
+  what = what or "cleanup"
+  return setmetatable({ id = core.cleanup_push(fn, what, hint), what = what }, Deferred)
+end
+
+--- What is still on the cleanup stack, newest first.
+---@return string[]
+function M.pending_cleanups()
+  return core.cleanup_pending()
+end
+
+---@class ephrun.Task
+---@field wait fun(self: ephrun.Task): ... waits for the task; returns its results or raises its error
+---@field cancel fun(self: ephrun.Task, reason?: string)
+---@field done fun(self: ephrun.Task): boolean
+---@field status fun(self: ephrun.Task): "running"|"ok"|"failed", string?
+---@field name fun(self: ephrun.Task): string
+
+--- Starts `fn(...)` as a concurrent task. An optional leading string names it
+--- (the name prefixes its log lines). If it fails, its siblings are
+--- cancelled and the error reaches the task that spawned it.
+---@param fn string|function name, or the function
+---@param ... any the function (after a name) and its arguments
+---@return ephrun.Task
+function M.spawn(fn, ...)
+  if type(fn) == "string" then return core.spawn(fn, ...) end
+  return core.spawn(nil, fn, ...)
+end
+
+--- Runs `fn(item, i)` for every item, at most `opts.limit` at a time, and
+--- returns the results in order. The first error cancels the rest and is raised.
+---@param items any[]
+---@param fn fun(item: any, i: integer): any
+---@param opts? {limit?: integer, name?: string}
+---@return any[]
+function M.parallel(items, fn, opts)
+  opts = opts or {}
+  local n = #items
+  local limit = math.max(1, math.min(opts.limit or n, n))
+  local results, next_i = {}, 0
+  local function worker()
+    while true do
+      next_i = next_i + 1
+      local i = next_i
+      if i > n then return end
+      results[i] = fn(items[i], i)
+    end
+  end
+  local tasks = {}
+  for w = 1, (n > 0 and limit or 0) do
+    tasks[w] = core.spawn((opts.name or "parallel") .. "#" .. w, worker)
+  end
+  for _, t in ipairs(tasks) do t:wait() end
+  return results
+end
+
+--- Lets other tasks run before continuing.
+function M.yield()
+  coroutine.yield()
+end
+
+local function dotenv_lookup(path, name)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local found
+  for line in f:lines() do
+    local k, v = line:match("^%s*export%s+([%w_]+)%s*=%s*(.-)%s*$")
+    if not k then k, v = line:match("^%s*([%w_]+)%s*=%s*(.-)%s*$") end
+    if k == name then
+      local q = v:sub(1, 1)
+      if (q == '"' or q == "'") and v:sub(-1) == q and #v >= 2 then v = v:sub(2, -2) end
+      found = v
+    end
+  end
+  f:close()
+  return found
+end
+
+--- Reads a secret: the environment, then `.env` in the recipe's directory,
+--- then `.env` in the current directory. The value is registered for
+--- redaction: it never appears in logs, plans or error messages.
+---@param name string
+---@param opts? {optional?: boolean}
+---@return string|nil
+function M.secret(name, opts)
+  opts = opts or {}
+  local v = os.getenv(name)
+  if v == nil or v == "" then
+    local dir = core.recipe_dir()
+    if dir ~= "" then v = dotenv_lookup(dir .. "/.env", name) end
+    if v == nil then v = dotenv_lookup(".env", name) end
+  end
+  if v == nil or v == "" then
+    if opts.optional then return nil end
+    if core.dry_run() then
+      core.plan_add { kind = "secret", what = name .. " is not set; a real run will need it" }
+      return "<secret:" .. name .. ">"
+    end
+    error(("secret %s is not set: export %s=... or add %s=... to a .env file next to the recipe or in the current directory")
+      :format(name, name, name), 2)
+  end
+  core.secret_add(name, v)
+  return v
+end
+
+---@class ephrun.Effect
+---@field kind string short verb: launch, destroy, run, sync, http, write, ...
+---@field what string one readable line
+---@field where? string provider, region, host or path
+---@field cost? number worst-case USD
+---@field details? string[]
+---@field run fun(): ... does it (not called under --dry-run)
+---@field placeholder? any|fun(): ... returned instead under --dry-run
+
+--- The choke point for side effects. Records a plan step; under --dry-run
+--- returns the placeholder instead of calling `run`.
+---@param e ephrun.Effect
+---@return any
+function M.effect(e)
+  if type(e) ~= "table" or type(e.run) ~= "function" then
+    error("ephrun.effect expects {kind=, what=, run=function}", 2)
+  end
+  core.plan_add(e)
+  if core.dry_run() then
+    local p = e.placeholder
+    if type(p) == "function" then return p() end
+    return p
+  end
+  return e.run()
+end
+
+--- True under --dry-run.
+---@return boolean
+function M.dry_run()
+  return core.dry_run()
+end
+
+--- Sets the current phase (shown with errors and in the plan); returns the previous one.
+---@param name? string
+---@return string
+function M.phase(name)
+  return core.phase(name)
+end
+
+--- This run's id (also tagged on every resource it creates).
+---@return string
+function M.run_id()
+  return core.options().run_id
+end
+
+--- The command-line options: dry_run, json, yes, verbosity, run_id.
+---@return {dry_run: boolean, json: boolean, yes: boolean, verbosity: integer, run_id: string}
+function M.options()
+  return core.options()
+end
+
+--- Asks the user to confirm `question` (y/N). True under --yes or --dry-run;
+--- raises when there is no terminal to ask on.
+---@param question string
+---@return boolean
+function M.confirm(question)
+  local o = core.options()
+  if o.yes or o.dry_run then return true end
+  if not core.isatty(0) then
+    error(question .. " — no terminal to confirm on; pass --yes to proceed", 2)
+  end
+  io.stderr:write(question, " [y/N] ")
+  io.stderr:flush()
+  local answer = io.read("l") or ""
+  return answer:match("^%s*[yY]") ~= nil
+end
+
+return M
