@@ -148,8 +148,13 @@ KeyPair generate_ed25519(const std::string& comment) {
 }
 
 LoadedKey load_private_key_file(const std::string& path, const std::string& passphrase) {
+  return parse_private_key(read_file(path), passphrase, path);
+}
+
+LoadedKey parse_private_key(const std::string& text, const std::string& passphrase,
+                            const std::string& path) {
   LoadedKey k;
-  k.private_pem = read_file(path);
+  k.private_pem = text;
   k.passphrase = passphrase;
   const std::string& pem = k.private_pem;
 

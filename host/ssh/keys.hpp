@@ -47,6 +47,11 @@ struct LoadedKey {
 /// Throws ssh::Error(other).
 LoadedKey load_private_key_file(const std::string& path, const std::string& passphrase = "");
 
+/// Same as load_private_key_file for key text held in memory; `source` names it in
+/// error messages.
+LoadedKey parse_private_key(const std::string& text, const std::string& passphrase = "",
+                            const std::string& source = "private key");
+
 /// Writes `kp.private_pem` to `path` (mode 0600, created atomically) and
 /// `kp.public_line` + "\n" to `path + ".pub"` (mode 0644). Throws ssh::Error(other).
 void write_key_files(const KeyPair& kp, const std::string& path);
