@@ -138,7 +138,17 @@ function M.parallel(items, fn, opts)
   for w = 1, (n > 0 and limit or 0) do
     tasks[w] = core.spawn((opts.name or "parallel") .. "#" .. w, worker)
   end
-  for _, t in ipairs(tasks) do t:wait() end
+  -- On the first error every worker is cancelled and waited for, so their
+  -- cleanups have run before the error reaches the caller.
+  local first_err
+  for _, t in ipairs(tasks) do
+    local ok, err = pcall(t.wait, t)
+    if not ok and first_err == nil then
+      first_err = err
+      for _, o in ipairs(tasks) do o:cancel("cancelled: a sibling failed") end
+    end
+  end
+  if first_err ~= nil then error(first_err, 0) end
   return results
 end
 
