@@ -253,8 +253,15 @@ void Scheduler::cancel(Task* t, const std::string& reason) {
   if (t->job) {
     t->job->token.cancel(reason);
   } else if (t->state == Task::State::waiting_task) {
-    t->state = Task::State::ready;
-    ready_.push_back(t);
+    // Waiting on its own child, which was just cancelled too: let the child
+    // unwind first, so cleanups run innermost first; the wake-up raises.
+    bool own_child = false;
+    for (Task* p = t->waiting_on ? t->waiting_on->parent : nullptr; p; p = p->parent)
+      if (p == t) own_child = true;
+    if (!own_child) {
+      t->state = Task::State::ready;
+      ready_.push_back(t);
+    }
   } else {
     lua_sethook(t->co, sched_hook, LUA_MASKCOUNT, 1);
   }

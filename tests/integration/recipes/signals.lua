@@ -1,0 +1,47 @@
+-- Drives the signal tests: prints READY once it is waiting, then waits in the
+-- way `mode` says; its cleanups write markers the test checks.
+local ephrun = require "ephrun"
+return ephrun.recipe {
+  name = "signals",
+  params = {
+    marker = { type = "path", required = true },
+    mode = { default = "sleep", choices = { "sleep", "task", "busy", "slow-cleanup", "proc", "http" } },
+    url = { default = "" },
+  },
+  run = function(p)
+    local function mark(what)
+      local f = assert(io.open(p.marker, "a"))
+      f:write(what, "\n")
+      f:close()
+    end
+    ephrun.defer(function() mark("outer cleanup") end, "write outer marker")
+    ephrun.defer(function()
+      if p.mode == "slow-cleanup" then ephrun.time.sleep(2) end
+      mark("inner cleanup")
+    end, "slow marker cleanup")
+    local _ <close> = setmetatable({}, { __close = function() mark("scope closed") end })
+    local function ready() io.stdout:write("READY\n"); io.stdout:flush() end
+    if p.mode == "sleep" or p.mode == "slow-cleanup" then
+      ready()
+      ephrun.time.sleep(60)
+    elseif p.mode == "task" then
+      local t = ephrun.spawn("sleeper", function()
+        local _ <close> = setmetatable({}, { __close = function() mark("task closed") end })
+        ephrun.time.sleep(60)
+      end)
+      ready()
+      t:wait()
+    elseif p.mode == "busy" then
+      ready()
+      local x = 0
+      while true do x = x + 1 end
+    elseif p.mode == "proc" then
+      ready()
+      ephrun.proc.run({ "sleep", "60" })
+    elseif p.mode == "http" then
+      ready()
+      ephrun.http.request { url = p.url, timeout = 60 }
+    end
+    mark("not interrupted")
+  end,
+}

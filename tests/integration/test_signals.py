@@ -1,0 +1,130 @@
+"""Signals, exit codes and cleanup ordering, with the real binary."""
+import os
+import signal
+import tempfile
+import time
+import unittest
+
+from common import RECIPES, run, start, wait_ready
+
+SIGNALS = os.path.join(RECIPES, "signals.lua")
+FAILING = os.path.join(RECIPES, "failing.lua")
+
+
+def marks(path):
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+class Signals(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="ephrun-sig-")
+        self.marker = os.path.join(self.dir, "marker")
+
+    def interrupt(self, mode, sig, expect_code, extra=()):
+        p = start([SIGNALS, "marker=" + self.marker, "mode=" + mode, *extra])
+        wait_ready(p)
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=30)
+        elapsed = time.monotonic() - t0
+        self.assertEqual(p.returncode, expect_code, err)
+        return marks(self.marker), err, elapsed
+
+    def test_sigint_during_sleep_runs_cleanups_lifo_and_exits_130(self):
+        m, err, elapsed = self.interrupt("sleep", signal.SIGINT, 130)
+        self.assertEqual(m, ["scope closed", "inner cleanup", "outer cleanup"])
+        self.assertLess(elapsed, 5)
+        self.assertIn("SIGINT", err)
+        self.assertIn("phase 'run'", err)
+
+    def test_sigterm_exits_143(self):
+        m, _, _ = self.interrupt("sleep", signal.SIGTERM, 143)
+        self.assertEqual(m, ["scope closed", "inner cleanup", "outer cleanup"])
+
+    def test_sighup_exits_129(self):
+        m, _, _ = self.interrupt("sleep", signal.SIGHUP, 129)
+        self.assertIn("outer cleanup", m)
+
+    def test_sigint_reaches_a_task_and_its_cleanup(self):
+        m, _, elapsed = self.interrupt("task", signal.SIGINT, 130)
+        self.assertEqual(m[0], "task closed")
+        self.assertEqual(m[1:], ["scope closed", "inner cleanup", "outer cleanup"])
+        self.assertLess(elapsed, 5)
+
+    def test_sigint_stops_a_busy_lua_loop(self):
+        m, _, elapsed = self.interrupt("busy", signal.SIGINT, 130)
+        self.assertEqual(m, ["scope closed", "inner cleanup", "outer cleanup"])
+        self.assertLess(elapsed, 5)
+
+    def test_second_sigint_says_what_is_still_being_cleaned(self):
+        p = start([SIGNALS, "marker=" + self.marker, "mode=slow-cleanup"])
+        wait_ready(p)
+        p.send_signal(signal.SIGINT)
+        time.sleep(0.7)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 130, err)
+        self.assertIn("still cleaning up", err)
+        self.assertIn("slow marker cleanup", err)
+        self.assertIn("write outer marker", err)
+        # The second Ctrl-C does not abandon the cleanup.
+        self.assertEqual(marks(self.marker), ["scope closed", "inner cleanup", "outer cleanup"])
+
+
+class Failures(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="ephrun-fail-")
+        self.marker = os.path.join(self.dir, "marker")
+
+    def test_error_names_file_line_and_phase_and_cleanups_run(self):
+        r = run([FAILING, "marker=" + self.marker])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("failing.lua:18: the build broke", r.stderr)
+        self.assertIn("phase 'build'", r.stderr)
+        self.assertNotIn("stack traceback", r.stderr)
+        self.assertEqual(marks(self.marker), ["second cleanup", "first cleanup"])
+
+    def test_verbose_adds_the_traceback(self):
+        r = run(["-v", FAILING, "marker=" + self.marker])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("stack traceback", r.stderr)
+        self.assertIn("in local 'inner'", r.stderr)
+
+    def test_failing_cleanup_is_reported_and_the_others_still_run(self):
+        r = run([FAILING, "marker=" + self.marker, "fail_cleanup=true"])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cleanup 'remove the thing' failed", r.stderr)
+        self.assertIn("cannot remove the thing", r.stderr)
+        self.assertIn("thing-cli remove THING-1", r.stderr)
+        self.assertEqual(marks(self.marker), ["first cleanup"])
+
+    def test_usage_errors_exit_2(self):
+        r = run([FAILING, "marker=x", "bogus=1"])
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("unknown parameter 'bogus'", r.stderr)
+        r = run([FAILING])
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("missing required parameter 'marker'", r.stderr)
+        r = run(["no-such-recipe"])
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("no recipe 'no-such-recipe'", r.stderr)
+        r = run(["--frobnicate", FAILING])
+        self.assertEqual(r.returncode, 2)
+
+    def test_recipe_help_lists_params(self):
+        r = run([SIGNALS, "--help"])
+        self.assertEqual(r.returncode, 0)
+        self.assertIn("marker", r.stdout)
+        self.assertIn("required", r.stdout)
+        self.assertIn("(sleep | task | busy", r.stdout)
+
+    def test_version(self):
+        r = run(["--version"])
+        self.assertEqual(r.returncode, 0)
+        self.assertRegex(r.stdout, r"^ephrun \d+\.\d+\.\d+")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
