@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -656,7 +657,7 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
             (err.empty() ? "" : ": " + err));
   }
   prog.done();
-  (void)warn;
+  if (!warn.empty()) spdlog::warn("sync to {}: {}", s.label(), warn);
   st.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   return st;
 }
