@@ -25,6 +25,7 @@ function M.prepare(chunk, path, args, help)
     io.stderr:write("ephrun: ", err, "\n", "Run `ephrun ", path, " --help` for the parameters.\n")
     return 2
   end
+  rawset(ephrun, "recipe_name", recipe.name)
   return function()
     core.phase("run")
     return recipe.run(p)

@@ -8,7 +8,7 @@ local M = {}
 local modules = {
   log = "ephrun.log", json = "ephrun.json", time = "ephrun.time", http = "ephrun.http",
   fs = "ephrun.fs", proc = "ephrun.proc", xml = "ephrun.xml", ssh = "ephrun.ssh",
-  keys = "ephrun.keys", params = "ephrun.params",
+  keys = "ephrun.keys", params = "ephrun.params", cloud = "ephrun.cloud",
 }
 
 setmetatable(M, {
@@ -20,6 +20,14 @@ setmetatable(M, {
     return mod
   end,
 })
+
+--- Loads a provider (see `ephrun.cloud.provider`).
+---@param name string
+---@param opts? table
+---@return ephrun.Cloud
+function M.provider(name, opts)
+  return require("ephrun.cloud").provider(name, opts)
+end
 
 local recipe_marker = {}
 
