@@ -32,21 +32,25 @@ void pax_record(std::string& out, std::string_view key, std::string_view value) 
   out += '\n';
 }
 
+void put_field(char* dst, std::string_view v, std::size_t max) {
+  if (!v.empty()) std::memcpy(dst, v.data(), std::min(v.size(), max));
+}
+
 void raw_header(std::string& out, std::string_view name, std::string_view prefix, char type,
                 unsigned mode, std::uint64_t size, std::int64_t mtime, std::string_view link) {
   char h[kBlock];
   std::memset(h, 0, sizeof h);
-  std::memcpy(h, name.data(), std::min<std::size_t>(name.size(), 100));
+  put_field(h, name, 100);
   octal(h + 100, 8, mode & 07777);
   octal(h + 108, 8, 0);
   octal(h + 116, 8, 0);
   octal(h + 124, 12, size);
   octal(h + 136, 12, static_cast<std::uint64_t>(std::max<std::int64_t>(mtime, 0)));
   h[156] = type;
-  std::memcpy(h + 157, link.data(), std::min<std::size_t>(link.size(), 100));
+  put_field(h + 157, link, 100);
   std::memcpy(h + 257, "ustar", 6);
   std::memcpy(h + 263, "00", 2);
-  std::memcpy(h + 345, prefix.data(), std::min<std::size_t>(prefix.size(), 155));
+  put_field(h + 345, prefix, 155);
   std::memset(h + 148, ' ', 8);
   unsigned sum = 0;
   for (unsigned char c : h) sum += c;

@@ -296,3 +296,44 @@ TEST_CASE("ssh exec: detached jobs survive the connection", "[ssh][exec]") {
   CHECK(j2.log.rfind("/home/ephrun-test/.ephrun/jobs/", 0) == 0);
   CHECK(s.job_wait(j2, ssh::Clock::now() + 5s, {}, 100ms) == 0);
 }
+
+TEST_CASE("ssh session: ssh-agent keys, reconnect", "[ssh][session]") {
+  Peer p;
+  std::string sock = p.sshd.dir() + "/agent.sock";
+  auto out = sh("ssh-agent -a " + sock + " -s");
+  auto pos = out.find("SSH_AGENT_PID=");
+  REQUIRE(pos != std::string::npos);
+  std::string agent_pid = out.substr(pos + 14, out.find(';', pos) - pos - 14);
+  ssh::write_key_files(p.key, p.sshd.dir() + "/id_agent");
+  sh("SSH_AUTH_SOCK=" + sock + " ssh-add -q " + p.sshd.dir() + "/id_agent 2>&1");
+  const char* old = std::getenv("SSH_AUTH_SOCK");
+  std::string saved = old ? old : "";
+  ::setenv("SSH_AUTH_SOCK", sock.c_str(), 1);
+  auto o = p.opts();
+  o.private_key.clear();
+  o.agent = true;
+  std::string err;
+  try {
+    auto s = ssh::Session::connect(o);
+    CHECK(s.run("echo agent").out == "agent\n");
+    s.reconnect();
+    CHECK(s.run("echo again").out == "again\n");
+  } catch (const std::exception& e) {
+    err = e.what();
+  }
+  // An agent without the right key: auth error naming what was tried.
+  sh("SSH_AUTH_SOCK=" + sock + " ssh-add -q -D 2>&1");
+  auto other = ssh::generate_ed25519("other");
+  ssh::write_key_files(other, p.sshd.dir() + "/id_other");
+  sh("SSH_AUTH_SOCK=" + sock + " ssh-add -q " + p.sshd.dir() + "/id_other 2>&1");
+  std::string msg;
+  auto kind = kind_of([&] { ssh::Session::connect(o); }, &msg);
+  if (saved.empty())
+    ::unsetenv("SSH_AUTH_SOCK");
+  else
+    ::setenv("SSH_AUTH_SOCK", saved.c_str(), 1);
+  sh("kill " + agent_pid);
+  CHECK(err.empty());
+  CHECK(kind == ssh::ErrorKind::auth);
+  CHECK_THAT(msg, Catch::Contains(other.fingerprint));
+}

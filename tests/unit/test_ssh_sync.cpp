@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <thread>
 
 #include "../support/sshd_fixture.hpp"
 #include "ssh/keys.hpp"
@@ -260,4 +261,32 @@ TEST_CASE("ssh sync: a big file arrives intact (EPHRUN_BIG_FILE_MB)", "[ssh][syn
   auto local_sum = sh("sha256sum < '" + p.l("big.bin") + "'");
   auto remote_sum = p.s.run("sha256sum < " + p.r("big.bin")).out;
   CHECK(local_sum == remote_sum);
+}
+
+TEST_CASE("ssh sync: a cancel stops the transfer and the remote tar", "[ssh][sync]") {
+  SyncPeer p;
+  sh("head -c 300M /dev/zero > '" + p.l("zeros.bin") + "'");
+  CancelToken tok;
+  std::jthread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    tok.cancel("SIGINT");
+  });
+  auto t0 = ssh::Clock::now();
+  ssh::ErrorKind kind = ssh::ErrorKind::other;
+  try {
+    ssh::sync(p.s, p.local, p.remote, {}, {}, tok);
+  } catch (const ssh::Error& e) {
+    kind = e.kind();
+  }
+  CHECK(kind == ssh::ErrorKind::cancelled);
+  CHECK(ssh::Clock::now() - t0 < std::chrono::milliseconds(1300));
+  bool gone = false;
+  for (int i = 0; i < 30 && !gone; ++i) {
+    // Only a tar working in this test's directory (others may run in parallel).
+    gone = test::sh("for t in $(pgrep -u ephrun-test -x tar); do readlink /proc/$t/cwd; done")
+               .find(p.remote) == std::string::npos;
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(gone);
+  CHECK(p.s.run("echo still usable").code == 0);
 }
