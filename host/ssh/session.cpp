@@ -378,8 +378,16 @@ std::unique_ptr<Session::Impl> do_connect(const ConnectOptions& o, const CancelT
   if (o.keepalive_interval.count() > 0)
     libssh2_keepalive_config(impl->s, 1, static_cast<unsigned>(o.keepalive_interval.count()));
 
-  int rc = impl->retry([&] { return libssh2_session_handshake(impl->s, impl->sock); }, deadline,
-                       token, "SSH handshake");
+  int rc = 0;
+  try {
+    rc = impl->retry([&] { return libssh2_session_handshake(impl->s, impl->sock); }, deadline,
+                     token, "SSH handshake");
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::timeout) throw;
+    throw Error(ErrorKind::banner, endpoint(o) +
+                                       " accepted the connection but sent no SSH greeting before "
+                                       "the deadline; the server may still be starting");
+  }
   if (rc != 0) {
     std::string msg = impl->last_error();
     switch (rc) {

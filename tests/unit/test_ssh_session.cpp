@@ -337,3 +337,39 @@ TEST_CASE("ssh session: ssh-agent keys, reconnect", "[ssh][session]") {
   CHECK(kind == ssh::ErrorKind::auth);
   CHECK_THAT(msg, Catch::Contains(other.fingerprint));
 }
+
+TEST_CASE("ssh session: a port that accepts but does not speak SSH is a banner error",
+          "[ssh][session]") {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  REQUIRE(::listen(fd, 8) == 0);
+  std::jthread server([fd] {
+    // First client: closed at once. Second: sent garbage. Third: silence.
+    for (int i = 0; i < 3; ++i) {
+      int c = ::accept(fd, nullptr, nullptr);
+      if (c < 0) return;
+      if (i == 1) (void)!::write(c, "HTTP/1.1 400 Bad Request\r\n\r\n", 28);
+      if (i == 2) std::this_thread::sleep_for(1500ms);
+      ::close(c);
+    }
+  });
+  ssh::ConnectOptions o;
+  o.host = "127.0.0.1";
+  o.port = ntohs(a.sin_port);
+  o.user = "x";
+  o.private_key = ssh::generate_ed25519("").private_pem;
+  o.insecure_accept_any_host_key = true;
+  o.connect_timeout = 800ms;
+  std::string msg;
+  CHECK(kind_of([&] { ssh::Session::connect(o); }, &msg) == ssh::ErrorKind::banner);
+  CHECK(kind_of([&] { ssh::Session::connect(o); }, &msg) == ssh::ErrorKind::banner);
+  CHECK(kind_of([&] { ssh::Session::connect(o); }, &msg) == ssh::ErrorKind::banner);
+  CHECK_THAT(msg, Catch::Contains("greeting"));
+  server.join();
+  ::close(fd);
+}

@@ -143,3 +143,30 @@ TEST_CASE("ssh bench: sync of 5000 files / 200 MB vs tar|ssh and rsync", "[.benc
             << "warm one change: ephrun " << median(ours_one) << " s, rsync " << median(rsync_one)
             << " s\n";
 }
+
+TEST_CASE("ssh bench: connect + first command latency vs ssh host true", "[.bench]") {
+  test::Sshd d;
+  auto k = ssh::generate_ed25519("bench");
+  d.authorize(k.public_line);
+  ssh::write_key_files(k, d.dir() + "/id");
+  ssh::ConnectOptions o;
+  o.host = "127.0.0.1";
+  o.port = d.port();
+  o.user = d.user();
+  o.private_key = k.private_pem;
+  o.host_key = d.host_key_pub();
+  std::string sshcmd = "ssh -q -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -i " +
+                       d.dir() + "/id -p " + std::to_string(d.port()) + " ephrun-test@127.0.0.1";
+  std::vector<double> ours, theirs;
+  for (int i = 0; i < 7; ++i) {
+    auto t0 = ssh::Clock::now();
+    auto s = ssh::Session::connect(o);
+    REQUIRE(s.run("true").code == 0);
+    ours.push_back(secs(t0));
+    t0 = ssh::Clock::now();
+    sh(sshcmd + " true");
+    theirs.push_back(secs(t0));
+  }
+  std::cout << "connect + `true`: ephrun " << median(ours) * 1000 << " ms, ssh "
+            << median(theirs) * 1000 << " ms\n";
+}
