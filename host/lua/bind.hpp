@@ -2,9 +2,8 @@
 // trampolines and module registration.
 #pragma once
 
-#include <lua.hpp>
-
 #include <exception>
+#include <lua.hpp>
 #include <new>
 #include <string>
 #include <utility>
@@ -82,5 +81,6 @@ bool opt_bool_field(lua_State* L, int idx, const char* key, bool def);
 #define EPHRUN_CONCAT_(a, b) a##b
 #define EPHRUN_CONCAT(a, b) EPHRUN_CONCAT_(a, b)
 /// Registers a native module: `EPHRUN_MODULE("ephrun.json", ns::luaopen_ephrun_json);`
-#define EPHRUN_MODULE(name, fn) \
-  static const ::ephrun::lua::ModuleRegistration EPHRUN_CONCAT(ephrun_module_reg_, __LINE__)(name, fn)
+#define EPHRUN_MODULE(name, fn)                                                                    \
+  static const ::ephrun::lua::ModuleRegistration EPHRUN_CONCAT(ephrun_module_reg_, __LINE__)(name, \
+                                                                                             fn)

@@ -74,7 +74,8 @@ json to_json(lua_State* L, int idx, int depth) {
       if (lua_isinteger(L, idx)) return static_cast<int64_t>(lua_tointeger(L, idx));
       {
         double d = lua_tonumber(L, idx);
-        if (!std::isfinite(d)) throw std::runtime_error("cannot encode " + std::to_string(d) + " as JSON");
+        if (!std::isfinite(d))
+          throw std::runtime_error("cannot encode " + std::to_string(d) + " as JSON");
         return d;
       }
     case LUA_TSTRING: {
@@ -164,8 +165,8 @@ int l_json_decode(lua_State* L) {
     std::string what = e.what();
     auto p = what.find(": ");
     std::string detail = p == std::string::npos ? what : what.substr(p + 2);
-    std::string msg = "invalid JSON at line " + std::to_string(line) + ", column " + std::to_string(col) +
-                      " (byte " + std::to_string(e.byte) + "): " + detail;
+    std::string msg = "invalid JSON at line " + std::to_string(line) + ", column " +
+                      std::to_string(col) + " (byte " + std::to_string(e.byte) + "): " + detail;
     lua_pushnil(L);
     lua_pushlstring(L, msg.data(), msg.size());
     return 2;

@@ -21,8 +21,8 @@ int l_time_sleep(lua_State* L) {
   double secs = check_seconds(L, 1);
   if (secs < 0) secs = 0;
   return await(L, "sleep " + format_duration(secs), [secs](const CancelToken& tok) {
-    tok.sleep_for(std::chrono::duration_cast<std::chrono::nanoseconds>(
-        std::chrono::duration<double>(secs)));
+    tok.sleep_for(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(secs)));
     return Outcome{};
   });
 }
@@ -63,7 +63,8 @@ int l_time_format_duration(lua_State* L) {
 
 int l_time_iso8601(lua_State* L) {
   auto t = static_cast<std::time_t>(luaL_optnumber(
-      L, 1, std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()));
+      L, 1,
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()));
   std::tm tm{};
   gmtime_r(&t, &tm);
   char buf[32];

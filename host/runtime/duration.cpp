@@ -20,7 +20,8 @@ std::optional<double> parse_duration(std::string_view text) {
     char* end = nullptr;
     double v = std::strtod(begin, &end);
     if (end == begin || !std::isfinite(v) || v < 0) return std::nullopt;
-    if (*begin == '+' || *begin == '-' || std::tolower(*begin) == 'i' || std::tolower(*begin) == 'n')
+    if (*begin == '+' || *begin == '-' || std::tolower(*begin) == 'i' ||
+        std::tolower(*begin) == 'n')
       return std::nullopt;
     i = static_cast<size_t>(end - s.c_str());
     size_t u = i;

@@ -51,7 +51,7 @@ nlohmann::json Plan::render_json(const std::string& recipe) const {
   double total = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
     const auto& s = steps[i];
-    nlohmann::json j{{"n", i + 1},      {"kind", s.kind},   {"what", s.what},
+    nlohmann::json j{{"n", i + 1},       {"kind", s.kind},   {"what", s.what},
                      {"where", s.where}, {"phase", s.phase}, {"details", s.details}};
     j["cost"] = s.cost ? nlohmann::json(*s.cost) : nlohmann::json(nullptr);
     if (s.cost) total += *s.cost;

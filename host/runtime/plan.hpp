@@ -10,9 +10,9 @@
 namespace ephrun {
 
 struct Step {
-  std::string kind;    // launch, ssh, sync, run, http, spawn, write, destroy, ...
-  std::string what;    // one readable line
-  std::string where;   // provider/region/host/path
+  std::string kind;            // launch, ssh, sync, run, http, spawn, write, destroy, ...
+  std::string what;            // one readable line
+  std::string where;           // provider/region/host/path
   std::optional<double> cost;  // worst-case USD
   std::string phase;
   std::vector<std::string> details;

@@ -87,7 +87,8 @@ int search_paths(lua_State* L) {
 // package.searchers[3]: files shipped with ephrun.
 int search_builtin(lua_State* L) {
   std::string name = module_path(luaL_checkstring(L, 1));
-  for (const auto& rel : {"stdlib/" + name + ".lua", "stdlib/" + name + "/init.lua", name + ".lua"}) {
+  for (const auto& rel :
+       {"stdlib/" + name + ".lua", "stdlib/" + name + "/init.lua", name + ".lua"}) {
     int st = load_builtin(L, rel);
     if (st < 0) return lua_error(L);
     if (st > 0) {
@@ -244,7 +245,8 @@ int Runtime::run_cleanups() {
 }
 
 void Runtime::print_still_cleaning(int sig) {
-  std::string msg = fmt::format("received SIG{} again; still cleaning up, please wait:", sigabbrev_np(sig));
+  std::string msg =
+      fmt::format("received SIG{} again; still cleaning up, please wait:", sigabbrev_np(sig));
   auto pending = pending_cleanups();
   for (const auto& p : pending) msg += "\n  - " + p;
   for (const auto& j : sched_->in_flight()) msg += "\n  … " + j;
@@ -256,9 +258,10 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
   lua_State* L = L_;
   sched_->install_signal_handling();
   sched_->on_first_signal = [this](int sig) {
-    report(fmt::format("ephrun: received SIG{} during phase '{}'; stopping and cleaning up "
-                       "(press Ctrl-C again to see what is left)",
-                       sigabbrev_np(sig), phase));
+    report(
+        fmt::format("ephrun: received SIG{} during phase '{}'; stopping and cleaning up "
+                    "(press Ctrl-C again to see what is left)",
+                    sigabbrev_np(sig), phase));
   };
   sched_->on_repeat_signal = [this](int sig) { print_still_cleaning(sig); };
 
@@ -279,9 +282,10 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
     std::string rel = "recipes/" + recipe + (recipe.ends_with(".lua") ? "" : ".lua");
     int st = load_builtin(L, rel);
     if (st == 0) {
-      report(fmt::format("ephrun: no recipe '{}': not a file, and not a built-in recipe (see "
-                         "`ephrun --list`)",
-                         recipe));
+      report(
+          fmt::format("ephrun: no recipe '{}': not a file, and not a built-in recipe (see "
+                      "`ephrun --list`)",
+                      recipe));
       return kUsage;
     }
     if (st < 0) {
@@ -342,14 +346,16 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
       report(fmt::format("ephrun: error in phase '{}': {}", failed_phase, root->error));
       if (opts_.verbosity > 0 && !root->traceback.empty()) report(root->traceback);
     } else {
-      report(fmt::format("ephrun: interrupted by SIG{} in phase '{}'", sigabbrev_np(sig), failed_phase));
+      report(fmt::format("ephrun: interrupted by SIG{} in phase '{}'", sigabbrev_np(sig),
+                         failed_phase));
     }
     code = kFailed;
   }
   if (cleanup_failures) {
-    report(fmt::format("ephrun: {} cleanup step{} failed; see the messages above for what is left "
-                       "and how to remove it",
-                       cleanup_failures, cleanup_failures == 1 ? "" : "s"));
+    report(
+        fmt::format("ephrun: {} cleanup step{} failed; see the messages above for what is left "
+                    "and how to remove it",
+                    cleanup_failures, cleanup_failures == 1 ? "" : "s"));
     code = kFailed;
   }
   if (sig) code = 128 + sig;

@@ -219,7 +219,8 @@ void Scheduler::finish(Task* t, int status) {
     t->error = msg ? msg : std::string("(error object is a ") + luaL_typename(co, idx) + " value)";
     lua_pushvalue(co, idx);
     t->result_ref = luaL_ref(co, LUA_REGISTRYINDEX);
-    if (lua_getglobal(co, "_EPHRUN_LAST_TRACEBACK") == LUA_TSTRING) t->traceback = lua_tostring(co, -1);
+    if (lua_getglobal(co, "_EPHRUN_LAST_TRACEBACK") == LUA_TSTRING)
+      t->traceback = lua_tostring(co, -1);
     lua_pop(co, 1);
     if (status != LUA_OK) lua_resetthread(co);  // closes pending to-be-closed variables
   }
@@ -313,7 +314,8 @@ void Scheduler::step(bool block) {
         lk.unlock();
         // Nothing runs and nothing is ready: whoever still waits, waits forever.
         for (auto& [co, t] : tasks_)
-          if (t->state == Task::State::waiting_task) cancel(t.get(), "deadlock: task waits on itself");
+          if (t->state == Task::State::waiting_task)
+            cancel(t.get(), "deadlock: task waits on itself");
         return;
       }
       cv_.wait_for(lk, std::chrono::milliseconds(200),
@@ -371,7 +373,8 @@ void Scheduler::install_signal_handling() {
         std::lock_guard lk(mu_);
         pending_signal_ = sig;
         if (first_signal_ == 0 && cancel_on_signal)
-          for (auto& tok : inline_tokens_) tok.cancel(std::string("interrupted by SIG") + sigabbrev_np(sig));
+          for (auto& tok : inline_tokens_)
+            tok.cancel(std::string("interrupted by SIG") + sigabbrev_np(sig));
       }
       cv_.notify_all();
       if (lua_State* co = running_co_.load()) lua_sethook(co, sched_hook, LUA_MASKCOUNT, 1);

@@ -2,12 +2,11 @@
 // work run on worker threads so other tasks progress meanwhile.
 #pragma once
 
-#include <lua.hpp>
-
 #include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <lua.hpp>
 #include <map>
 #include <memory>
 #include <mutex>

@@ -183,7 +183,7 @@ function PlanSession:fetch(remote, local_dir)
   return { files = 0, bytes = 0, dry_run = true }
 end
 
-function PlanSession:close() end
+function PlanSession.close(_) end
 PlanSession.__close = PlanSession.close
 
 return M
