@@ -130,17 +130,31 @@ StreamResult Session::Impl::exec_stream(const std::string& command,
 
   auto on_out = [&](std::string_view d) {
     if (!head_done) {
+      // The marker line is normally first, but a login shell's rc file may print
+      // before it; look for it in the first few KiB.
       head.append(d);
-      auto nl = head.find('\n');
-      if (nl == std::string::npos && head.size() < 64) return;
-      head_done = true;
-      std::string_view rest(head);
-      if (nl != std::string::npos && head.compare(0, kPgidTag.size(), kPgidTag) == 0) {
-        pgid = std::strtol(head.c_str() + kPgidTag.size(), nullptr, 10);
-        rest.remove_prefix(nl + 1);
+      std::size_t at = 0;
+      for (;;) {
+        auto found = head.find(kPgidTag, at);
+        if (found != std::string::npos && (found == 0 || head[found - 1] == '\n')) {
+          auto nl = head.find('\n', found);
+          if (nl == std::string::npos) break;  // wait for the rest of the line
+          pgid = std::strtol(head.c_str() + found + kPgidTag.size(), nullptr, 10);
+          std::string rest = head.substr(0, found) + head.substr(nl + 1);
+          head_done = true;
+          head.clear();
+          if (!rest.empty() && io.on_out) io.on_out(rest);
+          return;
+        }
+        if (found == std::string::npos) break;
+        at = found + 1;
       }
-      if (!rest.empty() && io.on_out) io.on_out(rest);
-      head.clear();
+      if (head.size() > 4096) {
+        head_done = true;
+        std::string rest;
+        rest.swap(head);
+        if (io.on_out) io.on_out(rest);
+      }
       return;
     }
     if (io.on_out) io.on_out(d);

@@ -229,13 +229,13 @@ std::string hostkey_prefs(const std::vector<std::string>& preferred) {
 void Session::Impl::disconnect() noexcept {
   if (sftp) {
     libssh2_session_set_blocking(s, 1);
-    libssh2_session_set_timeout(s, 1000);
+    libssh2_session_set_timeout(s, 300);
     libssh2_sftp_shutdown(sftp);
     sftp = nullptr;
   }
   if (s) {
     libssh2_session_set_blocking(s, 1);
-    libssh2_session_set_timeout(s, 1000);
+    libssh2_session_set_timeout(s, 300);
     libssh2_session_disconnect(s, "ephrun closing");
     libssh2_session_free(s);
     s = nullptr;
