@@ -553,6 +553,16 @@ void Session::reconnect(const CancelToken& token) {
   impl_ = do_connect(opts, token);
 }
 
+int Session::keepalive() {
+  auto& im = impl();
+  im.require_open();
+  int next = 0;
+  int rc = libssh2_keepalive_send(im.s, &next);
+  if (rc != 0 && rc != LIBSSH2_ERROR_EAGAIN) im.fail("keepalive failed");
+  im.next_keepalive = Clock::now() + std::chrono::seconds(std::max(next, 1));
+  return next;
+}
+
 const ConnectOptions& Session::options() const {
   if (!impl_) throw Error(ErrorKind::other, "SSH session was moved from");
   return impl_->opts;

@@ -104,6 +104,12 @@ class Session {
   /// Drops the connection (if any) and connects again with the same options.
   void reconnect(const CancelToken& token = {});
 
+  /// Sends a keepalive if one is due (long-running calls do this themselves; an idle
+  /// session kept across a long wait should call it now and then). Returns the
+  /// seconds until the next one is due. Throws ssh::Error(other) when the
+  /// connection is gone (then reconnect()).
+  int keepalive();
+
   [[nodiscard]] const ConnectOptions& options() const;
   /// "SHA256:..." of the server's host key as verified.
   [[nodiscard]] const std::string& host_key_fingerprint() const;

@@ -318,6 +318,8 @@ TEST_CASE("ssh session: ssh-agent keys, reconnect", "[ssh][session]") {
     CHECK(s.run("echo agent").out == "agent\n");
     s.reconnect();
     CHECK(s.run("echo again").out == "again\n");
+    CHECK(s.keepalive() > 0);
+    CHECK(s.run("echo after keepalive").code == 0);
   } catch (const std::exception& e) {
     err = e.what();
   }

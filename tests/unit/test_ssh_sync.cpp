@@ -9,6 +9,7 @@
 #include "ssh/keys.hpp"
 #include "ssh/session.hpp"
 #include "ssh/sync.hpp"
+#include "ssh/util.hpp"
 
 using namespace ephrun;
 using namespace std::chrono_literals;
@@ -18,6 +19,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
+std::string q(const std::string& s) { return ssh::shell_quote(s); }
+
 struct SyncPeer {
   test::Sshd sshd;
   ssh::KeyPair key = ssh::generate_ed25519("sync");
@@ -25,10 +28,11 @@ struct SyncPeer {
   std::string local, remote;
   SyncPeer() : s(connect(sshd, key)) {
     local = sshd.dir() + "/src";
-    remote = sshd.home() + "/sync-" + std::to_string(sshd.port());
+    // A space and a quote in the remote path exercise the quoting of every command.
+    remote = sshd.home() + "/sync dir's-" + std::to_string(sshd.port());
     fs::create_directories(local);
   }
-  ~SyncPeer() { test::sh_status("rm -rf " + remote); }
+  ~SyncPeer() { std::filesystem::remove_all(remote); }
   static ssh::Session connect(test::Sshd& d, const ssh::KeyPair& k) {
     d.authorize(k.public_line);
     ssh::ConnectOptions o;
@@ -51,8 +55,8 @@ bool exists(const std::string& p) {
 // "type mode size mtime path -> link" per entry, sorted, NUL-safe enough for tests.
 std::string listing(const std::string& dir) {
   // Symlink mtimes are not kept (nothing reads them).
-  return sh("cd '" + dir +
-            "' && { find . -mindepth 1 ! -type l -printf '%y %m %s %T@ %P\\n'; "
+  return sh("cd " + q(dir) +
+            " && { find . -mindepth 1 ! -type l -printf '%y %m %s %T@ %P\\n'; "
             "find . -type l -printf '%y %P -> %l\\n'; } | LC_ALL=C sort");
 }
 
@@ -123,7 +127,7 @@ TEST_CASE("ssh sync: cold, warm, changes, delete, excludes, odd names, symlinks,
   fs::create_symlink("does/not/exist", L("dangling"));
   fs::create_symlink("src/deep", L("dir-link"));
   fs::create_symlink(std::string(150, 'z'), L("long-target-link"));
-  sh("touch -d '2001-02-03 04:05:06.123456789' '" + L("README.md") + "'");
+  sh("touch -d '2001-02-03 04:05:06.123456789' " + q(L("README.md")) + "");
 
   ssh::SyncOptions o;
   o.exclude = {"node_modules/", "*.log"};
@@ -140,8 +144,9 @@ TEST_CASE("ssh sync: cold, warm, changes, delete, excludes, odd names, symlinks,
 
   auto R = [&](const std::string& rel) { return p.r(rel); };
   CHECK(test::read_text(R("README.md")) == "readme\n");
-  CHECK(sh("stat -c '%a' '" + R("run.sh") + "' '" + R("private.txt") + "'") == "755\n600\n");
-  CHECK(sh("stat -c '%y' '" + R("README.md") + "'").rfind("2001-02-03 04:05:06.123456789", 0) == 0);
+  CHECK(sh("stat -c '%a' " + q(R("run.sh")) + " " + q(R("private.txt")) + "") == "755\n600\n");
+  CHECK(sh("stat -c '%y' " + q(R("README.md")) + "").rfind("2001-02-03 04:05:06.123456789", 0) ==
+        0);
   CHECK(test::read_text(R("new\nline.txt")) == "newline\n");
   CHECK(test::read_text(R("with space.txt")) == "space\n");
   CHECK(test::read_text(R("ünïcødé-文件.txt")) == "unicode\n");
@@ -167,14 +172,14 @@ TEST_CASE("ssh sync: cold, warm, changes, delete, excludes, odd names, symlinks,
   CHECK(st.deleted == 0);
 
   // One file changed (same size, new content), one only touched (big: hashed, not sent).
-  sh("sleep 0.01; printf 'README\\n' > '" + L("README.md") + "'");
-  sh("touch '" + L("src/deep/er/data.bin") + "'");
+  sh("sleep 0.01; printf 'README\\n' > " + q(L("README.md")) + "");
+  sh("touch " + q(L("src/deep/er/data.bin")) + "");
   st = ssh::sync(p.s, p.local, p.remote, o);
   CHECK(st.files_sent == 1);
   CHECK(st.bytes_sent == 7);
   CHECK(test::read_text(R("README.md")) == "README\n");
-  CHECK(sh("stat -c %Y '" + L("src/deep/er/data.bin") + "' '" + R("src/deep/er/data.bin") +
-           "' | uniq | wc -l") == "1\n");
+  CHECK(sh("stat -c %Y " + q(L("src/deep/er/data.bin")) + " " + q(R("src/deep/er/data.bin")) +
+           " | uniq | wc -l") == "1\n");
   st = ssh::sync(p.s, p.local, p.remote, o);
   CHECK(st.files_sent == 0);
 
@@ -203,11 +208,11 @@ TEST_CASE("ssh sync: cold, warm, changes, delete, excludes, odd names, symlinks,
 
   // The remote now mirrors the local tree minus the excluded entries.
   std::string mirror = p.sshd.dir() + "/mirror";
-  sh("cp -a '" + p.local + "' '" + mirror + "' && cd '" + mirror +
-     "' && rm -rf .env .env.local server.pem keys/id_ed25519 .git node_modules logs/a.log "
+  sh("cp -a " + q(p.local) + " " + q(mirror) + " && cd " + q(mirror) +
+     " && rm -rf .env .env.local server.pem keys/id_ed25519 .git node_modules logs/a.log "
      "src/x.o src/generated");
   write_text(mirror + "/remote-only.log", "remote log\n");
-  sh("touch -r '" + R("remote-only.log") + "' '" + mirror + "/remote-only.log'");
+  sh("touch -r " + q(R("remote-only.log")) + " " + q(mirror + "/remote-only.log"));
   auto strip_dirs = [](std::string s) {
     // Directory sizes and mtimes differ between file systems and runs.
     std::string out, line;
@@ -241,7 +246,7 @@ TEST_CASE("ssh sync: SFTP fallback when the remote has no tar", "[ssh][sync]") {
   CHECK(st.used_sftp);
   CHECK(st.files_sent == 3);
   CHECK(test::read_text(p.r("a/b/f.txt")) == "f\n");
-  CHECK(sh("stat -c %a '" + p.r("a/b/f.txt") + "' '" + p.r("top.sh") + "'") == "640\n755\n");
+  CHECK(sh("stat -c %a " + q(p.r("a/b/f.txt")) + " " + q(p.r("top.sh")) + "") == "640\n755\n");
   CHECK(fs::read_symlink(p.r("ln")) == "a/b/f.txt");
   CHECK(ssh::sync(p.s, p.local, p.remote, o).files_sent == 0);
 }
@@ -252,20 +257,20 @@ TEST_CASE("ssh sync: a big file arrives intact (EPHRUN_BIG_FILE_MB)", "[ssh][syn
   if (const char* e = std::getenv("EPHRUN_BIG_FILE_MB")) mb = std::atol(e);
   if (mb <= 0) return;
   sh("openssl enc -aes-128-ctr -nosalt -pass pass:ephrun -in /dev/zero 2>/dev/null | head -c " +
-     std::to_string(mb) + "M > '" + p.l("big.bin") + "'");
+     std::to_string(mb) + "M > " + q(p.l("big.bin")) + "");
   auto t0 = ssh::Clock::now();
   auto st = ssh::sync(p.s, p.local, p.remote);
   auto took = std::chrono::duration<double>(ssh::Clock::now() - t0).count();
   WARN("synced " << mb << " MiB in " << took << " s (" << mb / took << " MiB/s)");
   CHECK(st.bytes_sent == static_cast<std::uint64_t>(mb) << 20);
-  auto local_sum = sh("sha256sum < '" + p.l("big.bin") + "'");
-  auto remote_sum = p.s.run("sha256sum < " + p.r("big.bin")).out;
+  auto local_sum = sh("sha256sum < " + q(p.l("big.bin")) + "");
+  auto remote_sum = p.s.run("sha256sum < " + q(p.r("big.bin"))).out;
   CHECK(local_sum == remote_sum);
 }
 
 TEST_CASE("ssh sync: a cancel stops the transfer and the remote tar", "[ssh][sync]") {
   SyncPeer p;
-  sh("head -c 300M /dev/zero > '" + p.l("zeros.bin") + "'");
+  sh("head -c 300M /dev/zero > " + q(p.l("zeros.bin")) + "");
   CancelToken tok;
   std::jthread canceller([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -283,7 +288,7 @@ TEST_CASE("ssh sync: a cancel stops the transfer and the remote tar", "[ssh][syn
   bool gone = false;
   for (int i = 0; i < 30 && !gone; ++i) {
     // Only a tar working in this test's directory (others may run in parallel).
-    gone = test::sh("for t in $(pgrep -u ephrun-test -x tar); do readlink /proc/$t/cwd; done")
+    gone = test::sh("for t in $(pgrep -u ephrun-test -x tar); do readlink /proc/$t/cwd; done; true")
                .find(p.remote) == std::string::npos;
     if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
