@@ -224,8 +224,12 @@ bool act(lua_State* L, const RunOptions& o) {
   Step s{.kind = "spawn",
          .what = o.command,
          .where = o.spawn.cwd.empty() ? "local" : "local:" + o.spawn.cwd};
+  // Names only: values are often credentials that were never registered as secrets.
+  std::string names;
   for (const auto& [k, v] : o.spawn.env)
-    s.details.push_back("env " + k + (v ? "=" + redact(*v) : " unset"));
+    names += (names.empty() ? "" : " ") + k + (v ? "" : "(unset)");
+  if (!names.empty()) s.details.push_back("env: " + names);
+  if (o.spawn.env_clear) s.details.push_back("environment cleared");
   return rt->effect(std::move(s));
 }
 

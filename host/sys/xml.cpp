@@ -106,7 +106,8 @@ XmlValue decode_element(const pugi::xml_node& el, const std::set<std::string>& a
 void encode_into(pugi::xml_node node, const XmlValue& v);
 
 void encode_child(pugi::xml_node parent, const std::string& name, const XmlValue& v) {
-  if (v.kind == XmlValue::Kind::array) {
+  // EC2's lists: `xSet = {a, b}` is <xSet><item>a</item><item>b</item></xSet>.
+  if (v.kind == XmlValue::Kind::array && !ends_with(name, "Set")) {
     for (const auto& item : v.items) {
       if (item.kind == XmlValue::Kind::array)
         throw std::runtime_error("xml.encode: an array inside an array (under '" + name +

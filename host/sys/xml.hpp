@@ -47,8 +47,9 @@ struct XmlDecoded {
 XmlDecoded xml_decode(const std::string& text, const std::set<std::string>& arrays = {});
 
 /// The inverse mapping, best effort: a table becomes child elements (keys in
-/// the order given), an array repeats the element under its key, `_attr`
-/// becomes attributes and `_text` text. Throws std::runtime_error for shapes
+/// the order given), an array repeats the element under its key (under a key
+/// ending in `Set` it becomes `<item>` children instead, as EC2 writes lists),
+/// `_attr` becomes attributes and `_text` text. Throws std::runtime_error for shapes
 /// XML cannot hold (an array directly inside an array).
 std::string xml_encode(const XmlValue& value, const std::string& root);
 
