@@ -161,13 +161,12 @@ end
 function PlanSession:sync(local_dir, remote_dir, opts)
   opts = opts or {}
   local details = {}
-  local stats = { files_total = 0, bytes_total = 0, files_sent = 0, bytes_sent = 0, dry_run = true }
-  local ok, ssh = pcall(require, "ephrun.ssh")
-  if ok and ssh.scan_local then
-    stats = ssh.scan_local(local_dir, opts)
-    stats.dry_run = true
+  local ssh = require "ephrun.ssh"
+  local stats = ssh.scan_local(local_dir, opts)
+  stats.dry_run = true
+  do
     details[#details + 1] = ("%d files, %s (%d excluded)"):format(stats.files_total,
-      ephrun.fs and ephrun.fs.human_bytes and ephrun.fs.human_bytes(stats.bytes_total) or (stats.bytes_total .. " bytes"),
+      ssh.human_bytes(stats.bytes_total),
       stats.excluded or 0)
   end
   local ex = { ".env*", "*.pem", "id_*", ".git" }
