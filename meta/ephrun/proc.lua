@@ -47,7 +47,7 @@ local proc = {}
 function proc.run(argv, opts) end
 
 ---@class ephrun.proc.Process
-local Process = {}
+local Process = {} -- luacheck: ignore 241
 
 --- Waits for the exit (at most `timeout` seconds); returns the result, or
 --- nil, "timeout" with the child still running. Follows `check` like

@@ -6,7 +6,202 @@ local xml = ephrun.xml
 -- A DescribeInstances reply from moto 5.2.1 (two instances of one RunInstances call).
 local DESCRIBE = [==[
 <?xml version="1.0" encoding="utf-8"?>
-<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15"><reservationSet><item><reservationId>r-6b1a6b733fabf3775</reservationId><ownerId>123456789012</ownerId><groupSet/><instancesSet><item><architecture>x86_64</architecture><blockDeviceMapping><item><deviceName>/dev/sda1</deviceName><ebs><attachTime>2026-11-25T17:00:50.000Z</attachTime><deleteOnTermination>true</deleteOnTermination><status>attached</status><volumeId>vol-d5523307c1f1ddcf8</volumeId></ebs></item></blockDeviceMapping><clientToken>ABCDE</clientToken><ebsOptimized>false</ebsOptimized><hypervisor>xen</hypervisor><networkInterfaceSet><item><association><ipOwnerId>123456789012</ipOwnerId><publicDnsName>ip-54-214-228-199.ec2.internal</publicDnsName><publicIp>54.214.228.199</publicIp></association><attachment><attachTime>2026-11-25T17:00:50.000Z</attachTime><attachmentId>eni-attach-b6af5b19c19f31e93</attachmentId><deleteOnTermination>false</deleteOnTermination><deviceIndex>0</deviceIndex><status>attached</status><networkCardIndex>0</networkCardIndex></attachment><description>Primary network interface</description><groupSet><item><groupId>sg-6545b0925799e749b</groupId><groupName>default</groupName></item></groupSet><ipv6AddressesSet/><macAddress>02:00:00:dc:0f:5d</macAddress><networkInterfaceId>eni-49f4c843873016d5f</networkInterfaceId><ownerId>123456789012</ownerId><privateDnsName>ip-10-84-128-233.ec2.internal</privateDnsName><privateIpAddress>10.84.128.233</privateIpAddress><privateIpAddressesSet><item><association><ipOwnerId>123456789012</ipOwnerId><publicDnsName>ip-54-214-228-199.ec2.internal</publicDnsName><publicIp>54.214.228.199</publicIp></association><primary>true</primary><privateIpAddress>10.84.128.233</privateIpAddress></item></privateIpAddressesSet><sourceDestCheck>true</sourceDestCheck><status>in-use</status><subnetId>subnet-22b3235038af561bc</subnetId><vpcId>vpc-4260989689be7e5c3</vpcId><interfaceType>interface</interfaceType></item></networkInterfaceSet><rootDeviceName>/dev/sda1</rootDeviceName><rootDeviceType>ebs</rootDeviceType><groupSet/><sourceDestCheck>true</sourceDestCheck><sriovNetSupport>simple</sriovNetSupport><stateReason><code/><message/></stateReason><tagSet><item><key>Project</key><value>ephrun</value></item></tagSet><virtualizationType>paravirtual</virtualizationType><hibernationOptions/><metadataOptions><state>applied</state><httpTokens>optional</httpTokens><httpPutResponseHopLimit>1</httpPutResponseHopLimit><httpEndpoint>enabled</httpEndpoint><httpProtocolIpv6>disabled</httpProtocolIpv6><instanceMetadataTags>disabled</instanceMetadataTags></metadataOptions><instanceId>i-5de637e0dcbc8db34</instanceId><imageId>ami-12345678</imageId><instanceState><code>16</code><name>running</name></instanceState><privateDnsName>ip-10-84-128-233.ec2.internal</privateDnsName><dnsName>ec2-54-214-228-199.compute-1.amazonaws.com</dnsName><reason/><amiLaunchIndex>0</amiLaunchIndex><productCodes/><instanceType>t3.micro</instanceType><launchTime>2026-11-25T17:00:50.000Z</launchTime><placement><groupName/><tenancy>default</tenancy><availabilityZone>us-east-1a</availabilityZone></placement><kernelId>None</kernelId><monitoring><state>disabled</state></monitoring><subnetId>subnet-22b3235038af561bc</subnetId><vpcId>vpc-4260989689be7e5c3</vpcId><privateIpAddress>10.84.128.233</privateIpAddress><ipAddress>54.214.228.199</ipAddress></item><item><architecture>x86_64</architecture><blockDeviceMapping><item><deviceName>/dev/sda1</deviceName><ebs><attachTime>2026-11-25T17:00:50.000Z</attachTime><deleteOnTermination>true</deleteOnTermination><status>attached</status><volumeId>vol-1a651bcac60a99f9d</volumeId></ebs></item></blockDeviceMapping><clientToken>ABCDE</clientToken><ebsOptimized>false</ebsOptimized><hypervisor>xen</hypervisor><networkInterfaceSet><item><association><ipOwnerId>123456789012</ipOwnerId><publicDnsName>ip-54-214-169-156.ec2.internal</publicDnsName><publicIp>54.214.169.156</publicIp></association><attachment><attachTime>2026-11-25T17:00:50.000Z</attachTime><attachmentId>eni-attach-5b078c0c087710caf</attachmentId><deleteOnTermination>false</deleteOnTermination><deviceIndex>0</deviceIndex><status>attached</status><networkCardIndex>0</networkCardIndex></attachment><description>Primary network interface</description><groupSet><item><groupId>sg-6545b0925799e749b</groupId><groupName>default</groupName></item></groupSet><ipv6AddressesSet/><macAddress>02:00:00:17:e8:58</macAddress><networkInterfaceId>eni-8b2c727e41ad35aac</networkInterfaceId><ownerId>123456789012</ownerId><privateDnsName>ip-10-23-30-252.ec2.internal</privateDnsName><privateIpAddress>10.23.30.252</privateIpAddress><privateIpAddressesSet><item><association><ipOwnerId>123456789012</ipOwnerId><publicDnsName>ip-54-214-169-156.ec2.internal</publicDnsName><publicIp>54.214.169.156</publicIp></association><primary>true</primary><privateIpAddress>10.23.30.252</privateIpAddress></item></privateIpAddressesSet><sourceDestCheck>true</sourceDestCheck><status>in-use</status><subnetId>subnet-22b3235038af561bc</subnetId><vpcId>vpc-4260989689be7e5c3</vpcId><interfaceType>interface</interfaceType></item></networkInterfaceSet><rootDeviceName>/dev/sda1</rootDeviceName><rootDeviceType>ebs</rootDeviceType><groupSet/><sourceDestCheck>true</sourceDestCheck><sriovNetSupport>simple</sriovNetSupport><stateReason><code/><message/></stateReason><tagSet><item><key>Project</key><value>ephrun</value></item></tagSet><virtualizationType>paravirtual</virtualizationType><hibernationOptions/><metadataOptions><state>applied</state><httpTokens>optional</httpTokens><httpPutResponseHopLimit>1</httpPutResponseHopLimit><httpEndpoint>enabled</httpEndpoint><httpProtocolIpv6>disabled</httpProtocolIpv6><instanceMetadataTags>disabled</instanceMetadataTags></metadataOptions><instanceId>i-9be944d354a1f1feb</instanceId><imageId>ami-12345678</imageId><instanceState><code>16</code><name>running</name></instanceState><privateDnsName>ip-10-23-30-252.ec2.internal</privateDnsName><dnsName>ec2-54-214-169-156.compute-1.amazonaws.com</dnsName><reason/><amiLaunchIndex>1</amiLaunchIndex><productCodes/><instanceType>t3.micro</instanceType><launchTime>2026-11-25T17:00:50.000Z</launchTime><placement><groupName/><tenancy>default</tenancy><availabilityZone>us-east-1a</availabilityZone></placement><kernelId>None</kernelId><monitoring><state>disabled</state></monitoring><subnetId>subnet-22b3235038af561bc</subnetId><vpcId>vpc-4260989689be7e5c3</vpcId><privateIpAddress>10.23.30.252</privateIpAddress><ipAddress>54.214.169.156</ipAddress></item></instancesSet></item></reservationSet><requestId>request-id</requestId></DescribeInstancesResponse>
+<DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15">
+<reservationSet>
+<item>
+<reservationId>r-6b1a6b733fabf3775</reservationId>
+<ownerId>123456789012</ownerId>
+<groupSet/>
+<instancesSet>
+<item>
+<architecture>x86_64</architecture>
+<blockDeviceMapping>
+<item>
+<deviceName>/dev/sda1</deviceName>
+<ebs>
+<attachTime>2026-11-25T17:00:50.000Z</attachTime>
+<deleteOnTermination>true</deleteOnTermination>
+<status>attached</status>
+<volumeId>vol-d5523307c1f1ddcf8</volumeId></ebs></item></blockDeviceMapping>
+<clientToken>ABCDE</clientToken>
+<ebsOptimized>false</ebsOptimized>
+<hypervisor>xen</hypervisor>
+<networkInterfaceSet>
+<item>
+<association>
+<ipOwnerId>123456789012</ipOwnerId>
+<publicDnsName>ip-54-214-228-199.ec2.internal</publicDnsName>
+<publicIp>54.214.228.199</publicIp></association>
+<attachment>
+<attachTime>2026-11-25T17:00:50.000Z</attachTime>
+<attachmentId>eni-attach-b6af5b19c19f31e93</attachmentId>
+<deleteOnTermination>false</deleteOnTermination>
+<deviceIndex>0</deviceIndex>
+<status>attached</status>
+<networkCardIndex>0</networkCardIndex></attachment>
+<description>Primary network interface</description>
+<groupSet>
+<item>
+<groupId>sg-6545b0925799e749b</groupId>
+<groupName>default</groupName></item></groupSet>
+<ipv6AddressesSet/>
+<macAddress>02:00:00:dc:0f:5d</macAddress>
+<networkInterfaceId>eni-49f4c843873016d5f</networkInterfaceId>
+<ownerId>123456789012</ownerId>
+<privateDnsName>ip-10-84-128-233.ec2.internal</privateDnsName>
+<privateIpAddress>10.84.128.233</privateIpAddress>
+<privateIpAddressesSet>
+<item>
+<association>
+<ipOwnerId>123456789012</ipOwnerId>
+<publicDnsName>ip-54-214-228-199.ec2.internal</publicDnsName>
+<publicIp>54.214.228.199</publicIp></association>
+<primary>true</primary>
+<privateIpAddress>10.84.128.233</privateIpAddress></item></privateIpAddressesSet>
+<sourceDestCheck>true</sourceDestCheck>
+<status>in-use</status>
+<subnetId>subnet-22b3235038af561bc</subnetId>
+<vpcId>vpc-4260989689be7e5c3</vpcId>
+<interfaceType>interface</interfaceType></item></networkInterfaceSet>
+<rootDeviceName>/dev/sda1</rootDeviceName>
+<rootDeviceType>ebs</rootDeviceType>
+<groupSet/>
+<sourceDestCheck>true</sourceDestCheck>
+<sriovNetSupport>simple</sriovNetSupport>
+<stateReason>
+<code/>
+<message/></stateReason>
+<tagSet>
+<item>
+<key>Project</key>
+<value>ephrun</value></item></tagSet>
+<virtualizationType>paravirtual</virtualizationType>
+<hibernationOptions/>
+<metadataOptions>
+<state>applied</state>
+<httpTokens>optional</httpTokens>
+<httpPutResponseHopLimit>1</httpPutResponseHopLimit>
+<httpEndpoint>enabled</httpEndpoint>
+<httpProtocolIpv6>disabled</httpProtocolIpv6>
+<instanceMetadataTags>disabled</instanceMetadataTags></metadataOptions>
+<instanceId>i-5de637e0dcbc8db34</instanceId>
+<imageId>ami-12345678</imageId>
+<instanceState>
+<code>16</code>
+<name>running</name></instanceState>
+<privateDnsName>ip-10-84-128-233.ec2.internal</privateDnsName>
+<dnsName>ec2-54-214-228-199.compute-1.amazonaws.com</dnsName>
+<reason/>
+<amiLaunchIndex>0</amiLaunchIndex>
+<productCodes/>
+<instanceType>t3.micro</instanceType>
+<launchTime>2026-11-25T17:00:50.000Z</launchTime>
+<placement>
+<groupName/>
+<tenancy>default</tenancy>
+<availabilityZone>us-east-1a</availabilityZone></placement>
+<kernelId>None</kernelId>
+<monitoring>
+<state>disabled</state></monitoring>
+<subnetId>subnet-22b3235038af561bc</subnetId>
+<vpcId>vpc-4260989689be7e5c3</vpcId>
+<privateIpAddress>10.84.128.233</privateIpAddress>
+<ipAddress>54.214.228.199</ipAddress></item>
+<item>
+<architecture>x86_64</architecture>
+<blockDeviceMapping>
+<item>
+<deviceName>/dev/sda1</deviceName>
+<ebs>
+<attachTime>2026-11-25T17:00:50.000Z</attachTime>
+<deleteOnTermination>true</deleteOnTermination>
+<status>attached</status>
+<volumeId>vol-1a651bcac60a99f9d</volumeId></ebs></item></blockDeviceMapping>
+<clientToken>ABCDE</clientToken>
+<ebsOptimized>false</ebsOptimized>
+<hypervisor>xen</hypervisor>
+<networkInterfaceSet>
+<item>
+<association>
+<ipOwnerId>123456789012</ipOwnerId>
+<publicDnsName>ip-54-214-169-156.ec2.internal</publicDnsName>
+<publicIp>54.214.169.156</publicIp></association>
+<attachment>
+<attachTime>2026-11-25T17:00:50.000Z</attachTime>
+<attachmentId>eni-attach-5b078c0c087710caf</attachmentId>
+<deleteOnTermination>false</deleteOnTermination>
+<deviceIndex>0</deviceIndex>
+<status>attached</status>
+<networkCardIndex>0</networkCardIndex></attachment>
+<description>Primary network interface</description>
+<groupSet>
+<item>
+<groupId>sg-6545b0925799e749b</groupId>
+<groupName>default</groupName></item></groupSet>
+<ipv6AddressesSet/>
+<macAddress>02:00:00:17:e8:58</macAddress>
+<networkInterfaceId>eni-8b2c727e41ad35aac</networkInterfaceId>
+<ownerId>123456789012</ownerId>
+<privateDnsName>ip-10-23-30-252.ec2.internal</privateDnsName>
+<privateIpAddress>10.23.30.252</privateIpAddress>
+<privateIpAddressesSet>
+<item>
+<association>
+<ipOwnerId>123456789012</ipOwnerId>
+<publicDnsName>ip-54-214-169-156.ec2.internal</publicDnsName>
+<publicIp>54.214.169.156</publicIp></association>
+<primary>true</primary>
+<privateIpAddress>10.23.30.252</privateIpAddress></item></privateIpAddressesSet>
+<sourceDestCheck>true</sourceDestCheck>
+<status>in-use</status>
+<subnetId>subnet-22b3235038af561bc</subnetId>
+<vpcId>vpc-4260989689be7e5c3</vpcId>
+<interfaceType>interface</interfaceType></item></networkInterfaceSet>
+<rootDeviceName>/dev/sda1</rootDeviceName>
+<rootDeviceType>ebs</rootDeviceType>
+<groupSet/>
+<sourceDestCheck>true</sourceDestCheck>
+<sriovNetSupport>simple</sriovNetSupport>
+<stateReason>
+<code/>
+<message/></stateReason>
+<tagSet>
+<item>
+<key>Project</key>
+<value>ephrun</value></item></tagSet>
+<virtualizationType>paravirtual</virtualizationType>
+<hibernationOptions/>
+<metadataOptions>
+<state>applied</state>
+<httpTokens>optional</httpTokens>
+<httpPutResponseHopLimit>1</httpPutResponseHopLimit>
+<httpEndpoint>enabled</httpEndpoint>
+<httpProtocolIpv6>disabled</httpProtocolIpv6>
+<instanceMetadataTags>disabled</instanceMetadataTags></metadataOptions>
+<instanceId>i-9be944d354a1f1feb</instanceId>
+<imageId>ami-12345678</imageId>
+<instanceState>
+<code>16</code>
+<name>running</name></instanceState>
+<privateDnsName>ip-10-23-30-252.ec2.internal</privateDnsName>
+<dnsName>ec2-54-214-169-156.compute-1.amazonaws.com</dnsName>
+<reason/>
+<amiLaunchIndex>1</amiLaunchIndex>
+<productCodes/>
+<instanceType>t3.micro</instanceType>
+<launchTime>2026-11-25T17:00:50.000Z</launchTime>
+<placement>
+<groupName/>
+<tenancy>default</tenancy>
+<availabilityZone>us-east-1a</availabilityZone></placement>
+<kernelId>None</kernelId>
+<monitoring>
+<state>disabled</state></monitoring>
+<subnetId>subnet-22b3235038af561bc</subnetId>
+<vpcId>vpc-4260989689be7e5c3</vpcId>
+<privateIpAddress>10.23.30.252</privateIpAddress>
+<ipAddress>54.214.169.156</ipAddress></item></instancesSet></item></reservationSet>
+<requestId>request-id</requestId></DescribeInstancesResponse>
 ]==]
 
 it("decodes an EC2 DescribeInstances reply: item lists become arrays", function()
@@ -36,7 +231,8 @@ it("decodes an empty reply and an error reply", function()
 <DescribeInstancesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15"><reservationSet/><requestId>request-id</requestId></DescribeInstancesResponse>]])
   eq(empty.reservationSet, {})
   local e, root = xml.decode([[<?xml version="1.0" encoding="utf-8"?>
-<Response><Errors><Error><Code>InvalidInstanceID.NotFound</Code><Message>The instance ID 'i-bad' does not exist</Message></Error></Errors><RequestID>request-id</RequestID></Response>]])
+<Response><Errors><Error><Code>InvalidInstanceID.NotFound</Code>
+<Message>The instance ID 'i-bad' does not exist</Message></Error></Errors><RequestID>request-id</RequestID></Response>]])
   eq(root, "Response")
   eq(e.Errors.Error.Code, "InvalidInstanceID.NotFound")
   eq(e.RequestID, "request-id")
@@ -57,7 +253,8 @@ end)
 
 it("member lists (IAM, STS) and a lone item are arrays; attributes and mixed text are kept", function()
   eq(xml.decode("<R><Users><member><N>a</N></member></Users></R>").Users, { { N = "a" } })
-  eq(xml.decode("<R><x><item>1</item><other>2</other></x></R>").x, { item = { "1" }, other = "2" })
+  local mixed = xml.decode("<R><x><item>1</item><other>2</other></x></R>")
+  eq(mixed.x, { item = { "1" }, other = "2" })
   local a = xml.decode([[<R id="7" xmlns="urn:y"><v unit="GiB">500</v>text</R>]])
   eq(a._attr, { id = "7" })
   eq(a.v, { _text = "500", _attr = { unit = "GiB" } })
