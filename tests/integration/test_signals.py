@@ -1,6 +1,8 @@
 """Signals, exit codes and cleanup ordering, with the real binary."""
 import os
 import signal
+import socket
+import subprocess
 import tempfile
 import time
 import unittest
@@ -57,6 +59,27 @@ class Signals(unittest.TestCase):
         m, _, elapsed = self.interrupt("busy", signal.SIGINT, 130)
         self.assertEqual(m, ["scope closed", "inner cleanup", "outer cleanup"])
         self.assertLess(elapsed, 5)
+
+    def test_sigint_interrupts_a_process_wait_and_children_are_stopped(self):
+        m, _, elapsed = self.interrupt("proc", signal.SIGINT, 130)
+        self.assertLess(elapsed, 5)
+        self.assertEqual(m[1:], ["scope closed", "inner cleanup", "outer cleanup"])
+        self.assertTrue(m[0].startswith("child "))
+        time.sleep(0.2)
+        out = subprocess.run(["pgrep", "-f", "sleep 6[01]"], capture_output=True, text=True).stdout
+        self.assertEqual(out, "", "a child outlived ephrun")
+
+    def test_sigint_interrupts_an_http_transfer(self):
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = "http://127.0.0.1:%d/slow" % server.getsockname()[1]
+        try:  # accepts and never answers
+            m, _, elapsed = self.interrupt("http", signal.SIGINT, 130, extra=("url=" + url,))
+        finally:
+            server.close()
+        self.assertLess(elapsed, 5)
+        self.assertEqual(m, ["scope closed", "inner cleanup", "outer cleanup"])
 
     def test_second_sigint_says_what_is_still_being_cleaned(self):
         p = start([SIGNALS, "marker=" + self.marker, "mode=slow-cleanup"])

@@ -36,6 +36,8 @@ return ephrun.recipe {
       local x = 0
       while true do x = x + 1 end
     elseif p.mode == "proc" then
+      local child = assert(ephrun.proc.spawn({ "sleep", "61.5" }))
+      mark("child " .. child:pid())
       ready()
       ephrun.proc.run({ "sleep", "60" })
     elseif p.mode == "http" then
