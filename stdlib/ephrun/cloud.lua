@@ -153,11 +153,13 @@ function M.plan_session(host)
   return setmetatable({ host = host }, PlanSession)
 end
 
+--- Records a remote command (see ephrun.ssh Session:run).
 function PlanSession:run(cmd, opts)
   ephrun.effect { kind = "run", what = cmd, where = self.host, run = function() end }
   return { code = 0, stdout = "", stderr = "", duration = 0, dry_run = true, opts = opts }
 end
 
+--- Records a sync with the local file and byte counts and the excludes.
 function PlanSession:sync(local_dir, remote_dir, opts)
   opts = opts or {}
   local details = {}
@@ -177,11 +179,13 @@ function PlanSession:sync(local_dir, remote_dir, opts)
   return stats
 end
 
+--- Records a fetch.
 function PlanSession:fetch(remote, local_dir)
   ephrun.effect { kind = "fetch", what = remote .. " → " .. local_dir, where = self.host, run = function() end }
   return { files = 0, bytes = 0, dry_run = true }
 end
 
+--- Nothing to close.
 function PlanSession.close(_) end
 PlanSession.__close = PlanSession.close
 
