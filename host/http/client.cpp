@@ -229,7 +229,8 @@ Attempt attempt_once(const Request& req, const CancelToken& tok, double timeout,
   if (req.sigv4 && !req.sigv4->session_token.empty())
     add_header("X-Amz-Security-Token: " + req.sigv4->session_token);
 
-  check(curl_easy_setopt(c, CURLOPT_URL, req.url.c_str()), "url");
+  const std::string url = req.sigv4 ? sort_query(req.url) : req.url;
+  check(curl_easy_setopt(c, CURLOPT_URL, url.c_str()), "url");
   check(curl_easy_setopt(c, CURLOPT_SHARE, shared()), "share");
   check(curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L), "nosignal");
   check(curl_easy_setopt(c, CURLOPT_ERRORBUFFER, errbuf), "errorbuffer");
@@ -431,6 +432,35 @@ std::string redact_url(std::string_view url) {
   return redact(std::move(out));
 }
 
+std::string sort_query(std::string_view url) {
+  auto q = url.find('?');
+  if (q == std::string_view::npos) return std::string(url);
+  auto hash = url.find('#', q);
+  std::string_view query =
+      url.substr(q + 1, hash == std::string_view::npos ? url.npos : hash - q - 1);
+  std::vector<std::pair<std::string_view, std::string_view>> params;
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    std::string_view part = query.substr(0, amp);
+    if (!part.empty()) {
+      auto eq = part.find('=');
+      params.emplace_back(part.substr(0, eq),
+                          eq == std::string_view::npos ? std::string_view{} : part.substr(eq + 1));
+    }
+    if (amp == std::string_view::npos) break;
+    query = query.substr(amp + 1);
+  }
+  std::sort(params.begin(), params.end());
+  std::string out(url.substr(0, q));
+  for (size_t i = 0; i < params.size(); ++i) {
+    out += i == 0 ? '?' : '&';
+    out.append(params[i].first);
+    out += '=';
+    out.append(params[i].second);
+  }
+  return out;
+}
+
 std::string url_host(std::string_view url) {
   auto s = url.find("://");
   if (s == std::string_view::npos) return "";
@@ -460,15 +490,6 @@ Result perform(const Request& req, const CancelToken& tok, const RetryPolicy& po
   std::unique_ptr<TempFile> file;
   if (!req.download.empty()) file = std::make_unique<TempFile>(req.download);
 
-  if (spdlog::should_log(spdlog::level::trace)) {
-    for (const auto& [k, v] : req.headers) spdlog::trace("http: > {}", header_for_log(k, v));
-    if (req.sigv4) {
-      spdlog::trace("http: > {}", header_for_log("Authorization", "AWS4-HMAC-SHA256 ..."));
-      if (!req.sigv4->session_token.empty())
-        spdlog::trace("http: > {}", header_for_log("X-Amz-Security-Token", "..."));
-    }
-  }
-
   Result result;
   for (int attempt = 1;; ++attempt) {
     if (tok.cancelled()) {
@@ -482,6 +503,14 @@ Result perform(const Request& req, const CancelToken& tok, const RetryPolicy& po
     }
     if (file) file->reset();
     spdlog::debug("http: {} (attempt {})", shown, attempt);
+    if (attempt == 1 && spdlog::should_log(spdlog::level::trace)) {
+      for (const auto& [k, v] : req.headers) spdlog::trace("http: > {}", header_for_log(k, v));
+      if (req.sigv4) {
+        spdlog::trace("http: > {}", header_for_log("Authorization", "AWS4-HMAC-SHA256 ..."));
+        if (!req.sigv4->session_token.empty())
+          spdlog::trace("http: > {}", header_for_log("X-Amz-Security-Token", "..."));
+      }
+    }
     Attempt a = attempt_once(req, tok, timeout, file.get());
 
     if (a.rc == CURLE_ABORTED_BY_CALLBACK && tok.cancelled()) {

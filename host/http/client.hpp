@@ -105,6 +105,10 @@ std::string header_for_log(std::string_view name, std::string_view value);
 /// The URL without userinfo, with every query value replaced by <redacted>
 /// and no fragment; then passed through ephrun::redact.
 std::string redact_url(std::string_view url);
+/// The URL with its query parameters sorted by name, then value, and a bare
+/// `name` written `name=`: the order SigV4 signs them in. libcurl 7.88 signs
+/// the query as given, so a signed request is sent in this form.
+std::string sort_query(std::string_view url);
 /// The host[:port] part of a URL ("" when there is none).
 std::string url_host(std::string_view url);
 /// Looks a (lowercased) header up in a response's headers.

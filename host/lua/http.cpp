@@ -264,7 +264,7 @@ int do_request(lua_State* L, int idx) {
       res = http::perform(req, tok);
     } catch (const std::exception& e) {
       res.failure.message = req.method + " " + http::redact_url(req.url) + ": " + e.what();
-      res.failure.code = 0;
+      res.failure.code = 23;  // CURLE_WRITE_ERROR: the download file could not be made
     }
     if (!res.response) {
       if (res.failure.cancelled) return Outcome::fail(res.failure.message);

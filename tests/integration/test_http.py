@@ -13,8 +13,7 @@ import unittest
 import urllib.request
 from unittest import mock
 
-BIN = os.environ.get("EPHRUN_BIN", "build/ephrun")
-SRC = os.environ.get("EPHRUN_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from common import BIN, SRC
 
 
 class LocalServer:

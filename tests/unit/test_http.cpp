@@ -146,6 +146,10 @@ TEST_CASE("http: sensitive headers and URLs are redacted", "[http]") {
   CHECK(http::url_host("https://u:pw@h.example:8443/p?q") == "h.example:8443");
   CHECK(http::url_host("http://10.0.0.1") == "10.0.0.1");
 
+  CHECK(http::sort_query("https://h/p?b=2&a=1&Empty&a=0#f") == "https://h/p?Empty=&a=0&a=1&b=2");
+  CHECK(http::sort_query("https://h/p") == "https://h/p");
+  CHECK(http::sort_query("https://h/p?") == "https://h/p");
+
   Secrets::global().add("UNIT_HTTP_SECRET", "s3cr3t-in-path");
   CHECK(http::redact_url("https://h/s3cr3t-in-path/x") == "https://h/<secret:UNIT_HTTP_SECRET>/x");
   CHECK(http::header_for_log("X-Note", "s3cr3t-in-path") == "X-Note: <secret:UNIT_HTTP_SECRET>");
