@@ -1,5 +1,6 @@
 // ephrun.http: HTTP requests with retries, downloads and AWS SigV4, done off
 // the Lua thread (host/http/client.cpp does the work).
+#include <algorithm>
 #include <cctype>
 #include <set>
 
@@ -152,7 +153,9 @@ http::Request read_request(lua_State* L, int idx, bool& raise) {
   r.download = lua::opt_string_field(L, idx, "download", "");
   r.timeout = seconds_field(L, idx, "timeout", r.download.empty() ? 30 : 0);
   r.connect_timeout = seconds_field(L, idx, "connect_timeout", 10);
-  r.deadline = seconds_field(L, idx, "deadline", r.download.empty() ? 300 : 0);
+  // By default every attempt gets its whole timeout: the deadline is 300 s or
+  // the timeout when longer, and none when there is no timeout.
+  r.deadline = seconds_field(L, idx, "deadline", r.timeout > 0 ? std::max(300.0, r.timeout) : 0);
   double retries = lua::opt_number_field(L, idx, "retries", -1);
   if (retries != -1 && (retries < 0 || retries > 100 || retries != static_cast<int>(retries)))
     luaL_error(L, "http.request: retries must be an integer from 0 to 100");

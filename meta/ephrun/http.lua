@@ -25,7 +25,7 @@ local http = {}
 ---@field body? string
 ---@field timeout? number|string one attempt, seconds or "30s"; default 30 (none for downloads, which instead fail after 60 s without data); 0 = none
 ---@field connect_timeout? number|string default 10
----@field deadline? number|string all attempts and waits together; default 300 (none for downloads); 0 = none
+---@field deadline? number|string all attempts and waits together; default 300, or `timeout` when longer, none without a timeout; 0 = none
 ---@field retries? integer retries after the first attempt, default 4
 ---@field retry? boolean also retry non-idempotent methods (POST, PATCH) on 5xx, 429 and timeouts; without it they are retried only when the connection failed before anything was sent
 ---@field download? string stream a 2xx body to this file: written beside it, fsynced, renamed over it; a non-2xx body stays in `body`

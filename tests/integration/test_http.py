@@ -131,6 +131,27 @@ end }}
         self.assertIn("retry 2/4", out)
         self.assertIn("returned 403 Forbidden", out)
 
+    def test_sigint_stops_a_slow_download(self):
+        import signal
+        out = os.path.join(self.tmp, "slow.bin")
+        path = self.recipe(f"""
+  io.stdout:write("READY\\n"); io.stdout:flush()
+  http.get(p.url .. "/slow?size=5000000&rate=50000", {{ download = "{out}" }})
+""")
+        e = dict(os.environ)
+        e.setdefault("EPHRUN_HOME", tempfile.mkdtemp(prefix="ephrun-home-"))
+        proc = subprocess.Popen([BIN, path, f"url={self.srv.base}"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=e)
+        self.assertIn("READY", proc.stdout.readline())
+        time.sleep(0.7)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        self.assertLess(time.monotonic() - t0, 1.5, err)
+        self.assertEqual(proc.returncode, 130, err)
+        self.assertFalse(os.path.exists(out))
+        self.assertEqual([n for n in os.listdir(self.tmp) if ".part-" in n], [])
+
     def test_sigv4_matches_botocore(self):
         try:
             import botocore.auth
