@@ -104,14 +104,14 @@ int await(lua_State* L, std::string what, Work work) {
   if (t && t->cancel_requested) raise_cancel(L, t);
   if (!t || !s->yieldable_task(L)) {
     CancelToken token;
-    s->begin_inline(token);
+    if (s) s->begin_inline(token);
     Outcome out;
     try {
       out = work(token);
     } catch (const std::exception& e) {
       out = Outcome::fail(e.what());
     }
-    s->end_inline();
+    if (s) s->end_inline();
     if (token.cancelled() && out.error.empty()) out = Outcome::fail(token.reason());
     return push_outcome(L, out);
   }
