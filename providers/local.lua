@@ -1,6 +1,251 @@
---- The local provider: an "instance" is an sshd on 127.0.0.1 with this run's
---- keys, for trying recipes with no cloud account. It costs nothing.
+--- The local provider: an "instance" is a real sshd on 127.0.0.1 at a free
+--- port, with this run's host key and authorized key, and a private working
+--- directory. It costs nothing and needs no cloud account.
+---
+--- Layout: `$EPHRUN_HOME/local/<id>/` holds meta.json (tags, port, expiry),
+--- the host key, sshd_config, sshd's pid and log, and two shell scripts:
+--- `instance.sh`, the detached watchdog that boots sshd after `boot_delay` and
+--- ends the instance at its expiry even if ephrun was killed, and
+--- `destroy.sh`, which ends it by hand (`sh destroy.sh`). Sessions start in
+--- the working area: `<dir>/work` when ephrun runs as a normal user (who is
+--- also the login user), `~ephrun-local/ephrun/<id>` when it runs as root
+--- (root logs in as the plain user `ephrun-local`, created on first use).
+local ephrun = require "ephrun"
+
 local M = {}
+
+local LOGIN_USER_AS_ROOT = "ephrun-local"
+local SSHD = "/usr/sbin/sshd"
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function read(path)
+  local f = io.open(path, "r")
+  if not f then return nil end
+  local d = f:read("a")
+  f:close()
+  return d
+end
+
+local function base_dir()
+  return require("ephrun.cloud").state_dir() .. "/local"
+end
+
+local function uid()
+  local st = read("/proc/self/status") or ""
+  return tonumber(st:match("\nUid:%s*(%d+)")) or -1
+end
+
+-- name, home of a passwd entry selected by name or uid
+local function passwd(by_name, by_uid)
+  for line in (read("/etc/passwd") or ""):gmatch("[^\n]+") do
+    local name, id, home = line:match("^([^:]*):[^:]*:(%d+):%d+:[^:]*:([^:]*):")
+    if name and ((by_name and name == by_name) or (by_uid and tonumber(id) == by_uid)) then
+      return name, home
+    end
+  end
+end
+
+-- The login user and the directory its sessions start in.
+local function login_user(id, dir)
+  if uid() == 0 then
+    local name, home = passwd(LOGIN_USER_AS_ROOT)
+    if not name then
+      ephrun.proc.run({ "useradd", "-m", "-s", "/bin/sh", LOGIN_USER_AS_ROOT }, { stream = false })
+      name, home = passwd(LOGIN_USER_AS_ROOT)
+      if not name then error("local provider: could not create user " .. LOGIN_USER_AS_ROOT) end
+    end
+    -- With UsePAM no, sshd refuses accounts whose password is locked ('!'), even for keys.
+    local shadow = "\n" .. (read("/etc/shadow") or "")
+    if not shadow:find("\n" .. name .. ":*:", 1, true) then
+      ephrun.proc.run({ "usermod", "-p", "*", name }, { stream = false })
+    end
+    return name, home .. "/ephrun/" .. id, true
+  end
+  local name = passwd(nil, uid()) or os.getenv("USER") or os.getenv("LOGNAME")
+  if not name then error("local provider: cannot tell the current user's name") end
+  return name, dir .. "/work", false
+end
+
+-- Ports someone listens on (IPv4 and IPv6), from /proc/net.
+local function listening_ports()
+  local ports = {}
+  for _, f in ipairs { "/proc/net/tcp", "/proc/net/tcp6" } do
+    for line in (read(f) or ""):gmatch("[^\n]+") do
+      local port, st = line:match("^%s*%d+: %x+:(%x+) %x+:%x+ (%x+)")
+      if port and st == "0A" then ports[tonumber(port, 16)] = true end
+    end
+  end
+  return ports
+end
+
+local function free_port()
+  local used = listening_ports()
+  for _ = 1, 200 do
+    local p = math.random(20000, 59999)
+    if not used[p] then return p end
+  end
+  error("local provider: no free port found")
+end
+
+local function new_id()
+  local seed = table.concat({ ephrun.run_id(), tostring(ephrun.time.now()), tostring(math.random()),
+    tostring({}) }, "/")
+  return "loc-" .. ephrun.fs.hash_string(seed):sub(1, 10)
+end
+
+local function load_meta(dir)
+  local text = read(dir .. "/meta.json")
+  if not text then return nil end
+  local ok, m = pcall(ephrun.json.decode, text)
+  if ok and type(m) == "table" then return m end
+end
+
+local function pid_alive(pid)
+  if not pid then return false end
+  local st = read("/proc/" .. pid .. "/stat")
+  if not st then return false end
+  return not st:match("^%d+ %b() Z") -- a zombie is gone for our purposes
+end
+
+local function state_of(m)
+  local dir = m.dir
+  if not ephrun.fs.exists(dir) then return "terminated" end
+  if ephrun.fs.exists(dir .. "/destroying") then return "stopping" end
+  local st = (read(dir .. "/state") or ""):match("%a+")
+  if st == "running" then
+    local pid = tonumber(read(dir .. "/sshd.pid") or "")
+    if not pid_alive(pid) then return "stopped" end
+    if not listening_ports()[m.port] then return "pending" end
+    return "running"
+  end
+  if st == "failed" then return "stopped" end
+  return "pending"
+end
+
+local function to_instance(m)
+  return {
+    id = m.id, host = "127.0.0.1", port = m.port, user = m.user, state = state_of(m),
+    tags = m.tags or {}, dir = m.dir, workdir = m.workdir, created = m.created,
+    expires_at = m.expires_at, provider = "local",
+  }
+end
+
+local function sshd_config(o)
+  return table.concat({
+    "# sshd for ephrun local instance " .. o.id,
+    "Port " .. o.port,
+    "ListenAddress 127.0.0.1",
+    "HostKey " .. o.dir .. "/host_ed25519",
+    "PidFile " .. o.dir .. "/sshd.pid",
+    "AuthorizedKeysFile " .. o.workdir .. "/.ssh/authorized_keys",
+    "AllowUsers " .. o.user,
+    "UsePAM no",
+    "StrictModes no",
+    "PasswordAuthentication no",
+    "KbdInteractiveAuthentication no",
+    "PubkeyAuthentication yes",
+    "PermitRootLogin no",
+    "PrintMotd no",
+    "PrintLastLog no",
+    "UseDNS no",
+    "MaxStartups 100",
+    "MaxSessions 100",
+    "AcceptEnv *",
+    -- Marks every session process, so destroy finds them even when detached.
+    "SetEnv EPHRUN_LOCAL_INSTANCE=" .. o.id .. " HOME=" .. o.workdir,
+    -- Sessions (and SFTP) start in the working area, not the user's home.
+    [[ForceCommand cd "$HOME" || exit 125; if [ -n "${SSH_ORIGINAL_COMMAND+x}" ]; then ]] ..
+      [[c=$SSH_ORIGINAL_COMMAND; unset SSH_ORIGINAL_COMMAND; exec /bin/sh -c "$c"; fi; exec /bin/sh -l]],
+    "Subsystem sftp /usr/lib/openssh/sftp-server",
+    "LogLevel INFO",
+  }, "\n") .. "\n"
+end
+
+-- Ends the instance: sshd, every process of its sessions (children of sshd or
+-- marked by SetEnv), the watchdog, the directories. Safe to run twice.
+local function destroy_script(o)
+  return ([=[
+#!/bin/sh
+# Ends ephrun local instance %s: sh %s/destroy.sh
+id=%s
+dir=%s
+work=%s
+[ -d "$dir" ] || [ -d "$work" ] || exit 0
+[ -d "$dir" ] && : > "$dir/destroying"
+if [ "$1" != expired ] && [ -f "$dir/watchdog.pid" ]; then
+  w=$(cat "$dir/watchdog.pid")
+  [ -n "$w" ] && kill -KILL "-$w" 2>/dev/null
+fi
+for round in 1 2 3 4 5; do
+  l=$(cat "$dir/sshd.pid" 2>/dev/null)
+  marked=$(grep -lzs "^EPHRUN_LOCAL_INSTANCE=$id\$" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3)
+  all=$(ps -e -o pid=,ppid=,stat= | awk -v root="$l" -v marked="$marked" '
+    { parent[$1] = $2; if ($3 !~ /^Z/) alive[$1] = 1 }
+    END {
+      n = split(marked, m, /[ \n]+/); for (i = 1; i <= n; i++) if (m[i] != "") keep[m[i]] = 1
+      if (root != "") keep[root] = 1
+      do { n = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; n++ } } while (n)
+      for (p in keep) if (p in alive) printf "%%s ", p
+    }')
+  [ -z "$all" ] && break
+  kill -KILL $all 2>/dev/null
+  sleep 0.02
+done
+rm -rf "$work" "$dir"
+]=]):format(o.id, o.dir, q(o.id), q(o.dir), q(o.workdir))
+end
+
+-- Boots sshd after the boot delay, then sleeps until the expiry and ends the
+-- instance. Runs in its own session, so it outlives ephrun, even a SIGKILL.
+local function watchdog_script(o)
+  return ([[
+#!/bin/sh
+# Watchdog of ephrun local instance %s: boots sshd, ends the instance at expiry.
+dir=%s
+echo $$ > "$dir/watchdog.pid"
+%s
+if %s -f "$dir/sshd_config" -E "$dir/sshd.log"; then echo running > "$dir/state"; else echo failed > "$dir/state"; fi
+sleep %d
+echo "$(date -u +%%FT%%TZ) lifetime reached: ending the instance" >> "$dir/watchdog.log"
+exec /bin/sh "$dir/destroy.sh" expired
+]]):format(o.id, q(o.dir), o.boot_delay > 0 and ("sleep " .. o.boot_delay) or ":", SSHD,
+    math.max(1, math.ceil(o.ttl - o.boot_delay)))
+end
+
+-- Writes the instance's files and starts its watchdog (which boots sshd).
+local function start(o, ud, spec, as_root)
+  local fs = ephrun.fs
+  local dir, workdir, user, id, ttl = o.dir, o.workdir, o.user, o.id, o.ttl
+  assert(fs.mkdir_p(base_dir(), "0700"))
+  assert(fs.mkdir_p(dir, "0700"))
+  assert(fs.mkdir_p(workdir .. "/.ssh", "0700"))
+  assert(fs.write(dir .. "/host_ed25519", ud.host_private, { mode = "0600" }))
+  assert(fs.write(dir .. "/host_ed25519.pub", ud.host_public .. "\n", { mode = "0644" }))
+  assert(fs.write(workdir .. "/.ssh/authorized_keys", table.concat(ud.authorized_keys, "\n") .. "\n",
+    { mode = "0600" }))
+  if as_root then
+    -- sshd started as root needs its privilege-separation directory.
+    if not fs.exists("/run/sshd") then assert(fs.mkdir_p("/run/sshd", "0755")) end
+    ephrun.proc.run({ "chown", "-R", user .. ":", fs.dirname(workdir) }, { stream = false })
+  end
+  assert(fs.write(dir .. "/sshd_config", sshd_config(o), { mode = "0600" }))
+  assert(fs.write(dir .. "/destroy.sh", destroy_script(o), { mode = "0700" }))
+  assert(fs.write(dir .. "/instance.sh", watchdog_script(o), { mode = "0700" }))
+  local now = ephrun.time.now()
+  local meta = { id = id, dir = dir, workdir = workdir, user = user, port = o.port, tags = spec.tags or {},
+    created = now, expires_at = now + ttl, boot_delay = o.boot_delay, run_id = ephrun.run_id() }
+  assert(fs.write(dir .. "/meta.json", ephrun.json.encode(meta), { mode = "0600" }))
+  -- setsid makes the watchdog a session leader: it survives ephrun, and
+  -- destroy can end it with its sleep as one process group.
+  local r = ephrun.proc.run({ [[setsid /bin/sh "$1" </dev/null >>"$1.log" 2>&1 & echo $!]], dir .. "/instance.sh" },
+    { shell = true, stream = false })
+  local wpid = tonumber(r.stdout:match("%d+"))
+  if wpid then fs.write(dir .. "/watchdog.pid", wpid .. "\n") end
+  return meta
+end
 
 --- Hourly price: always 0.
 ---@return number
@@ -8,11 +253,124 @@ function M.price(_spec, _opts)
   return 0
 end
 
---- Launching real local instances is not implemented yet; --dry-run works.
-function M.launch(_spec, _opts)
-  error("the local provider cannot launch instances yet; use --dry-run to see the plan", 0)
+--- Starts an instance. `spec.user_data` (what ephrun.cloudinit builds) gives
+--- the host key and authorized keys; `spec.ttl` (seconds) its lifetime;
+--- `spec.boot_delay` or `opts.boot_delay` (seconds) simulates boot time.
+---@return table instance
+function M.launch(spec, opts)
+  opts = opts or {}
+  if not spec.user_data then error("local provider: launch needs user_data (from ephrun.cloudinit)") end
+  local ud = require("ephrun.cloudinit").parse(spec.user_data)
+  if not ud.host_private or not ud.host_public then error("local provider: user_data has no ssh_keys host key") end
+  if not ephrun.fs.exists(SSHD) then
+    error("local provider: " .. SSHD .. " not found: install openssh-server (bash scripts/setup.sh)")
+  end
+  local ttl = spec.ttl or 3600
+  local boot_delay = tonumber(spec.boot_delay or opts.boot_delay or 0) or 0
+  local id = new_id()
+  local dir = base_dir() .. "/" .. id
+  local user, workdir, as_root = login_user(id, dir)
+  local o = { id = id, dir = dir, workdir = workdir, user = user, port = free_port(), ttl = ttl,
+    boot_delay = boot_delay }
+  local ok, meta = pcall(start, o, ud, spec, as_root)
+  if not ok then
+    -- A half-made instance: end whatever started and remove its files.
+    pcall(M.destroy, { id = id, dir = dir, workdir = workdir })
+    error(meta, 0)
+  end
+  return to_instance(meta)
 end
 
-function M.destroy(_inst, _opts) end
+--- The instance `id` (a table with `state`), or nil when it is unknown.
+---@param id string
+---@return table|nil
+function M.get(id, _opts)
+  local dir = base_dir() .. "/" .. id
+  local m = load_meta(dir)
+  if not m then return nil end
+  return to_instance(m)
+end
+
+--- Instances whose tags include every `filter.tags` pair (all when none given).
+---@param filter? {tags?: table<string,string>}
+---@return table[]
+function M.list(filter, _opts)
+  filter = filter or {}
+  local out = {}
+  local names = ephrun.fs.list(base_dir()) or {}
+  for _, name in ipairs(names) do
+    local m = load_meta(base_dir() .. "/" .. name)
+    if m then
+      local match = true
+      for k, v in pairs(filter.tags or {}) do
+        if (m.tags or {})[k] ~= v then match = false end
+      end
+      if match then out[#out + 1] = to_instance(m) end
+    end
+  end
+  return out
+end
+
+local function dir_of(inst)
+  if type(inst) == "string" then return base_dir() .. "/" .. inst end
+  return inst.dir or (base_dir() .. "/" .. inst.id)
+end
+
+--- Ends the instance: kills sshd, its sessions and the watchdog, removes its
+--- directories. Idempotent: an instance already gone is fine.
+---@param inst table|string an instance or its id
+function M.destroy(inst, _opts)
+  local dir = dir_of(inst)
+  if not ephrun.fs.exists(dir .. "/destroy.sh") then
+    local work = type(inst) == "table" and inst.workdir
+    if work and ephrun.fs.exists(work) then ephrun.fs.remove(work, { recursive = true }) end
+    if ephrun.fs.exists(dir) then ephrun.fs.remove(dir, { recursive = true }) end
+    return
+  end
+  ephrun.proc.run({ "/bin/sh", dir .. "/destroy.sh" }, { stream = false })
+end
+
+--- The command that removes the instance by hand.
+---@return string
+function M.destroy_hint(inst, _opts)
+  return "sh " .. q(dir_of(inst) .. "/destroy.sh") .. "   # or: ephrun reap"
+end
+
+--- Polls until the instance reaches `state` or `deadline` (seconds) passes.
+---@return table instance
+function M.wait(inst, state, deadline, _opts)
+  local limit = ephrun.time.monotonic() + (deadline or 300)
+  local delay = 0.005
+  while true do
+    local cur = M.get(inst.id)
+    local st = cur and cur.state or "terminated"
+    if st == state then return cur or { id = inst.id, state = st } end
+    if st == "terminated" or (state == "running" and st == "stopped") then
+      local log = read(dir_of(inst) .. "/sshd.log") or ""
+      error(("local instance %s is %s, not %s%s"):format(inst.id, st, state,
+        log ~= "" and (": " .. log:gsub("%s+$", "")) or ""))
+    end
+    if ephrun.time.monotonic() > limit then
+      error(("local instance %s is still %s after %ss, not %s"):format(inst.id, st, deadline, state))
+    end
+    ephrun.time.sleep(delay)
+    delay = math.min(delay * 2, 0.1)
+  end
+end
+
+--- Where to connect: {host, port, user}.
+function M.ssh_endpoint(inst)
+  return { host = "127.0.0.1", port = inst.port, user = inst.user }
+end
+
+--- Local instances cannot be snapshotted.
+function M.snapshot(_inst, _opts)
+  error("the local provider has no snapshots", 2)
+end
+
+--- Local instances have no sizes; resizing is refused.
+function M.resize(_inst, _plan, _opts)
+  error("the local provider cannot resize instances", 2)
+end
 
 return M

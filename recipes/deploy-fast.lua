@@ -1,5 +1,6 @@
 --- deploy-fast: build on a temporary instance, deploy from it, fetch the
---- artifacts, destroy the instance — on success, error or Ctrl-C.
+--- artifacts, destroy the instance — on success, error or Ctrl-C — and print
+--- a summary: time per phase, files synced, cost, what was destroyed.
 local ephrun = require "ephrun"
 
 return ephrun.recipe {
@@ -17,29 +18,74 @@ return ephrun.recipe {
     snapshot = { default = "", doc = "boot from this snapshot id instead of a fresh image" },
     ttl = { type = "duration", default = "1h", doc = "hard lifetime of the instance" },
     keep = { default = false, doc = "keep the instance after the run (it still ends at ttl)" },
+    boot_delay = { type = "number", default = 0, doc = "local provider: simulated boot time in seconds" },
   },
   run = function(p)
+    local t = ephrun.time
+    local phases, t0 = {}, t.monotonic()
+    local mark = t0
+    local function done(name)
+      local now = t.monotonic()
+      phases[#phases + 1] = { name, now - mark }
+      mark = now
+    end
+
     local cloud = ephrun.provider(p.provider)
     local box <close> = cloud:launch {
       plan = p.plan, region = p.region, ttl = p.ttl, keep = p.keep,
       snapshot = p.snapshot ~= "" and p.snapshot or nil,
+      boot_delay = p.boot_delay > 0 and p.boot_delay or nil,
     }
+    done("launch")
     local sh <close> = box:ssh()
+    done("ssh")
 
     ephrun.phase("sync")
-    sh:sync(p.src, "app", { exclude = { "node_modules" } })
+    local synced = sh:sync(p.src, "app", { exclude = { "node_modules" } })
+    done("sync")
 
     ephrun.phase("build")
     sh:run("cd app && " .. p.build)
+    done("build")
 
     if p.deploy ~= "" then
       ephrun.phase("deploy")
       sh:run("cd app && " .. p.deploy)
+      done("deploy")
     end
 
     ephrun.phase("fetch")
+    local fetched = { files = 0, bytes = 0 }
     for _, a in ipairs(p.artifacts) do
-      sh:fetch("app/" .. a, p.out .. "/" .. a)
+      local st = sh:fetch("app/" .. a, p.out .. "/" .. a)
+      fetched.files = fetched.files + (st.files or 0)
+      fetched.bytes = fetched.bytes + (st.bytes or 0)
     end
+    done("fetch")
+
+    sh:close()
+    ephrun.phase("destroy")
+    box:close()
+    done("destroy")
+    if ephrun.dry_run() then return end
+
+    local out = { "", "deploy-fast summary (run " .. ephrun.run_id() .. ")" }
+    for _, ph in ipairs(phases) do
+      out[#out + 1] = ("  %-8s %8.2fs"):format(ph[1], ph[2])
+    end
+    out[#out + 1] = ("  %-8s %8.2fs"):format("total", t.monotonic() - t0)
+    out[#out + 1] = ("  synced:    %d of %d files sent (%s), %d excluded"):format(synced.files_sent,
+      synced.files_total, ephrun.ssh.human_bytes(synced.bytes_sent), synced.excluded or 0)
+    out[#out + 1] = ("  artifacts: %d files (%s) in %s"):format(fetched.files,
+      ephrun.ssh.human_bytes(fetched.bytes), p.out)
+    local cost = box:cost()
+    out[#out + 1] = "  cost:      " .. (cost and ("$%.4f"):format(cost) or "unknown")
+    if p.keep then
+      out[#out + 1] = ("  KEPT:      %s instance %s at %s:%d is still running (ends itself at %s); remove it: %s")
+        :format(cloud.name, box.id, box.host, box.port, box.tags["ephrun-expires"], box:destroy_hint())
+    else
+      out[#out + 1] = ("  destroyed: %s instance %s; nothing left running"):format(cloud.name, box.id)
+    end
+    io.stdout:write(table.concat(out, "\n"), "\n")
   end,
 }

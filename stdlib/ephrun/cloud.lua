@@ -11,8 +11,30 @@ local M = {}
 local Cloud = {}
 Cloud.__index = Cloud
 
---- Loads provider `name`: a built-in (`providers/<name>.lua`), or a module of
---- that name in the recipe's directory or on EPHRUN_PATH.
+--- Where ephrun keeps state: `$EPHRUN_HOME`, else `~/.local/state/ephrun`.
+---@return string
+function M.state_dir()
+  local h = os.getenv("EPHRUN_HOME")
+  if h and h ~= "" then return h end
+  return (os.getenv("HOME") or "/tmp") .. "/.local/state/ephrun"
+end
+
+-- The built-in module (embedded, or from EPHRUN_LUA_DIR), found without the
+-- recipe-directory and EPHRUN_PATH searchers so that no file there shadows it.
+local function load_builtin(modname)
+  local searcher = package.searchers[3]
+  if not searcher then return nil end
+  local loader, extra = searcher(modname)
+  if type(loader) ~= "function" then return nil end
+  local mod = loader(modname, extra)
+  if mod == nil then mod = true end
+  package.loaded[modname] = mod
+  return mod
+end
+
+--- Loads provider `name`: a built-in (`providers/<name>.lua`) first, then a
+--- module `providers/<name>.lua` or `<name>.lua` in the recipe's directory or
+--- on EPHRUN_PATH.
 ---@param name string local | vultr | aws | static, or a provider a pack adds
 ---@param opts? table provider options
 ---@return ephrun.Cloud
@@ -20,10 +42,20 @@ function M.provider(name, opts)
   if type(name) ~= "string" or not name:match("^[%w_%-]+$") then
     error(("provider name must be a word, got %s"):format(tostring(name)), 2)
   end
-  local ok, impl = pcall(require, "providers." .. name)
-  if not ok then
-    error(("unknown provider '%s' (built-in: local, vultr, aws, static): %s"):format(name, impl), 2)
+  local modname = "providers." .. name
+  local impl = package.loaded[modname] or load_builtin(modname)
+  if not impl then
+    local ok, m = pcall(require, modname)
+    if not ok and tostring(m):match("module '" .. modname:gsub("%p", "%%%0") .. "' not found") then
+      local ok2, m2 = pcall(require, name)
+      if ok2 and type(m2) == "table" and (m2.launch or m2.list) then ok, m = ok2, m2 end
+    end
+    if not ok then
+      error(("unknown provider '%s' (built-in: local, vultr, aws, static): %s"):format(name, m), 2)
+    end
+    impl = m
   end
+  if type(impl) ~= "table" then error(("provider '%s' did not return a table"):format(name), 2) end
   return setmetatable({ name = name, impl = impl, opts = opts or {} }, Cloud)
 end
 
@@ -33,6 +65,21 @@ end
 function Cloud:price(spec)
   if not self.impl.price then return nil end
   return self.impl.price(spec, self.opts)
+end
+
+--- Instances of this provider whose tags include `filter.tags` (provider tables).
+---@param filter? {tags?: table<string,string>}
+---@return table[]
+function Cloud:list(filter)
+  if not self.impl.list then error("provider '" .. self.name .. "' cannot list instances", 2) end
+  return self.impl.list(filter or {}, self.opts)
+end
+
+--- Destroys a provider instance table (e.g. one from `list`) without the
+--- lifecycle around it (used by `ephrun reap`). Idempotent.
+---@param inst table
+function Cloud:destroy(inst)
+  return self.impl.destroy(inst, self.opts)
 end
 
 local function describe(self, spec)
@@ -48,80 +95,220 @@ end
 ---@field cloud ephrun.Cloud
 ---@field host string
 ---@field port integer
+---@field user string
+---@field keep boolean
 local Instance = {}
 Instance.__index = Instance
 
---- Launches an instance for this run and registers its destroy on the
---- cleanup stack before returning. `spec.ttl` (default 1h) bounds its life:
---- the instance ends itself at expiry even if ephrun is killed.
----@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string, keep?: boolean, label?: string}
+local function journal()
+  local ok, j = pcall(require, "ephrun.journal")
+  if ok and type(j) == "table" then return j end
+  return nil
+end
+
+-- This run's client key pair and its key directory, made once per run.
+local run_keys
+
+local function q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function client_keys(keep)
+  if run_keys then return run_keys end
+  local run_id = ephrun.run_id()
+  local dir = M.state_dir() .. "/runs/" .. run_id
+  assert(ephrun.fs.mkdir_p(dir, "0700"))
+  local pair = ephrun.keys.generate("ephrun-run-" .. run_id)
+  ephrun.keys.write(pair, dir .. "/id_ed25519")
+  run_keys = { pair = pair, dir = dir, keep = keep }
+  if not keep then
+    run_keys.cleanup = ephrun.defer(function()
+      ephrun.fs.remove(dir, { recursive = true })
+    end, "remove this run's keys in " .. dir, "rm -rf " .. q(dir))
+  end
+  return run_keys
+end
+
+local function seconds(v, what)
+  if v == nil or type(v) == "number" then return v end
+  local s, why = ephrun.time.parse_duration(v)
+  if not s then error(what .. " " .. why, 3) end
+  return s
+end
+
+--- Launches an instance for this run: generates the run's client key and a
+--- host key, builds cloud-init user-data (host key, authorized key, lifetime
+--- timer), tags it (run id, recipe, expiry), writes the journal intent, creates
+--- it, registers its destroy on the cleanup stack and waits for `running`.
+--- `spec.ttl` (default 1h; `false` for none) bounds its life: the instance
+--- ends itself at expiry even if ephrun is killed. `keep=true` skips the
+--- destroy (loudly).
+---@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string}
 ---@return ephrun.Instance
 function Cloud:launch(spec)
   spec = spec or {}
-  local ttl = spec.ttl or "1h"
-  if type(ttl) == "string" then
-    local secs, why = ephrun.time.parse_duration(ttl)
-    if not secs then error("launch: ttl " .. why, 2) end
-    ttl = secs
-  end
+  local ttl = spec.ttl
+  if ttl == nil then ttl = "1h" end
+  ttl = ttl and seconds(ttl, "launch: ttl") or false
   local prev = ephrun.phase("launch")
   local hourly = self:price(spec)
-  local worst = hourly and hourly * ttl / 3600 or nil
-  local expires = ephrun.time.now() + ttl
+  local worst = hourly and ttl and hourly * ttl / 3600 or nil
+  local started = ephrun.time.now()
+  local expires = ttl and started + ttl or nil
   local tags = {
     ["ephrun-run"] = ephrun.run_id(),
     ["ephrun-recipe"] = rawget(ephrun, "recipe_name") or "?",
-    ["ephrun-expires"] = ephrun.time.iso8601(expires),
+    ["ephrun-expires"] = expires and ephrun.time.iso8601(expires) or "never",
   }
   local what = describe(self, spec)
 
-  ephrun.effect {
+  local keys = ephrun.effect {
     kind = "keys", what = "generate this run's ed25519 client key and instance host key",
-    run = function() end,
+    where = M.state_dir() .. "/runs/" .. ephrun.run_id(),
+    run = function()
+      local ck = client_keys(spec.keep)
+      return { client = ck.pair, host = ephrun.keys.generate("ephrun-host-" .. ephrun.run_id()), dir = ck.dir }
+    end,
+    placeholder = {},
   }
-  local details = {
-    ("lifetime %s: the instance powers off and ends itself at %s"):format(
-      ephrun.time.format_duration(ttl), tags["ephrun-expires"]),
-    ("tags: ephrun-run=%s ephrun-recipe=%s"):format(tags["ephrun-run"], tags["ephrun-recipe"]),
-  }
-  if hourly then
-    details[#details + 1] = ("price $%.4f/hour × %s = $%.2f worst case"):format(
-      hourly, ephrun.time.format_duration(ttl), worst)
+  local details = {}
+  if ttl then
+    details[#details + 1] = ("lifetime %s: the instance powers off and ends itself at %s"):format(
+      ephrun.time.format_duration(ttl), tags["ephrun-expires"])
+  else
+    details[#details + 1] = "no lifetime timer (ttl=false): only the cleanup stack and `ephrun reap` end it"
   end
-  local inst = ephrun.effect {
+  details[#details + 1] = "user-data: this run's host key (ssh_keys), its authorized key" ..
+    (ttl and (", shutdown -h +%dm"):format(math.max(1, math.ceil(ttl / 60))) or "") .. "; no secrets"
+  details[#details + 1] = ("tags: ephrun-run=%s ephrun-recipe=%s"):format(tags["ephrun-run"], tags["ephrun-recipe"])
+  if hourly then
+    details[#details + 1] = ttl and ("price $%.4f/hour × %s = $%.2f worst case"):format(
+      hourly, ephrun.time.format_duration(ttl), worst) or ("price $%.4f/hour, unbounded"):format(hourly)
+  end
+  if spec.keep then details[#details + 1] = "keep=true: NOT destroyed at the end of the run" end
+  local obj = ephrun.effect {
     kind = "launch", what = what, where = self.name, cost = worst, details = details,
     run = function()
       if not self.impl.launch then error("provider '" .. self.name .. "' cannot launch instances") end
-      return self.impl.launch({ plan = spec.plan, region = spec.region, image = spec.image,
-        snapshot = spec.snapshot, ttl = ttl, tags = tags, label = spec.label }, self.opts)
+      local user_data = require("ephrun.cloudinit").user_data {
+        host_key = keys.host, authorized_keys = { keys.client.public_key }, ttl = ttl,
+        comment = "ephrun run " .. ephrun.run_id() .. " (" .. tags["ephrun-recipe"] .. ")",
+      }
+      local j = journal()
+      local jkey
+      if j then
+        jkey = j.intent { run_id = ephrun.run_id(), provider = self.name, kind = "instance", tags = tags,
+          hourly_price = hourly, expires_at = expires,
+          token = ephrun.fs.hash_string(ephrun.run_id() .. "/" .. tostring(started) .. "/" .. math.random()) }
+      end
+      local ok, inst = pcall(self.impl.launch, {
+        plan = spec.plan, region = spec.region, image = spec.image, snapshot = spec.snapshot,
+        ttl = ttl or nil, tags = tags, label = spec.label, user_data = user_data,
+        boot_delay = spec.boot_delay }, self.opts)
+      if not ok then
+        if j and jkey then j.failed(jkey, tostring(inst)) end
+        error(inst, 0)
+      end
+      local o = setmetatable({ id = inst.id, cloud = self, raw = inst, ttl = ttl, tags = tags,
+        keep = spec.keep and true or false, client_key = keys.client.private_key,
+        host_key = keys.host.public_key, key_dir = keys.dir, journal_key = jkey,
+        hourly = hourly, started = started, expires = expires }, Instance)
+      o:_endpoint()
+      if j and jkey then
+        local extra = {}
+        for k, v in pairs(inst) do
+          if type(v) ~= "function" and type(v) ~= "userdata" then extra[k] = v end
+        end
+        j.created(jkey, inst.id, extra)
+      end
+      if spec.keep then
+        ephrun.log.warn("keep=true: %s instance %s will NOT be destroyed by this run; it %s. Remove it with: %s",
+          self.name, o.id, ttl and ("ends itself at " .. tags["ephrun-expires"]) or "has NO lifetime timer",
+          o:destroy_hint())
+      else
+        o._destroy = ephrun.defer(function() o:destroy() end, "destroy " .. self.name .. " instance " .. o.id,
+          o:destroy_hint())
+      end
+      if self.impl.wait then
+        local waited = self.impl.wait(inst, "running", seconds(spec.deadline, "launch: deadline") or 600, self.opts)
+        if type(waited) == "table" then
+          for k, v in pairs(waited) do o.raw[k] = v end
+          o:_endpoint()
+        end
+      end
+      return o
     end,
-    placeholder = function() return { id = "<new " .. self.name .. " instance>", host = "<address>", port = 22 } end,
+    placeholder = function()
+      return setmetatable({ id = "<new " .. self.name .. " instance>", cloud = self, host = "<address>", port = 22,
+        raw = {}, ttl = ttl, tags = tags, keep = spec.keep and true or false, dry = true }, Instance)
+    end,
   }
-  local obj = setmetatable({ id = inst.id, cloud = self, host = inst.host, port = inst.port or 22,
-    raw = inst, ttl = ttl }, Instance)
-  if spec.keep then
-    ephrun.log.warn("keep=true: instance %s will NOT be destroyed; it ends itself at %s",
-      obj.id, tags["ephrun-expires"])
-  else
-    obj._destroy = ephrun.defer(function() obj:destroy() end, "destroy " .. self.name .. " instance " .. obj.id,
-      self.impl.destroy_hint and self.impl.destroy_hint(inst, self.opts) or nil)
-  end
   ephrun.phase(prev)
   return obj
 end
 
---- Destroys the instance (idempotent).
-function Instance:destroy()
+function Instance:_endpoint()
+  local ep = self.cloud.impl.ssh_endpoint and self.cloud.impl.ssh_endpoint(self.raw, self.cloud.opts) or self.raw
+  self.host, self.port, self.user = ep.host, ep.port or 22, ep.user
+end
+
+--- A command that removes this instance by hand.
+---@return string
+function Instance:destroy_hint()
+  if self.cloud.impl.destroy_hint then return self.cloud.impl.destroy_hint(self.raw, self.cloud.opts) end
+  return "ephrun reap   # instance " .. tostring(self.id) .. " of provider " .. self.cloud.name
+end
+
+local function retryable(err)
+  if type(err) == "table" and err.retry then return true end
+  local s = tostring(err):lower()
+  return s:match("locked") or s:match("429") or s:match("too many") or s:match("%f[%d]5%d%d%f[%D]")
+    or s:match("timed? ?out") or s:match("temporar")
+end
+
+--- Destroys the instance (idempotent), retrying while the provider says it
+--- is locked, rate-limited or failing (5xx) for up to `opts.deadline` (default 10m).
+---@param opts? {deadline?: number|string}
+function Instance:destroy(opts)
   if self._destroyed then return end
+  opts = opts or {}
+  local deadline = seconds(opts.deadline, "destroy: deadline") or 600
   ephrun.effect {
     kind = "destroy", what = self.cloud.name .. " instance " .. self.id, where = self.cloud.name,
-    run = function() self.cloud.impl.destroy(self.raw, self.cloud.opts) end,
+    run = function()
+      local limit = ephrun.time.monotonic() + deadline
+      local delay = 1
+      while true do
+        local ok, err = pcall(self.cloud.impl.destroy, self.raw, self.cloud.opts)
+        if ok then break end
+        if not retryable(err) or ephrun.time.monotonic() + delay > limit then error(err, 0) end
+        ephrun.log.warn("destroy %s instance %s: %s; retrying in %ds", self.cloud.name, self.id, tostring(err), delay)
+        ephrun.time.sleep(delay)
+        delay = math.min(delay * 2, 30)
+      end
+      local j = self.journal_key and journal()
+      if j then j.destroyed(self.journal_key) end
+    end,
   }
   self._destroyed = true
+  self.destroyed_at = ephrun.time.now()
   if self._destroy then self._destroy:cancel() end
 end
-Instance.close = Instance.destroy
-Instance.__close = Instance.destroy
+
+--- Closes the instance: destroys it, unless it was launched with keep=true.
+function Instance:close()
+  if self.keep then return end
+  self:destroy()
+end
+Instance.__close = Instance.close
+
+--- Cost so far in USD (hourly price × time alive), or nil when the price is unknown.
+---@return number|nil
+function Instance:cost()
+  if not self.hourly or not self.started then return self.hourly and 0 or nil end
+  local stop = self.destroyed_at or ephrun.time.now()
+  return self.hourly * (stop - self.started) / 3600
+end
 
 --- Waits for SSH with the instance's pinned host key and returns a session.
 ---@param opts? {deadline?: number|string}
@@ -135,8 +322,8 @@ function Instance:ssh(opts)
     what = ("wait for SSH (host key pinned to this run's key, deadline %s)"):format(deadline),
     where = self.host .. ":" .. tostring(self.port),
     run = function()
-      return ephrun.ssh.wait { host = self.host, port = self.port, user = self.raw.user,
-        key = self.raw.client_key, host_key = self.raw.host_key, deadline = deadline }
+      return ephrun.ssh.wait { host = self.host, port = self.port, user = self.user,
+        key = self.client_key, host_key = self.host_key, deadline = deadline }
     end,
     placeholder = function() return M.plan_session(self.host) end,
   }
