@@ -217,9 +217,13 @@ StreamResult Session::Impl::exec_stream(const std::string& command,
     rc = retry([&] { return libssh2_channel_close(ch); }, deadline, token, "closing channel");
     rc = retry([&] { return libssh2_channel_wait_closed(ch); }, deadline, token, "closing channel");
     pump_reads();
-  } catch (const Error& e) {
-    if (e.kind() != ErrorKind::timeout && e.kind() != ErrorKind::cancelled) throw;
-    if (killable) {
+  } catch (...) {
+    // Timeout, cancel, or a failing consumer (e.g. a callback that threw): the remote
+    // command must not outlive us. A dead connection makes this a quick no-op.
+    bool dead = libssh2_session_last_errno(s) == LIBSSH2_ERROR_SOCKET_DISCONNECT ||
+                libssh2_session_last_errno(s) == LIBSSH2_ERROR_SOCKET_SEND ||
+                libssh2_session_last_errno(s) == LIBSSH2_ERROR_SOCKET_RECV;
+    if (killable && !dead) {
       CancelToken fresh;
       auto kd = Clock::now() + milliseconds(800);
       try {
@@ -382,8 +386,19 @@ DetachedJob Session::run_detached(const std::string& cmd, const DetachedOptions&
   return job;
 }
 
+namespace {
+// True while `pid` runs. A finished job whose parent (init in a container) has not
+// reaped it yet is a zombie, which kill -0 still reports as alive.
+std::string alive_test(long pid) {
+  std::string p = std::to_string(pid);
+  return "{ kill -0 " + p + " 2>/dev/null && case \"$(ps -o stat= -p " + p +
+         " 2>/dev/null)\" in Z*) false;; *) true;; esac; }";
+}
+}  // namespace
+
 bool Session::job_alive(const DetachedJob& job, const CancelToken& token) {
-  auto r = run("kill -0 " + std::to_string(job.pid) + " 2>/dev/null", {}, token);
+  auto r =
+      run("[ ! -f " + shell_quote(job.status_file) + " ] && " + alive_test(job.pid), {}, token);
   return r.code == 0;
 }
 
@@ -404,7 +419,8 @@ int Session::job_wait(const DetachedJob& job, Clock::time_point deadline, const 
   std::string p = std::to_string(job.pid), f = shell_quote(job.status_file);
   for (;;) {
     // One round trip per poll: alive -> "running", else the status (or "gone").
-    auto r = run("if kill -0 " + p + " 2>/dev/null; then echo running; elif [ -f " + f +
+    // Alive first: once it is not, its status (written just before exit) is there.
+    auto r = run("if " + alive_test(job.pid) + "; then echo running; elif [ -f " + f +
                      " ]; then cat " + f + "; else echo gone; fi",
                  {}, token);
     if (r.out.rfind("running", 0) != 0) {
