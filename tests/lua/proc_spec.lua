@@ -171,7 +171,7 @@ it("children in their own process group: the whole group is stopped", function()
 end)
 
 it("proc.which finds programs", function()
-  eq(proc.which("sh"), "/usr/bin/sh")
+  ok(proc.which("sh"):match("^/.*/sh$"), proc.which("sh"))
   eq(proc.which("no-such-program-ephrun"), nil)
 end)
 
