@@ -1,6 +1,7 @@
 // ephrun: runs recipes that rent a machine for one job and give it back.
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "runtime/embedded.hpp"
@@ -13,6 +14,12 @@ constexpr const char* kUsage = R"(Usage: ephrun RECIPE [name=value ...] [options
 
 RECIPE is a path to a recipe file or the name of a built-in recipe.
 `ephrun RECIPE --help` shows the recipe's parameters.
+
+Commands (used when no file of that name exists in the current directory):
+  ephrun ls [--json]                          live resources, age, TTL left, cost so far
+  ephrun reap [--dry-run] [--older-than 2h] [--yes]
+                                              destroy expired and orphaned resources
+  ephrun history [--json]                     past runs
 
 Options:
   --dry-run        print the plan (resources, commands, cost) and change nothing
@@ -58,6 +65,8 @@ int main(int argc, char** argv) {
   app.add_flag("-h,--help", opts.help);
   app.add_flag("--version", version);
   app.add_flag("--list", list);
+  std::string older_than;
+  app.add_option("--older-than", older_than);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -75,6 +84,18 @@ int main(int argc, char** argv) {
   if (recipe.empty()) {
     std::cerr << kUsage;
     return opts.help ? 0 : ephrun::kUsage;
+  }
+  // Built-in commands are recipes shipped in stdlib/ephrun/cmd/; a file of
+  // the same name in the current directory still wins.
+  if ((recipe == "ls" || recipe == "reap" || recipe == "history") &&
+      !std::filesystem::is_regular_file(recipe))
+    recipe = "ephrun:" + recipe;
+  if (!older_than.empty()) {
+    if (recipe != "ephrun:reap") {
+      std::cerr << "ephrun: --older-than only applies to `ephrun reap`\n";
+      return ephrun::kUsage;
+    }
+    args.push_back("older_than=" + older_than);
   }
   opts.verbosity = quiet ? -1 : verbose;
   try {

@@ -10,6 +10,7 @@
 #include <random>
 #include <sstream>
 
+#include "journal/journal.hpp"
 #include "lua/bind.hpp"
 #include "runtime/embedded.hpp"
 #include "runtime/log.hpp"
@@ -271,7 +272,19 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
   int top = lua_gettop(L);
   lua_pushcfunction(L, traceback_handler);
   int msgh = lua_gettop(L);
-  if (fs::is_regular_file(recipe)) {
+  // "ephrun:NAME" is a built-in command (ls, reap, history): a recipe shipped
+  // in stdlib/ephrun/cmd/, run like any other but not journalled as a run.
+  bool command = recipe.starts_with("ephrun:");
+  if (command) {
+    std::string rel = "stdlib/ephrun/cmd/" + recipe.substr(7) + ".lua";
+    int st = load_builtin(L, rel);
+    if (st <= 0) {
+      report(st == 0 ? fmt::format("ephrun: no command '{}'", recipe.substr(7))
+                     : fmt::format("ephrun: error: {}", lua_tostring(L, -1)));
+      return kFailed;
+    }
+    path = rel;
+  } else if (fs::is_regular_file(recipe)) {
     path = recipe;
     recipe_dir = fs::absolute(recipe).parent_path().string();
     if (luaL_loadfilex(L, recipe.c_str(), "t") != LUA_OK) {
@@ -313,17 +326,32 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
     lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
   }
   lua_pushboolean(L, opts_.help);
-  if (lua_pcall(L, 4, 2, msgh) != LUA_OK) {
+  if (lua_pcall(L, 4, 3, msgh) != LUA_OK) {
     report(fmt::format("ephrun: error: {}", redact(lua_tostring(L, -1))));
     return kFailed;
   }
-  if (lua_isinteger(L, -2)) {  // (exit code, nil): help printed or a usage error
-    int code = static_cast<int>(lua_tointeger(L, -2));
+  if (lua_isinteger(L, -3)) {  // (exit code, nil): help printed or a usage error
+    int code = static_cast<int>(lua_tointeger(L, -3));
     lua_settop(L, top);
     return code;
   }
-  label = lua_tostring(L, -1) ? lua_tostring(L, -1) : recipe;
-  lua_pop(L, 1);  // leave the run function on top
+  std::string bound_params = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
+  label = lua_tostring(L, -2) ? lua_tostring(L, -2) : recipe;
+  lua_pop(L, 2);  // leave the run function on top
+
+  // The journal records the run (not dry runs, not built-in commands) with
+  // this process's identity, so `ephrun reap` can tell a run killed by
+  // SIGKILL from one still going.
+  std::unique_ptr<journal::Journal> jrn;
+  if (!opts_.dry_run && !command) {
+    try {
+      jrn = std::make_unique<journal::Journal>();
+      jrn->run_started(run_id_, label, journal::sha256_hex(bound_params).substr(0, 16));
+    } catch (const std::exception& e) {
+      spdlog::warn("{}; this run is not journalled", e.what());
+      jrn.reset();
+    }
+  }
 
   // The recipe's body is the root task.
   phase = "run";
@@ -359,6 +387,25 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
     code = kFailed;
   }
   if (sig) code = 128 + sig;
+
+  if (jrn) {
+    std::string status = "ok", detail;
+    if (sig) {
+      status = "interrupted";
+      detail = fmt::format("SIG{} in phase '{}'", sigabbrev_np(sig), failed_phase);
+    } else if (!root->ok) {
+      status = "failed";
+      detail = redact(fmt::format("phase '{}': {}", failed_phase, root->error));
+    } else if (cleanup_failures) {
+      status = "failed";
+      detail = fmt::format("{} cleanup step(s) failed", cleanup_failures);
+    }
+    try {
+      jrn->run_ended(run_id_, status, detail);
+    } catch (const std::exception& e) {
+      spdlog::warn("{}", e.what());
+    }
+  }
 
   if (opts_.dry_run) {
     if (opts_.json) {

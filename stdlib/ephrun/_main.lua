@@ -29,7 +29,27 @@ function M.prepare(chunk, path, args, help)
   return function()
     core.phase("run")
     return recipe.run(p)
-  end, recipe.name
+  end, recipe.name, M.canonical(p)
+end
+
+--- The bound parameters as sorted `name=value` lines; the journal keeps their hash.
+---@param p table
+---@return string
+function M.canonical(p)
+  local names = {}
+  for k in pairs(p) do names[#names + 1] = tostring(k) end
+  table.sort(names)
+  local lines = {}
+  for _, k in ipairs(names) do
+    local v = p[k]
+    if type(v) == "table" then
+      local parts = {}
+      for i, x in ipairs(v) do parts[i] = tostring(x) end
+      v = table.concat(parts, ",")
+    end
+    lines[#lines + 1] = k .. "=" .. tostring(v)
+  end
+  return table.concat(lines, "\n")
 end
 
 return M
