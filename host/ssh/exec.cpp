@@ -184,6 +184,9 @@ StreamResult Session::Impl::exec_stream(const std::string& command,
 
   try {
     for (;;) {
+      // A steady stream never blocks, so check here too, not only when waiting.
+      if (token.cancelled() || Clock::now() >= deadline)
+        wait_socket(deadline, token, "remote command");
       bool progress = false;
       bool remote_eof = libssh2_channel_eof(ch) != 0;
       if (!eof_sent && !remote_eof) {

@@ -127,6 +127,7 @@ std::uint64_t atomic_put(Ctx& c, const std::string& remote, unsigned mode, std::
     while (next(buf)) {
       std::size_t off = 0;
       while (off < buf.size()) {
+        if (c.token.cancelled()) c.im.wait_socket(kNoDeadline, c.token, "SFTP upload");
         ssize_t n = libssh2_sftp_write(h, buf.data() + off, buf.size() - off);
         if (n == LIBSSH2_ERROR_EAGAIN) {
           c.im.wait_socket(kNoDeadline, c.token, "SFTP upload");
@@ -229,6 +230,7 @@ LIBSSH2_SFTP_ATTRIBUTES read_remote(Ctx& c, const std::string& remote, Sink&& si
     c.call([&] { return libssh2_sftp_fstat_ex(h, &a, 0); }, "SFTP stat");
     std::vector<char> buf(kChunk);
     for (;;) {
+      if (c.token.cancelled()) c.im.wait_socket(kNoDeadline, c.token, "SFTP download");
       ssize_t n = libssh2_sftp_read(h, buf.data(), buf.size());
       if (n == LIBSSH2_ERROR_EAGAIN) {
         c.im.wait_socket(kNoDeadline, c.token, "SFTP download");
