@@ -113,8 +113,11 @@ std::uint64_t start_ticks_of(pid_t pid) {
   if (rp == std::string::npos) return 0;
   std::istringstream rest(stat.substr(rp + 2));
   std::string field;
-  for (int i = 3; i <= 22 && rest >> field; ++i)
+  for (int i = 3; i <= 22 && rest >> field; ++i) {
+    // A zombie (killed, not yet reaped by its parent) is not running.
+    if (i == 3 && (field == "Z" || field == "X" || field == "x")) return 0;
     if (i == 22) return std::stoull(field);
+  }
   return 0;
 }
 

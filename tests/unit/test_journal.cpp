@@ -134,6 +134,10 @@ TEST_CASE("journal: a run whose process is gone is not alive", "[journal]") {
   Journal j(h.file());
   pid_t child = fork();
   if (child == 0) _exit(0);
+  // Killed but not yet reaped: a zombie counts as dead.
+  usleep(100000);
+  ProcessId zombie{child, 0, ProcessId::self().boot_id};
+  CHECK_FALSE(zombie.alive());
   int status = 0;
   waitpid(child, &status, 0);
   ProcessId dead{child, 12345, ProcessId::self().boot_id};

@@ -57,6 +57,7 @@ end
 function M.short_duration(secs)
   if secs == nil then return "-" end
   if secs < 0 then return "expired" end
+  if secs < 1 then return "0s" end
   return ephrun.time.format_duration(math.floor(secs))
 end
 

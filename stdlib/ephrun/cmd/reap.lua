@@ -1,0 +1,190 @@
+-- `ephrun reap [--dry-run] [--older-than 2h] [--yes]`: destroys what is
+-- expired or orphaned, found through the journal and through provider tags.
+--
+-- A journalled resource is reaped when it expired, or when its run is over:
+-- the run ended without destroying it, or its process is gone (killed by
+-- SIGKILL: the run row holds its pid, process start time and boot id). An
+-- instance found only by its tags is reaped when its run is in this journal
+-- and over, or when its `ephrun-expires` tag has passed — never merely because
+-- an unknown run made it (another machine may own it).
+local ephrun = require "ephrun"
+local common = require "ephrun.cmd.common"
+
+local function sorted_keys(t)
+  local out = {}
+  for k in pairs(t) do out[#out + 1] = k end
+  table.sort(out)
+  return out
+end
+
+-- What a provider's destroy needs, rebuilt from the journal row.
+local function instance_of(r)
+  local inst = {}
+  if type(r.extra) == "table" then
+    for k, v in pairs(r.extra) do inst[k] = v end
+  end
+  inst.id = r.id or inst.id
+  inst.tags = inst.tags or r.tags
+  return inst
+end
+
+return ephrun.recipe {
+  name = "reap",
+  summary = "Destroy expired and orphaned resources, found through the journal and provider tags.",
+  params = {
+    older_than = { type = "duration", doc = "only resources at least this old (e.g. 2h)" },
+    providers = { type = "list", default = {}, doc = "providers to scan by tag besides those in the journal and local" },
+  },
+  run = function(p)
+    local now = ephrun.time.now()
+    local journal = ephrun.journal
+    local candidates = {} -- { provider, inst, why, rows = {journal rows}, age }
+    local by_id = {}      -- provider .. "\0" .. id -> journal row (every status)
+    local providers = { ["local"] = true }
+    for _, name in ipairs(p.providers) do providers[name] = true end
+
+    for _, r in ipairs(journal.resources {}) do
+      providers[r.provider] = true
+      if r.id then by_id[r.provider .. "\0" .. r.id] = r end
+    end
+
+    -- 1. The journal: pending or live resources whose run is over or that expired.
+    local pending_dead = {} -- provider .. "\0" .. run_id -> rows still waiting for their id
+    for _, r in ipairs(journal.resources { live = true }) do
+      local why = common.reason(r, now)
+      if why and r.id then
+        candidates[#candidates + 1] = { provider = r.provider, id = r.id, inst = instance_of(r), why = why,
+          rows = { r }, age = now - common.born(r), run_id = r.run_id, recipe = r.recipe }
+      elseif why and (r.run_status ~= "running" or not r.run_alive) then
+        -- an intent whose run is over: the create may or may not have happened
+        local k = r.provider .. "\0" .. r.run_id
+        pending_dead[k] = pending_dead[k] or {}
+        table.insert(pending_dead[k], r)
+      end
+    end
+    local seen = {}
+    for _, c in ipairs(candidates) do seen[c.provider .. "\0" .. c.id] = true end
+
+    -- 2. Provider tags: every instance ephrun made, journalled or not.
+    local clouds = {}
+    for _, name in ipairs(sorted_keys(providers)) do
+      local ok, cloud = pcall(ephrun.provider, name)
+      if not ok then
+        ephrun.log.warn("reap: cannot load provider '%s' to scan its tags: %s", name, tostring(cloud))
+      elseif type(cloud.impl.list) ~= "function" then
+        ephrun.log.warn("reap: provider '%s' cannot list instances; only the journal is used", name)
+      else
+        clouds[name] = cloud
+        local lok, list = pcall(cloud.impl.list, { tags = {} }, cloud.opts)
+        if not lok then
+          ephrun.log.warn("reap: listing %s instances failed: %s", name, tostring(list))
+          list = {}
+        end
+        for _, inst in ipairs(list) do
+          local tags = inst.tags or {}
+          local run_id = tags["ephrun-run"]
+          local key = name .. "\0" .. tostring(inst.id)
+          if run_id and inst.state ~= "terminated" and not seen[key] then
+            local row = by_id[key]
+            local why
+            local expires = common.parse_iso8601(tags["ephrun-expires"])
+            if expires and expires < now then
+              why = "expired"
+            elseif row and (row.status == "destroyed" or row.status == "failed") then
+              why = "orphaned" -- the journal says it is gone, yet it is there
+            elseif not row then
+              local run = journal.run(run_id)
+              if run and not run.alive then why = "orphaned" end
+            end
+            if why then
+              seen[key] = true
+              local rows = {}
+              if row then rows[1] = row end
+              for _, pr in ipairs(pending_dead[name .. "\0" .. run_id] or {}) do rows[#rows + 1] = pr end
+              pending_dead[name .. "\0" .. run_id] = nil
+              local born = type(inst.created) == "number" and inst.created or (row and common.born(row))
+              candidates[#candidates + 1] = { provider = name, id = tostring(inst.id), inst = inst, why = why,
+                rows = rows, age = born and (now - born) or nil, run_id = run_id,
+                recipe = tags["ephrun-recipe"] or (row and row.recipe) or "?", by_tag = not row }
+            end
+          end
+        end
+      end
+    end
+
+    -- 3. --older-than keeps only what is at least that old.
+    if p.older_than then
+      local kept = {}
+      for _, c in ipairs(candidates) do
+        if c.age and c.age >= p.older_than then kept[#kept + 1] = c end
+      end
+      candidates = kept
+    end
+
+    -- Intents whose create never completed and for which no tagged instance exists.
+    local stale = {}
+    for _, rows in pairs(pending_dead) do
+      for _, r in ipairs(rows) do
+        if not p.older_than or now - common.born(r) >= p.older_than then stale[#stale + 1] = r end
+      end
+    end
+
+    if #candidates == 0 then
+      io.stdout:write("Nothing to reap.\n")
+    else
+      local cells = {}
+      for _, c in ipairs(candidates) do
+        cells[#cells + 1] = { c.provider, c.id, c.run_id or "?", c.recipe or "?", c.why,
+          common.short_duration(c.age), c.by_tag and "tags" or "journal" }
+      end
+      io.stdout:write(ephrun.dry_run() and "Would destroy:\n" or "To destroy:\n")
+      common.table({ "PROVIDER", "ID", "RUN", "RECIPE", "WHY", "AGE", "FOUND BY" }, cells)
+      local asked, yes = pcall(ephrun.confirm,
+        ("Destroy %d resource%s?"):format(#candidates, #candidates == 1 and "" or "s"))
+      if not asked then error((tostring(yes):gsub("^[^\n]-:%d+: ", "")), 0) end
+      if not yes then
+        io.stdout:write("Nothing destroyed.\n")
+        return
+      end
+    end
+
+    local failures = {}
+    for _, c in ipairs(candidates) do
+      local cloud = clouds[c.provider]
+      local ok, err = true, nil
+      if not cloud then
+        local lok, loaded = pcall(ephrun.provider, c.provider)
+        if lok then cloud = loaded else ok, err = false, loaded end
+      end
+      if ok then
+        ok, err = pcall(ephrun.effect, {
+          kind = "destroy", what = ("%s %s %s (%s, run %s)"):format(c.provider, "instance", c.id, c.why, c.run_id),
+          where = c.provider,
+          run = function() cloud.impl.destroy(c.inst, cloud.opts) end,
+        })
+      end
+      if ok then
+        for _, r in ipairs(c.rows) do journal.destroyed(r.key) end
+        if not ephrun.dry_run() then
+          io.stdout:write(("destroyed %s %s (%s)\n"):format(c.provider, c.id, c.why))
+        end
+      else
+        failures[#failures + 1] = ("%s %s: %s"):format(c.provider, c.id, tostring(err))
+      end
+    end
+    for _, r in ipairs(stale) do
+      if ephrun.dry_run() then
+        io.stdout:write(("would mark journal entry %d (%s, run %s) failed: its create never completed\n")
+          :format(r.key, r.provider, r.run_id))
+      else
+        journal.failed(r.key, "reap: the create never completed and no instance carries its run's tags")
+        io.stdout:write(("marked journal entry %d (%s, run %s) failed: its create never completed\n")
+          :format(r.key, r.provider, r.run_id))
+      end
+    end
+    if #failures > 0 then
+      error(("%d destroy%s failed:\n  %s"):format(#failures, #failures == 1 and "" or "s",
+        table.concat(failures, "\n  ")), 0)
+    end
+  end,
+}
