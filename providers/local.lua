@@ -117,6 +117,7 @@ local function state_of(m)
   local st = (read(dir .. "/state") or ""):match("%a+")
   if st == "running" then
     local pid = tonumber(read(dir .. "/sshd.pid") or "")
+    if not pid then return "pending" end -- sshd has not written its pid file yet
     if not pid_alive(pid) then return "stopped" end
     if not listening_ports()[m.port] then return "pending" end
     return "running"
@@ -181,7 +182,10 @@ if [ "$1" != expired ] && [ -f "$dir/watchdog.pid" ]; then
 fi
 for round in 1 2 3 4 5; do
   l=$(cat "$dir/sshd.pid" 2>/dev/null)
-  marked=$(grep -lzs "^EPHRUN_LOCAL_INSTANCE=$id\$" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3)
+  # Session processes carry the SetEnv marker; an sshd still starting up has
+  # no pid file yet but its config path in its command line.
+  marked=$( (grep -lzs "^EPHRUN_LOCAL_INSTANCE=$id\$" /proc/[0-9]*/environ;
+    grep -lsF "$dir/sshd_config" /proc/[0-9]*/cmdline) 2>/dev/null | cut -d/ -f3 | grep -vx "$$")
   all=$(ps -e -o pid=,ppid=,stat= | awk -v root="$l" -v marked="$marked" '
     { parent[$1] = $2; if ($3 !~ /^Z/) alive[$1] = 1 }
     END {
