@@ -1,0 +1,31 @@
+-- A provider test double for the journal tests: an "instance" is a JSON file in
+-- $FAKE_CLOUD_DIR. It follows the provider contract (launch, list{tags}, idempotent destroy).
+local ephrun = require "ephrun"
+local M = {}
+local function dir() return assert(os.getenv("FAKE_CLOUD_DIR"), "FAKE_CLOUD_DIR is not set") end
+function M.price() return 0 end
+function M.launch(spec)
+  local id = ("fake-%d-%04d"):format(os.time(), math.random(0, 9999))
+  local inst = { id = id, tags = spec.tags or {}, state = "running", created = ephrun.time.now() }
+  assert(ephrun.fs.write(dir() .. "/" .. id .. ".json", ephrun.json.encode(inst)))
+  return inst
+end
+function M.list(filter)
+  local out = {}
+  for _, name in ipairs(ephrun.fs.list(dir()) or {}) do
+    if name:match("%.json$") then
+      local inst = ephrun.json.decode(assert(ephrun.fs.read(dir() .. "/" .. name)))
+      local match = true
+      for k, v in pairs((filter or {}).tags or {}) do
+        if inst.tags[k] ~= v then match = false end
+      end
+      if match then out[#out + 1] = inst end
+    end
+  end
+  return out
+end
+function M.destroy(inst)
+  local path = dir() .. "/" .. inst.id .. ".json"
+  if ephrun.fs.exists(path) then assert(ephrun.fs.remove(path)) end
+end
+return M

@@ -1,0 +1,222 @@
+"""The journal with the real binary: runs and resources are recorded, `ephrun ls`,
+`ephrun history` and `ephrun reap` (with --dry-run, --json, --older-than), and a run
+killed with SIGKILL leaves an orphan that ls shows and reap removes.
+
+Resources come from a provider test double (an "instance" is a JSON file, written by
+tests/integration/providers/fake.lua on EPHRUN_PATH) and from the local provider."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+from common import BIN, RECIPES, env
+
+LAUNCH = os.path.join(RECIPES, "journal_launch.lua")
+FAKE_PATH = os.path.dirname(os.path.abspath(__file__))  # holds providers/fake.lua
+
+
+class Journal(unittest.TestCase):
+    def setUp(self):
+        self.home = tempfile.mkdtemp(prefix="ephrun-journal-")
+        self.cloud = os.path.join(self.home, "fake-cloud")
+        os.mkdir(self.cloud)
+        self.env = env(EPHRUN_HOME=os.path.join(self.home, "state"), EPHRUN_PATH=FAKE_PATH,
+                       FAKE_CLOUD_DIR=self.cloud)
+        self.env.pop("EPHRUN_LUA_DIR", None)
+
+    def tearDown(self):
+        # Whatever a test left behind (local instances included) goes.
+        self.ephrun("reap", "--yes")
+        shutil.rmtree(self.home, ignore_errors=True)
+
+    def ephrun(self, *args, timeout=60, cwd=None):
+        return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout,
+                              env=self.env, cwd=cwd, stdin=subprocess.DEVNULL)
+
+    def ok(self, *args, **kw):
+        r = self.ephrun(*args, **kw)
+        self.assertEqual(r.returncode, 0, "ephrun %s\nstdout: %s\nstderr: %s" % (" ".join(args), r.stdout, r.stderr))
+        return r
+
+    def ls_json(self, *extra):
+        return json.loads(self.ok("ls", "--json", *extra).stdout)
+
+    def fake_instances(self):
+        return sorted(f[:-5] for f in os.listdir(self.cloud) if f.endswith(".json"))
+
+    def launch_fake(self, *params):
+        r = self.ok(LAUNCH, "provider=fake", "via=direct", *params)
+        return r.stdout.split("READY ", 1)[1].split()[0]
+
+    def test_empty_journal(self):
+        r = self.ok("ls")
+        self.assertIn("No live resources", r.stdout)
+        self.assertEqual(self.ls_json()["resources"], [])
+        self.assertIn("No runs recorded", self.ok("history").stdout)
+        self.assertEqual(json.loads(self.ok("history", "--json").stdout), {"runs": []})
+        self.assertIn("Nothing to reap", self.ok("reap").stdout)
+
+    def test_journal_file_is_private(self):
+        self.launch_fake()
+        state = os.path.join(self.home, "state")
+        self.assertEqual(os.stat(state).st_mode & 0o777, 0o700)
+        self.assertEqual(os.stat(os.path.join(state, "journal.sqlite")).st_mode & 0o777, 0o600)
+
+    def test_history_records_runs_with_status(self):
+        self.launch_fake()
+        failing = os.path.join(RECIPES, "failing.lua")
+        r = self.ephrun(failing, "marker=" + os.path.join(self.home, "m"))
+        self.assertEqual(r.returncode, 1)
+        # Dry runs are not journalled.
+        self.ok(LAUNCH, "provider=fake", "via=direct", "--dry-run")
+        runs = json.loads(self.ok("history", "--json").stdout)["runs"]
+        self.assertEqual([x["recipe"] for x in runs], ["failing", "journal-launch"])
+        self.assertEqual([x["status"] for x in runs], ["failed", "ok"])
+        self.assertIn("the build broke", runs[0]["detail"])
+        for x in runs:
+            self.assertGreaterEqual(x["ended"], x["started"])
+            self.assertEqual(len(x["params_hash"]), 16)
+        text = self.ok("history").stdout
+        self.assertIn("RUN", text.splitlines()[0])
+        self.assertIn("failing", text)
+        self.assertEqual(self.fake_instances(), [], "the run destroyed its instance")
+        self.assertEqual(self.ls_json()["resources"], [])
+        everything = self.ls_json("all=true")["resources"]
+        self.assertEqual([x["status"] for x in everything], ["destroyed"])
+
+    def test_same_params_same_hash(self):
+        self.launch_fake("ttl=2h")
+        self.launch_fake("ttl=2h")
+        self.launch_fake("ttl=3h")
+        hashes = [x["params_hash"] for x in json.loads(self.ok("history", "--json").stdout)["runs"]]
+        self.assertEqual(hashes[1], hashes[2])
+        self.assertNotEqual(hashes[0], hashes[1])
+
+    def test_ls_shows_left_resources_with_cost_and_reap_removes_them(self):
+        inst = self.launch_fake("keep=true", "price=36", "ttl=2h")
+        time.sleep(1.1)
+        data = self.ls_json()
+        [res] = data["resources"]
+        self.assertEqual(res["id"], inst)
+        self.assertEqual(res["provider"], "fake")
+        self.assertEqual(res["recipe"], "journal-launch")
+        self.assertEqual(res["state"], "orphaned")  # its run ended without destroying it
+        self.assertGreater(res["cost"], 0.01)  # $36/h for more than a second
+        self.assertAlmostEqual(data["total_cost"], res["cost"], places=6)
+        self.assertGreater(res["ttl_left"], 7000)
+        text = self.ok("ls").stdout
+        for word in ("PROVIDER", "TTL LEFT", "COST", inst, "orphaned", "so far", "ephrun reap"):
+            self.assertIn(word, text)
+
+        # --dry-run: says what it would remove, removes nothing.
+        r = self.ok("reap", "--dry-run")
+        self.assertIn("Would destroy", r.stdout)
+        self.assertIn(inst, r.stdout)
+        self.assertIn("dry run", r.stdout)
+        self.assertEqual(self.fake_instances(), [inst])
+        self.assertEqual(len(self.ls_json()["resources"]), 1)
+
+        # --older-than: too young to reap.
+        r = self.ok("reap", "--older-than", "1h", "--yes")
+        self.assertIn("Nothing to reap", r.stdout)
+        self.assertEqual(self.fake_instances(), [inst])
+
+        # Without --yes and without a terminal it refuses.
+        r = self.ephrun("reap")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--yes", r.stderr)
+        self.assertEqual(self.fake_instances(), [inst])
+
+        r = self.ok("reap", "--older-than", "1s", "--yes")
+        self.assertIn("destroyed fake " + inst, r.stdout)
+        self.assertEqual(self.fake_instances(), [])
+        self.assertEqual(self.ls_json()["resources"], [])
+        self.assertIn("Nothing to reap", self.ok("reap", "--yes").stdout)
+
+    def test_reap_finds_instances_by_tag(self):
+        def plant(name, run, expires):
+            with open(os.path.join(self.cloud, name + ".json"), "w") as f:
+                json.dump({"id": name, "state": "running", "created": time.time() - 60,
+                           "tags": {"ephrun-run": run, "ephrun-recipe": "elsewhere",
+                                    "ephrun-expires": expires}}, f)
+        plant("expired-one", "20200101-000000-aaaa", "2020-01-01T01:00:00Z")
+        plant("unknown-run", "20200101-000000-bbbb", "2999-01-01T00:00:00Z")
+        with open(os.path.join(self.cloud, "not-ours.json"), "w") as f:
+            json.dump({"id": "not-ours", "state": "running", "tags": {}}, f)
+        # No fake resource is journalled: name the provider to scan its tags.
+        self.assertNotIn("expired-one", self.ok("reap", "--dry-run").stdout)
+        r = self.ok("reap", "--dry-run", "providers=fake")
+        self.assertIn("expired-one", r.stdout)
+        self.assertIn("tags", r.stdout)
+        self.assertNotIn("unknown-run", r.stdout)  # maybe another machine's run: left alone
+        self.assertNotIn("not-ours", r.stdout)
+        r = self.ok("reap", "--yes", "providers=fake")
+        self.assertIn("destroyed fake expired-one (expired)", r.stdout)
+        self.assertEqual(self.fake_instances(), ["not-ours", "unknown-run"])
+
+    def test_sigkill_leaves_an_orphan_that_ls_shows_and_reap_removes(self):
+        if not shutil.which("sshd") and not os.path.exists("/usr/sbin/sshd"):
+            self.skipTest("no sshd for the local provider")
+        p = subprocess.Popen([BIN, LAUNCH, "provider=local", "hold=60s"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        line = p.stdout.readline()
+        if "READY" not in line:
+            p.kill()
+            self.fail("launch failed: %s %s" % (line, p.stderr.read()))
+        inst = line.split()[1]
+        [res] = self.ls_json()["resources"]
+        self.assertEqual(res["state"], "running")  # its run is alive: not reaped
+        self.assertIn("Nothing to reap", self.ok("reap", "--yes").stdout)
+
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=10)
+        p.stdout.close()
+        p.stderr.close()
+        [res] = self.ls_json()["resources"]
+        self.assertEqual(res["id"], inst)
+        self.assertEqual(res["state"], "orphaned")
+        self.assertIn("orphaned", self.ok("ls").stdout)
+        [run] = json.loads(self.ok("history", "--json").stdout)["runs"]
+        self.assertEqual(run["status"], "died")
+        inst_dir = os.path.join(self.home, "state", "local", inst)
+        self.assertTrue(os.path.isdir(inst_dir))
+
+        r = self.ok("reap", "--yes", timeout=120)
+        self.assertIn("destroyed local " + inst, r.stdout)
+        self.assertEqual(self.ls_json()["resources"], [])
+        self.assertFalse(os.path.exists(inst_dir))
+        out = subprocess.run(["pgrep", "-f", inst], capture_output=True, text=True).stdout
+        self.assertEqual(out, "", "a process of the instance outlived reap")
+
+    def test_parallel_runs_all_journalled(self):
+        procs = [subprocess.Popen([BIN, LAUNCH, "provider=fake", "via=direct"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, env=self.env) for _ in range(6)]
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 0, err)
+        runs = json.loads(self.ok("history", "--json", "limit=0").stdout)["runs"]
+        self.assertEqual(len(runs), 6)
+        self.assertTrue(all(x["status"] == "ok" for x in runs))
+        self.assertEqual(len(self.ls_json("all=true")["resources"]), 6)
+
+    def test_a_file_named_like_a_command_wins(self):
+        d = tempfile.mkdtemp(dir=self.home)
+        with open(os.path.join(d, "ls"), "w") as f:
+            f.write('local e = require "ephrun"\n'
+                    'return e.recipe { name = "mine", run = function() print("FILE-LS") end }\n')
+        self.assertIn("FILE-LS", self.ok("ls", cwd=d).stdout)
+        self.assertNotIn("FILE-LS", self.ok("ls").stdout)
+
+    def test_older_than_is_only_for_reap(self):
+        r = self.ephrun("ls", "--older-than", "1h")
+        self.assertEqual(r.returncode, 2)
+        r = self.ephrun("reap", "--older-than", "soon")
+        self.assertEqual(r.returncode, 2)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
