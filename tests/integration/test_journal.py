@@ -13,7 +13,7 @@ import tempfile
 import time
 import unittest
 
-from common import BIN, RECIPES, env
+from common import BIN, RECIPES, env, wait_ready
 
 LAUNCH = os.path.join(RECIPES, "journal_launch.lua")
 FAKE_PATH = os.path.dirname(os.path.abspath(__file__))  # holds providers/fake.lua
@@ -87,6 +87,20 @@ class Journal(unittest.TestCase):
         self.assertEqual(self.ls_json()["resources"], [])
         everything = self.ls_json("all=true")["resources"]
         self.assertEqual([x["status"] for x in everything], ["destroyed"])
+
+    def test_an_interrupted_run_is_recorded_as_such(self):
+        p = subprocess.Popen([BIN, os.path.join(RECIPES, "signals.lua"), "marker=" + os.path.join(self.home, "m"),
+                              "mode=sleep"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=self.env)
+        wait_ready(p)
+        time.sleep(0.2)
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 130)
+        [run] = json.loads(self.ok("history", "--json").stdout)["runs"]
+        self.assertEqual(run["status"], "interrupted")
+        self.assertIn("SIGINT", run["detail"])
+        self.assertIn("interrupted (SIGINT", self.ok("history").stdout)
 
     def test_same_params_same_hash(self):
         self.launch_fake("ttl=2h")
