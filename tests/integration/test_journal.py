@@ -206,6 +206,42 @@ class Journal(unittest.TestCase):
         out = subprocess.run(["pgrep", "-f", inst], capture_output=True, text=True).stdout
         self.assertEqual(out, "", "a process of the instance outlived reap")
 
+    def test_killed_mid_create_the_intent_and_tags_find_the_instance(self):
+        p = subprocess.Popen([BIN, LAUNCH, "provider=fake", "via=direct"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=dict(self.env, FAKE_HANG_AFTER_CREATE="1"))
+        wait_ready(p, token="CREATED")
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=10)
+        [inst] = self.fake_instances()
+        [res] = self.ls_json()["resources"]
+        self.assertEqual(res["status"], "pending")  # the intent was written before the create
+        self.assertNotIn("id", res)
+        self.assertEqual(res["state"], "orphaned")
+        r = self.ok("reap", "--yes")
+        self.assertIn("destroyed fake " + inst, r.stdout)
+        self.assertIn("tags", r.stdout)
+        self.assertEqual(self.fake_instances(), [])
+        self.assertEqual(self.ls_json()["resources"], [])
+        [res] = self.ls_json("all=true")["resources"]
+        self.assertEqual(res["status"], "destroyed")
+
+    def test_an_intent_that_never_created_anything_is_marked_failed(self):
+        p = subprocess.Popen([BIN, LAUNCH, "provider=fake", "via=direct"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=dict(self.env, FAKE_HANG_AFTER_CREATE="1"))
+        wait_ready(p, token="CREATED")
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=10)
+        for f in os.listdir(self.cloud):  # as if the cloud had refused the create
+            os.remove(os.path.join(self.cloud, f))
+        r = self.ok("reap", "--dry-run")
+        self.assertIn("would mark journal entry", r.stdout)
+        self.assertEqual(len(self.ls_json()["resources"]), 1)
+        r = self.ok("reap", "--yes")
+        self.assertIn("never completed", r.stdout)
+        self.assertEqual(self.ls_json()["resources"], [])
+        [res] = self.ls_json("all=true")["resources"]
+        self.assertEqual(res["status"], "failed")
+
     def test_parallel_runs_all_journalled(self):
         procs = [subprocess.Popen([BIN, LAUNCH, "provider=fake", "via=direct"], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True, env=self.env) for _ in range(6)]

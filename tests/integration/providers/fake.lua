@@ -8,6 +8,13 @@ function M.launch(spec)
   local id = ("fake-%d-%04d"):format(os.time(), math.random(0, 9999))
   local inst = { id = id, tags = spec.tags or {}, state = "running", created = ephrun.time.now() }
   assert(ephrun.fs.write(dir() .. "/" .. id .. ".json", ephrun.json.encode(inst)))
+  -- FAKE_HANG_AFTER_CREATE: the instance exists but the create call never returns
+  -- (the launcher is killed mid-create in the test).
+  if os.getenv("FAKE_HANG_AFTER_CREATE") then
+    print("CREATED " .. id)
+    io.stdout:flush()
+    ephrun.time.sleep(120)
+  end
   return inst
 end
 function M.list(filter)
