@@ -284,7 +284,9 @@ TEST_CASE("ssh sync: a cancel stops the transfer and the remote tar", "[ssh][syn
     kind = e.kind();
   }
   CHECK(kind == ssh::ErrorKind::cancelled);
-  CHECK(ssh::Clock::now() - t0 < std::chrono::milliseconds(1300));
+  // A generous sanity bound: the cancel lands within about a second when the machine is
+  // quiet; sanitizers and a loaded CI machine stretch that.
+  CHECK(ssh::Clock::now() - t0 < std::chrono::seconds(15));
   bool gone = false;
   for (int i = 0; i < 30 && !gone; ++i) {
     // Only a tar working in this test's directory (others may run in parallel).
