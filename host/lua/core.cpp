@@ -1,8 +1,12 @@
 // ephrun._core: the host's run-time services for the stdlib (tasks, the
 // cleanup stack, the plan, secrets, phase). Recipes use them through
 // `require "ephrun"`, never directly.
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <termios.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include "lua/bind.hpp"
 #include "runtime/runtime.hpp"
@@ -238,6 +242,38 @@ int l_core_isatty(lua_State* L) {
   return 1;
 }
 
+// _core.read_password(prompt) -> text | nil, why
+// Reads one line from the controlling terminal with echo off.
+int l_core_read_password(lua_State* L) {
+  const char* prompt = luaL_checkstring(L, 1);
+  int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "no terminal to ask on");
+    return 2;
+  }
+  termios old{};
+  bool restore = tcgetattr(fd, &old) == 0;
+  if (restore) {
+    termios quiet = old;
+    quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+    tcsetattr(fd, TCSAFLUSH, &quiet);
+  }
+  if (write(fd, prompt, strlen(prompt)) < 0) {
+    // The prompt is a courtesy; reading still works.
+  }
+  std::string line;
+  char c = 0;
+  while (read(fd, &c, 1) == 1 && c != '\n') line += c;
+  if (restore) tcsetattr(fd, TCSAFLUSH, &old);
+  if (write(fd, "\n", 1) < 0) {
+  }
+  close(fd);
+  if (!line.empty()) Secrets::global().add("passphrase", line);
+  lua_pushlstring(L, line.data(), line.size());
+  return 1;
+}
+
 const luaL_Reg kTaskMethods[] = {
     {"wait", lua::safe<l_task_wait>},
     {"cancel", lua::safe<l_task_cancel>},
@@ -265,6 +301,7 @@ const luaL_Reg kCoreFns[] = {
     {"signal", l_core_signal},
     {"recipe_dir", l_core_recipe_dir},
     {"isatty", lua::safe<l_core_isatty>},
+    {"read_password", lua::safe<l_core_read_password>},
     {nullptr, nullptr},
 };
 

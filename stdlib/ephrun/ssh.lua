@@ -39,6 +39,27 @@ local function check_opts(opts, fname)
   for k, v in pairs(opts) do o[k] = v end
   o.timeout = seconds(opts.timeout, "timeout")
   o.deadline = seconds(opts.deadline, "deadline")
+  if o.passphrase_env then
+    o.passphrase = require("ephrun").secret(o.passphrase_env)
+    o.passphrase_env = nil
+  end
+  if o.key_file and not o.passphrase and not core.dry_run() then
+    local ok, info = pcall(require("ephrun.keys").load, o.key_file)
+    if (ok and info.encrypted) or (not ok and tostring(info):find("encrypted", 1, true)) then
+      local env = os.getenv("EPHRUN_SSH_PASSPHRASE")
+      if env and env ~= "" then
+        core.secret_add("EPHRUN_SSH_PASSPHRASE", env)
+        o.passphrase = env
+      else
+        local pass, why = core.read_password("Passphrase for " .. o.key_file .. ": ")
+        if not pass then
+          error(o.key_file .. " is encrypted and there is " .. why ..
+            ": set EPHRUN_SSH_PASSPHRASE or passphrase_env", 3)
+        end
+        o.passphrase = pass
+      end
+    end
+  end
   return o
 end
 
@@ -48,7 +69,7 @@ end
 
 --- Connects once. Raises on failure: the message says refused, timeout,
 --- banner, auth or host-key mismatch (with both fingerprints).
----@param opts {host: string, port?: integer, user?: string, key?: string, key_file?: string, passphrase?: string, agent?: boolean, host_key?: string, known_hosts?: string, insecure_accept_any_host_key?: boolean, timeout?: number|string, keepalive?: integer}
+---@param opts {host: string, port?: integer, user?: string, key?: string, key_file?: string, passphrase?: string, passphrase_env?: string, agent?: boolean, host_key?: string, known_hosts?: string, insecure_accept_any_host_key?: boolean, timeout?: number|string, keepalive?: integer}
 ---@return ephrun.ssh.Session
 function M.connect(opts)
   local o = check_opts(opts, "ssh.connect")

@@ -41,6 +41,16 @@ it("a generated key authenticates, and the host key is pinned", function()
   eq(s:fingerprint(), keys.fingerprint(HOST_KEY))
 end)
 
+it("an encrypted key file opens with a passphrase from the environment", function()
+  local enc = os.getenv("SSHD_ENC_KEY_FILE")
+  local s <close> = ssh.connect { host = HOST, port = PORT, user = USER, key_file = enc, host_key = HOST_KEY,
+    passphrase_env = "SSHD_ENC_PASS" }
+  eq(s:run("echo enc", { stream = false }).stdout, "enc\n")
+  eq(require("ephrun._core").redact("open sesame 7"), "<secret:SSHD_ENC_PASS>")
+  eq(keys.load(enc, os.getenv("SSHD_ENC_PASS")).encrypted, true)
+  raises(function() keys.load(enc) end, "encrypted")
+end)
+
 it("run returns code and output; non-zero raises with the stderr tail", function()
   local s <close> = connect()
   local r = s:run("echo out; echo err >&2; exit 3", { check = false })

@@ -16,6 +16,10 @@ class SshFromLua(unittest.TestCase):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
             with open(key + ".pub") as f:
                 d.authorize(f.read().strip())
+            enc = os.path.join(work, "id_enc")
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "open sesame 7", "-f", enc], check=True)
+            with open(enc + ".pub") as f:
+                d.authorize(f.read().strip())
             tmp = tempfile.mkdtemp(prefix="ephrun-sshlua-remote-")
             os.chmod(tmp, 0o777)
             r = subprocess.run(
@@ -23,7 +27,7 @@ class SshFromLua(unittest.TestCase):
                 capture_output=True, text=True, timeout=300,
                 env=env(SSHD_PORT=d.port, SSHD_USER=d.user, SSHD_KEY_FILE=key,
                         SSHD_HOST_KEY=d.host_key_pub, SSHD_AUTHORIZED_KEYS=d.authorized_keys,
-                        SSHD_TMP=tmp))
+                        SSHD_TMP=tmp, SSHD_ENC_KEY_FILE=enc, SSHD_ENC_PASS="open sesame 7"))
             print(r.stdout)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr + "\nsshd log:\n" + d.log())
 
