@@ -321,7 +321,7 @@ def main():
     mb = total_bytes / 1e6
     c = {k: med(v) for k, v in cold.items()}
     rows = []
-    for k, name in (("ephrun", "ephrun `bench/sync.lua`"), ("tar", "`tar c | ssh tar x`"),
+    for k, name in (("ephrun", "ephrun `bench/sync.lua`"), ("tar", "`tar c \\| ssh tar x`"),
                     ("rsync", "`rsync -a -e ssh`"), ("scp", "`scp -r`")):
         rows.append((name, "%.2f" % c[k], "%.0f" % (mb / c[k]), "%.2f×" % (c["ephrun"] / c[k]),
                      " ".join("%.2f" % x for x in cold[k])))
@@ -359,7 +359,7 @@ def main():
             ("  of which `session:sync` alone", "%.2f" % med(bulk["ephrun_sync"]),
              "%.0f" % (gb / med(bulk["ephrun_sync"])), "%.2f×" % (med(bulk["cat"]) / med(bulk["ephrun_sync"])))]
     if bulk["tar"]:
-        rows.append(("`tar c | ssh tar x` of the one file (writes to disk too)", "%.2f" % med(bulk["tar"]),
+        rows.append(("`tar c \\| ssh tar x` of the one file (writes to disk too)", "%.2f" % med(bulk["tar"]),
                      "%.0f" % (gb / med(bulk["tar"])), "%.2f×" % (med(bulk["cat"]) / med(bulk["tar"]))))
     table("Bulk: one %d MiB file of random bytes, median of %d" % (a.big_mb, R),
           ["what", "median (s)", "MB/s", "fraction of ceiling"], rows)
