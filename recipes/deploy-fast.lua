@@ -31,12 +31,14 @@ return ephrun.recipe {
     end
 
     local cloud = ephrun.provider(p.provider)
+    ephrun.phase("launch")
     local box <close> = cloud:launch {
       plan = p.plan, region = p.region, ttl = p.ttl, keep = p.keep,
       snapshot = p.snapshot ~= "" and p.snapshot or nil,
       boot_delay = p.boot_delay > 0 and p.boot_delay or nil,
     }
     done("launch")
+    ephrun.phase("ssh")
     local sh <close> = box:ssh()
     done("ssh")
 

@@ -288,6 +288,7 @@ function Instance:destroy(opts)
       end
       local j = self.journal_key and journal()
       if j then j.destroyed(self.journal_key) end
+      ephrun.log.info("destroyed %s instance %s", self.cloud.name, self.id)
     end,
   }
   self._destroyed = true
