@@ -39,7 +39,7 @@ return ephrun.recipe {
       local child = assert(ephrun.proc.spawn({ "sleep", "61.5" }))
       mark("child " .. child:pid())
       ready()
-      ephrun.proc.run({ "sleep", "60" })
+      ephrun.proc.run({ "sleep", "60.25" })
     elseif p.mode == "http" then
       ready()
       ephrun.http.request { url = p.url, timeout = 60 }
