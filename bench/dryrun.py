@@ -46,7 +46,7 @@ def main():
     if shutil.which("lua5.4"):
         rows.append(("lua5.4 -e '' (interpreter alone)", ["lua5.4", "-e", ""]))
     rows.append(("ephrun --version (binary load floor)", [a.bin, "--version"]))
-    rows.append(("curl --version (same libcurl/OpenSSL load)", ["curl", "--version"]))
+    rows.append(("curl --version (libcurl's own load cost)", ["curl", "--version"]))
     rows.append(("sh -c true (process spawn floor)", ["sh", "-c", "true"]))
     print("| command | median wall (ms) | peak RSS (MiB) | median RSS (MiB) |")
     print("|---|---|---|---|")

@@ -384,4 +384,8 @@ int luaopen_ephrun_http(lua_State* L) {
 }  // namespace
 }  // namespace ephrun
 
-EPHRUN_MODULE("ephrun.http", ephrun::luaopen_ephrun_http);
+// Built as the loadable module ephrun-http.so (see host/lua/http_loader.cpp):
+// libcurl and its dependency tree are loaded only when a recipe uses HTTP.
+extern "C" __attribute__((visibility("default"))) int ephrun_open_http(lua_State* L) {
+  return ephrun::luaopen_ephrun_http(L);
+}
