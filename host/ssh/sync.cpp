@@ -304,17 +304,6 @@ struct RemoteEntry {
   std::string link;
 };
 
-void parse_time(std::string_view v, std::int64_t& sec, long& nsec) {
-  auto dot = v.find('.');
-  sec = std::strtoll(std::string(v.substr(0, dot)).c_str(), nullptr, 10);
-  nsec = 0;
-  if (dot != std::string_view::npos) {
-    std::string frac(v.substr(dot + 1, 9));
-    frac.resize(9, '0');
-    nsec = std::strtol(frac.c_str(), nullptr, 10);
-  }
-}
-
 class Progress {
  public:
   Progress(const SyncProgressFn& fn, SyncProgress p) : fn_(fn), p_(p) {}
@@ -417,7 +406,7 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
           0,
           0,
           std::move(link)};
-      parse_time(rec.substr(p3 + 1, p4 - p3 - 1), re.sec, re.nsec);
+      tar::parse_time(rec.substr(p3 + 1, p4 - p3 - 1), re.sec, re.nsec);
       remote.emplace(std::string(rec.substr(p4 + 1)), std::move(re));
     }
   }

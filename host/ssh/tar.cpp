@@ -93,17 +93,6 @@ std::uint64_t parse_num(const char* f, std::size_t n) {
 
 std::string field_str(const char* f, std::size_t n) { return std::string(f, strnlen(f, n)); }
 
-void parse_time(std::string_view v, std::int64_t& sec, long& nsec) {
-  auto dot = v.find('.');
-  sec = std::strtoll(std::string(v.substr(0, dot)).c_str(), nullptr, 10);
-  nsec = 0;
-  if (dot != std::string_view::npos) {
-    std::string frac(v.substr(dot + 1, 9));
-    frac.resize(9, '0');
-    nsec = std::strtol(frac.c_str(), nullptr, 10);
-  }
-}
-
 }  // namespace
 
 void write_header(std::string& out, const Entry& e) {
@@ -295,6 +284,17 @@ void Reader::header(const char* h) {
   state_ = e.type == Type::other ? State::skip : State::data;
   if (e.type != Type::other && on_entry) on_entry(e);
   cur_ = std::move(e);
+}
+
+void parse_time(std::string_view v, std::int64_t& sec, long& nsec) {
+  auto dot = v.find('.');
+  sec = std::strtoll(std::string(v.substr(0, dot)).c_str(), nullptr, 10);
+  nsec = 0;
+  if (dot != std::string_view::npos) {
+    std::string frac(v.substr(dot + 1, 9));
+    frac.resize(9, '0');
+    nsec = std::strtol(frac.c_str(), nullptr, 10);
+  }
 }
 
 }  // namespace ephrun::ssh::tar

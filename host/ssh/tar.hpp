@@ -58,4 +58,7 @@ class Reader {
   int zero_blocks_ = 0;
 };
 
+/// Splits "SECONDS[.FRACTION]" (pax `mtime`, `find -printf %T@`) into seconds and nanoseconds.
+void parse_time(std::string_view v, std::int64_t& sec, long& nsec);
+
 }  // namespace ephrun::ssh::tar
