@@ -268,6 +268,23 @@ int l_fs_hash_string(lua_State* L) {
   return 1;
 }
 
+int l_fs_base64_encode(lua_State* L) {
+  std::string out = sys::base64_encode(check_string(L, 1));
+  lua_pushlstring(L, out.data(), out.size());
+  return 1;
+}
+
+int l_fs_base64_decode(lua_State* L) {
+  auto out = sys::base64_decode(check_string(L, 1));
+  if (!out) {
+    lua_pushnil(L);
+    lua_pushstring(L, "not valid base64");
+    return 2;
+  }
+  lua_pushlstring(L, out->data(), out->size());
+  return 1;
+}
+
 int l_fs_chmod(lua_State* L) {
   std::string path = check_string(L, 1);
   mode_t mode = mode_value(L, 2, "fs.chmod");
@@ -320,6 +337,7 @@ const luaL_Reg kFsFns[] = {
     {"list", lua::safe<l_fs_list>},         {"remove", lua::safe<l_fs_remove>},
     {"tempdir", lua::safe<l_fs_tempdir>},   {"glob", lua::safe<l_fs_glob>},
     {"hash", lua::safe<l_fs_hash>},         {"hash_string", lua::safe<l_fs_hash_string>},
+    {"base64_encode", lua::safe<l_fs_base64_encode>}, {"base64_decode", lua::safe<l_fs_base64_decode>},
     {"chmod", lua::safe<l_fs_chmod>},       {"realpath", lua::safe<l_fs_realpath>},
     {"basename", lua::safe<l_fs_basename>}, {"dirname", lua::safe<l_fs_dirname>},
     {"join", lua::safe<l_fs_join>},         {nullptr, nullptr},

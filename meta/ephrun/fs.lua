@@ -96,6 +96,16 @@ function fs.hash(path, algo) end
 ---@return string
 function fs.hash_string(s, algo) end
 
+--- Standard base64 (with padding) of a string.
+---@param s string
+---@return string
+function fs.base64_encode(s) end
+
+--- Decodes standard base64 (whitespace between groups allowed).
+---@param s string
+---@return string|nil data, string? err
+function fs.base64_decode(s) end
+
 --- Changes permissions.
 ---@param path string
 ---@param mode string|integer "0755", or the number's value (tonumber("755", 8))

@@ -119,6 +119,21 @@ it("hash matches sha256sum, and hash_string agrees", function()
   raises(function() fs.hash(p, "nope") end, "unknown hash algorithm")
 end)
 
+it("base64 round-trips binary data and matches RFC 4648's vectors", function()
+  local vectors = { [""] = "", f = "Zg==", fo = "Zm8=", foo = "Zm9v", foob = "Zm9vYg==", fooba = "Zm9vYmE=",
+    foobar = "Zm9vYmFy" }
+  for plain, coded in pairs(vectors) do
+    eq(fs.base64_encode(plain), coded)
+    eq(fs.base64_decode(coded), plain)
+  end
+  local bin = "\0\1\2\255\254" .. ("x"):rep(100)
+  eq(fs.base64_decode(fs.base64_encode(bin)), bin)
+  eq(fs.base64_decode("Zm9v\nYmFy\n"), "foobar")
+  local v, err = fs.base64_decode("Zm9")
+  eq(v, nil); eq(err, "not valid base64")
+  eq(fs.base64_decode("Zm9*"), nil)
+end)
+
 it("chmod and realpath", function()
   local d = fs.tempdir("fs-spec-")
   local p = fs.join(d, "run.sh")
