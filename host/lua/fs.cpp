@@ -331,16 +331,26 @@ int l_fs_join(lua_State* L) {
 }
 
 const luaL_Reg kFsFns[] = {
-    {"read", lua::safe<l_fs_read>},         {"write", lua::safe<l_fs_write>},
-    {"append", lua::safe<l_fs_append>},     {"mkdir_p", lua::safe<l_fs_mkdir_p>},
-    {"exists", lua::safe<l_fs_exists>},     {"stat", lua::safe<l_fs_stat>},
-    {"list", lua::safe<l_fs_list>},         {"remove", lua::safe<l_fs_remove>},
-    {"tempdir", lua::safe<l_fs_tempdir>},   {"glob", lua::safe<l_fs_glob>},
-    {"hash", lua::safe<l_fs_hash>},         {"hash_string", lua::safe<l_fs_hash_string>},
-    {"base64_encode", lua::safe<l_fs_base64_encode>}, {"base64_decode", lua::safe<l_fs_base64_decode>},
-    {"chmod", lua::safe<l_fs_chmod>},       {"realpath", lua::safe<l_fs_realpath>},
-    {"basename", lua::safe<l_fs_basename>}, {"dirname", lua::safe<l_fs_dirname>},
-    {"join", lua::safe<l_fs_join>},         {nullptr, nullptr},
+    {"read", lua::safe<l_fs_read>},
+    {"write", lua::safe<l_fs_write>},
+    {"append", lua::safe<l_fs_append>},
+    {"mkdir_p", lua::safe<l_fs_mkdir_p>},
+    {"exists", lua::safe<l_fs_exists>},
+    {"stat", lua::safe<l_fs_stat>},
+    {"list", lua::safe<l_fs_list>},
+    {"remove", lua::safe<l_fs_remove>},
+    {"tempdir", lua::safe<l_fs_tempdir>},
+    {"glob", lua::safe<l_fs_glob>},
+    {"hash", lua::safe<l_fs_hash>},
+    {"hash_string", lua::safe<l_fs_hash_string>},
+    {"base64_encode", lua::safe<l_fs_base64_encode>},
+    {"base64_decode", lua::safe<l_fs_base64_decode>},
+    {"chmod", lua::safe<l_fs_chmod>},
+    {"realpath", lua::safe<l_fs_realpath>},
+    {"basename", lua::safe<l_fs_basename>},
+    {"dirname", lua::safe<l_fs_dirname>},
+    {"join", lua::safe<l_fs_join>},
+    {nullptr, nullptr},
 };
 
 int luaopen_ephrun_fs(lua_State* L) {
