@@ -18,6 +18,7 @@ return ephrun.recipe {
     snapshot = { default = "", doc = "boot from this snapshot id instead of a fresh image" },
     ttl = { type = "duration", default = "1h", doc = "hard lifetime of the instance" },
     keep = { default = false, doc = "keep the instance after the run (it still ends at ttl)" },
+    ssh_deadline = { type = "duration", default = "5m", doc = "how long to wait for SSH once the instance runs" },
     boot_delay = { type = "number", default = 0, doc = "local provider: simulated boot time in seconds" },
   },
   run = function(p)
@@ -39,7 +40,7 @@ return ephrun.recipe {
     }
     done("launch")
     ephrun.phase("ssh")
-    local sh <close> = box:ssh()
+    local sh <close> = box:ssh { deadline = p.ssh_deadline }
     done("ssh")
 
     ephrun.phase("sync")

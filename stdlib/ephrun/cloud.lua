@@ -151,6 +151,8 @@ function Cloud:launch(spec)
   if ttl == nil then ttl = "1h" end
   ttl = ttl and seconds(ttl, "launch: ttl") or false
   local prev = ephrun.phase("launch")
+  -- Credentials are checked before anything is made (a dry-run lists missing ones).
+  if self.impl.preflight then self.impl.preflight(self.opts) end
   local hourly = self:price(spec)
   local worst = hourly and ttl and hourly * ttl / 3600 or nil
   local started = ephrun.time.now()
@@ -185,6 +187,7 @@ function Cloud:launch(spec)
     details[#details + 1] = ttl and ("price $%.4f/hour × %s = $%.2f worst case"):format(
       hourly, ephrun.time.format_duration(ttl), worst) or ("price $%.4f/hour, unbounded"):format(hourly)
   end
+  if hourly and self.impl.price_basis then details[#details + 1] = self.impl.price_basis end
   if spec.keep then details[#details + 1] = "keep=true: NOT destroyed at the end of the run" end
   local obj = ephrun.effect {
     kind = "launch", what = what, where = self.name, cost = worst, details = details,
@@ -308,7 +311,123 @@ Instance.__close = Instance.close
 function Instance:cost()
   if not self.hourly or not self.started then return self.hourly and 0 or nil end
   local stop = self.destroyed_at or ephrun.time.now()
-  return self.hourly * (stop - self.started) / 3600
+  return (self.cost_before or 0) + self.hourly * (stop - self.started) / 3600
+end
+
+local function impl_fn(self, name, verb)
+  local f = self.cloud.impl[name]
+  if not f then error(("provider '%s' cannot %s"):format(self.cloud.name, verb), 3) end
+  return f
+end
+
+--- Takes a snapshot and (unless `wait=false`) waits until it is complete;
+--- returns its id. A snapshot still being made when the run fails or is
+--- interrupted is deleted by the cleanup: only a complete one outlives the run.
+---@param opts? {description?: string, wait?: boolean, deadline?: number|string}
+---@return string id
+function Instance:snapshot(opts)
+  opts = opts or {}
+  local f = impl_fn(self, "snapshot", "take snapshots")
+  local deadline = seconds(opts.deadline, "snapshot: deadline") or 3600
+  local prev = ephrun.phase("snapshot")
+  local id = ephrun.effect {
+    kind = "snapshot", what = ("snapshot %s instance %s%s"):format(self.cloud.name, self.id,
+      opts.description and (" as '" .. opts.description .. "'") or ""),
+    where = self.cloud.name,
+    details = { "kept after the run (snapshots are billed by size); deleted only if it is not complete when the run ends" },
+    run = function()
+      local sid = f(self.raw, self.cloud.opts, { description = opts.description })
+      local hint = self.cloud.impl.snapshot_hint and self.cloud.impl.snapshot_hint(sid, self.cloud.opts)
+        or ("delete snapshot %s of provider %s in its console"):format(sid, self.cloud.name)
+      local del = self.cloud.impl.delete_snapshot
+      local guard = del and ephrun.defer(function() del(sid, self.cloud.opts) end,
+        "delete incomplete " .. self.cloud.name .. " snapshot " .. sid, hint)
+      ephrun.log.info("%s snapshot %s of instance %s started", self.cloud.name, sid, self.id)
+      if opts.wait ~= false and self.cloud.impl.wait_snapshot then
+        self.cloud.impl.wait_snapshot(sid, deadline, self.cloud.opts)
+        ephrun.log.info("%s snapshot %s is complete", self.cloud.name, sid)
+        if guard then guard:cancel() end
+      elseif guard then
+        guard:cancel()
+      end
+      return sid
+    end,
+    placeholder = "<new " .. self.cloud.name .. " snapshot>",
+  }
+  ephrun.phase(prev)
+  return id
+end
+
+--- Changes the instance's size to `plan` and waits until it runs with it.
+---@param plan string
+---@param opts? {deadline?: number|string}
+function Instance:resize(plan, opts)
+  opts = opts or {}
+  local f = impl_fn(self, "resize", "resize instances")
+  local new_hourly = self.cloud:price { plan = plan }
+  ephrun.effect {
+    kind = "resize", what = ("resize %s instance %s to %s"):format(self.cloud.name, self.id, plan),
+    where = self.cloud.name,
+    details = new_hourly and { ("new price $%.4f/hour"):format(new_hourly) } or nil,
+    run = function()
+      local inst = f(self.raw, plan, self.cloud.opts, seconds(opts.deadline, "resize: deadline"))
+      if type(inst) == "table" then
+        for k, v in pairs(inst) do self.raw[k] = v end
+        self:_endpoint()
+      end
+      if new_hourly and self.hourly and self.started then
+        -- bill what ran at the old price, then continue at the new one
+        self.cost_before = self:cost()
+        self.started = ephrun.time.now()
+      end
+      self.hourly = new_hourly or self.hourly
+    end,
+  }
+end
+
+--- Powers the instance off (it keeps its disk, and on most clouds keeps billing).
+function Instance:halt()
+  local f = impl_fn(self, "halt", "halt instances")
+  ephrun.effect {
+    kind = "halt", what = ("power off %s instance %s"):format(self.cloud.name, self.id), where = self.cloud.name,
+    run = function()
+      local inst = f(self.raw, self.cloud.opts)
+      if type(inst) == "table" then for k, v in pairs(inst) do self.raw[k] = v end end
+    end,
+  }
+end
+
+--- Powers a halted instance on and waits until it runs.
+function Instance:start()
+  local f = impl_fn(self, "start", "start instances")
+  ephrun.effect {
+    kind = "start", what = ("power on %s instance %s"):format(self.cloud.name, self.id), where = self.cloud.name,
+    run = function()
+      local inst = f(self.raw, self.cloud.opts)
+      if type(inst) == "table" then
+        for k, v in pairs(inst) do self.raw[k] = v end
+        self:_endpoint()
+      end
+    end,
+  }
+end
+
+--- Snapshots this provider holds (`filter.description` narrows them).
+---@param filter? {description?: string}
+---@return table[]
+function Cloud:snapshots(filter)
+  if not self.impl.snapshots then error("provider '" .. self.name .. "' has no snapshots", 2) end
+  return self.impl.snapshots(filter or {}, self.opts)
+end
+
+--- Deletes snapshot `id` (already gone is fine).
+---@param id string
+function Cloud:delete_snapshot(id)
+  if not self.impl.delete_snapshot then error("provider '" .. self.name .. "' has no snapshots", 2) end
+  ephrun.effect {
+    kind = "delete", what = ("delete %s snapshot %s"):format(self.name, id), where = self.name,
+    run = function() self.impl.delete_snapshot(id, self.opts) end,
+  }
 end
 
 --- Waits for SSH with the instance's pinned host key and returns a session.
