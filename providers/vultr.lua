@@ -307,6 +307,21 @@ local function run_key(c, opts, public_key)
   return id
 end
 
+-- Deletes instance `id`, waiting while Vultr says it is locked; raises when
+-- `deadline` seconds pass.
+local function delete_when_unlocked(c, opts, id, deadline)
+  local limit = ephrun.time.monotonic() + deadline
+  local delay = 1
+  while true do
+    local ok, err = pcall(call, c, opts, "DELETE", "/instances/" .. id, nil, { allow = { [404] = true }, is_locked = true })
+    if ok then return end
+    if not tostring(err):find(LOCKED, 1, true) or ephrun.time.monotonic() + delay > limit then error(err, 0) end
+    ephrun.log.warn("vultr instance %s is locked (installing or booting); deleting it once it unlocks", id)
+    ephrun.time.sleep(delay)
+    delay = math.min(delay * 2, 15)
+  end
+end
+
 local launches = 0
 
 --- Creates an instance and returns at once (state `pending`). `spec.image` is
@@ -334,18 +349,31 @@ function M.launch(spec, opts)
     if not os_id then error(("vultr: image must be an os_id number, got '%s'"):format(tostring(spec.image)), 0) end
     body.os_id = os_id
   end
+  -- Until the create's reply is in hand, a cleanup looks for the label and
+  -- deletes what it finds: a run interrupted mid-create leaves nothing.
+  local guard = ephrun.defer(function()
+    for _, raw in ipairs(list_all(c, opts, "/instances", "instances", { { "label", label } })) do
+      delete_when_unlocked(c, opts, raw.id, 600)
+    end
+  end, "delete the Vultr instance labelled " .. label .. " if its create went through",
+    ("curl -H \"Authorization: Bearer $VULTR_API_KEY\" %s   # then delete the instance it lists"):format(
+      q(c.url .. "/instances?label=" .. label)))
   -- A 5xx or a lost reply may hide a create that happened: look for the label
   -- before trying again, so a retry never makes a second, unseen instance.
   local deadline = ephrun.time.monotonic() + 300
   local delay = 1
   while true do
     local ok, doc = pcall(call, c, opts, "POST", "/instances", body, { deadline = 120 })
-    if ok then return to_instance(doc.instance, c) end
+    if ok then
+      guard:cancel()
+      return to_instance(doc.instance, c)
+    end
     local err = tostring(doc)
     if not err:match("HTTP 5%d%d") and not err:match("failed: [^H]") then error(doc, 0) end
     local found = list_all(c, opts, "/instances", "instances", { { "label", label } })
     if found[1] then
       ephrun.log.warn("vultr: create answered '%s' but instance %s exists; using it", err, found[1].id)
+      guard:cancel()
       return to_instance(found[1], c)
     end
     if ephrun.time.monotonic() + delay > deadline then error(doc, 0) end

@@ -138,13 +138,13 @@ class VultrProvider(unittest.TestCase):
         self.assertEqual(self.v.state()["snapshots"], [])
 
     def test_dry_run_shows_price_and_sends_nothing(self):
-        r = self.ephrun("deploy-fast", "provider=vultr", "plan=vc2-4c-8gb", "ttl=2h", "--dry-run")
+        r = self.ephrun("deploy-fast", "provider=vultr", "plan=vc2-4c-8gb", "ttl=2h", "src=" + self.src, "--dry-run")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("price $0.0548/hour × 2h", r.stdout)
         self.assertIn("monthly_cost / 730", r.stdout)
         self.assertIn("$0.11", r.stdout)
         self.assertEqual([e for e in self.v.state()["log"] if e["method"] != "GET"], [])
-        r = self.ephrun("deploy-fast", "provider=vultr", "plan=vc2-99c", "--dry-run")
+        r = self.ephrun("deploy-fast", "provider=vultr", "plan=vc2-99c", "src=" + self.src, "--dry-run")
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("unknown plan 'vc2-99c'", r.stderr)
 

@@ -36,8 +36,12 @@ return ephrun.recipe {
     local mine = cloud:list { tags = { ["ephrun-run"] = ephrun.run_id() } }
     local instances, keys = 0, 0
     for _, inst in ipairs(mine) do
-      if inst.kind == "ssh-key" then keys = keys + 1 else instances = instances + 1 end
-      check(inst.tags["ephrun-recipe"] == "vultr-ops", "recipe tag on " .. inst.id)
+      if inst.kind == "ssh-key" then
+        keys = keys + 1
+      else
+        instances = instances + 1
+        check(inst.tags["ephrun-recipe"] == "vultr-ops", "recipe tag on " .. inst.id)
+      end
     end
     check(instances == p.count, ("listed %d instances of this run, launched %d"):format(instances, p.count))
     check(keys == 1, "one SSH key registered for the run, found " .. keys)
