@@ -11,7 +11,8 @@
 ---   user      EPHRUN_VULTR_SSH_USER (default root)
 ---   rate      EPHRUN_VULTR_RATE, requests per second this process sends at most (default 28;
 ---             Vultr answers 429 above ~30 per second and IP)
----   poll      EPHRUN_VULTR_POLL, longest pause between status polls in seconds (default 5)
+---   poll      EPHRUN_VULTR_POLL, longest pause between status polls in seconds (default 2;
+---             waiting tasks of a run share each poll, so this costs one request per pause)
 ---   page_size EPHRUN_VULTR_PAGE_SIZE, items per page of a list (default 500, the most Vultr allows)
 ---
 --- Every request goes through one pacer shared by all tasks, so 50 parallel
@@ -44,7 +45,7 @@ local function config(opts)
     ssh_port = tonumber(setting(opts, "ssh_port", "EPHRUN_VULTR_SSH_PORT", 22)),
     user = setting(opts, "user", "EPHRUN_VULTR_SSH_USER", "root"),
     rate = tonumber(setting(opts, "rate", "EPHRUN_VULTR_RATE", 28)),
-    poll = tonumber(setting(opts, "poll", "EPHRUN_VULTR_POLL", 5)),
+    poll = tonumber(setting(opts, "poll", "EPHRUN_VULTR_POLL", 2)),
     page_size = math.tointeger(tonumber(setting(opts, "page_size", "EPHRUN_VULTR_PAGE_SIZE", 500))),
   }
   if not c.page_size or c.page_size < 1 or c.page_size > 500 then
@@ -235,19 +236,29 @@ end
 -- Plans, fetched once per API URL (no key needed).
 local plans_cache = {}
 
+local plans_busy = {}
+
 local function plans(c, opts)
+  -- One fetch serves every task that asks meanwhile (fifty parallel launches price at once).
+  while plans_busy[c.url] do ephrun.time.sleep(0.02) end
   if plans_cache[c.url] then return plans_cache[c.url] end
-  local all = {}
-  for _, path in ipairs { "/plans", "/plans-metal" } do
-    -- No key is needed, and a dry-run on a machine without network should not wait long.
-    local ok, list = pcall(list_all, c, opts, path, path == "/plans" and "plans" or "plans_metal", nil,
-      { no_auth = true, deadline = 8, timeout = 5, attempts = 2 })
-    if ok then
-      for _, p in ipairs(list) do all[p.id] = p end
-    elseif path == "/plans" then
-      error(list, 0)
+  plans_busy[c.url] = true
+  local ok, all = pcall(function()
+    local found = {}
+    for _, path in ipairs { "/plans", "/plans-metal" } do
+      -- No key is needed, and a dry-run on a machine without network should not wait long.
+      local lok, list = pcall(list_all, c, opts, path, path == "/plans" and "plans" or "plans_metal", nil,
+        { no_auth = true, deadline = 8, timeout = 5, attempts = 2 })
+      if lok then
+        for _, p in ipairs(list) do found[p.id] = p end
+      elseif path == "/plans" then
+        error(list, 0)
+      end
     end
-  end
+    return found
+  end)
+  plans_busy[c.url] = nil
+  if not ok then error(all, 0) end
   plans_cache[c.url] = all
   return all
 end
@@ -472,38 +483,71 @@ end
 -- booting, one GET per interval instead of fifty.
 local boards = {}
 
-local function observe(c, opts, inst, fresh)
+local PENDING = { status = "pending", power_status = "stopped", server_status = "none", main_ip = "0.0.0.0" }
+local FIRST_POLL = 0.25
+
+local function signature(list)
+  local parts = {}
+  for _, r in ipairs(list) do
+    parts[#parts + 1] = table.concat({ r.id, tostring(r.status), tostring(r.power_status), tostring(r.server_status),
+      tostring(r.main_ip), tostring(r.plan) }, "/")
+  end
+  table.sort(parts)
+  return table.concat(parts, ",")
+end
+
+-- The instance's latest state and how long to wait before asking again. The
+-- run's board is refreshed at most every `interval` seconds, which starts
+-- short, grows while nothing changes and shrinks again when something does.
+local function observe(c, opts, inst, delay)
   local run = inst.tags and inst.tags["ephrun-run"]
   if not run then
     local doc, resp = call(c, opts, "GET", "/instances/" .. inst.id, nil, { allow = { [404] = true } })
-    return resp.status ~= 404 and doc.instance or nil
+    return resp.status ~= 404 and doc.instance or nil, math.min(delay * 1.5, c.poll)
   end
   local key = c.url .. "\0" .. run
   local b = boards[key]
   if not b then
-    b = { at = -math.huge, by_id = {} }
+    b = { at = -math.huge, by_id = {}, missing = {}, interval = math.min(FIRST_POLL, c.poll) }
     boards[key] = b
   end
   while b.busy do ephrun.time.sleep(0.02) end
-  if ephrun.time.monotonic() - b.at > fresh or not b.by_id[inst.id] then
+  if ephrun.time.monotonic() - b.at >= b.interval then
     b.busy = true
     local ok, list = pcall(list_all, c, opts, "/instances", "instances", { { "tag", "ephrun-run=" .. run } })
     b.busy = false
     if not ok then error(list, 0) end
-    b.by_id, b.at = {}, ephrun.time.monotonic()
+    local sig = signature(list)
+    b.interval = sig == b.sig and math.min(b.interval * 1.5, c.poll) or math.min(FIRST_POLL, c.poll)
+    b.by_id, b.at, b.sig = {}, ephrun.time.monotonic(), sig
     for _, raw in ipairs(list) do b.by_id[raw.id] = raw end
   end
-  if b.by_id[inst.id] then return b.by_id[inst.id] end
+  -- Wake just after the next refresh is due; a little spread keeps the waiters from all asking at once.
+  local next_in = math.max(0.02, b.at + b.interval - ephrun.time.monotonic()) + math.random() * 0.01
+  if b.by_id[inst.id] then
+    b.missing[inst.id] = nil
+    return b.by_id[inst.id], next_in
+  end
+  -- Not in the listing: created after it was taken, or gone. Ask for this one
+  -- only when it stays missing, so fifty fresh instances cost no extra calls.
+  local since = b.missing[inst.id]
+  if not since then
+    b.missing[inst.id] = ephrun.time.monotonic()
+    b.interval = math.min(FIRST_POLL, c.poll)
+    return PENDING, next_in
+  end
+  if ephrun.time.monotonic() - since < 2 then return PENDING, next_in end
+  b.missing[inst.id] = nil
   local doc, resp = call(c, opts, "GET", "/instances/" .. inst.id, nil, { allow = { [404] = true } })
-  return resp.status ~= 404 and doc.instance or nil
+  return resp.status ~= 404 and doc.instance or nil, next_in
 end
 
 local function poll_until(c, opts, inst, deadline, what, done)
   local limit = ephrun.time.monotonic() + (deadline or 600)
-  local delay = math.min(0.25, c.poll)
+  local delay = math.min(FIRST_POLL, c.poll)
   local raw
   while true do
-    raw = observe(c, opts, inst, math.min(delay, 1) * 0.9)
+    raw, delay = observe(c, opts, inst, delay)
     if not raw then error(("vultr instance %s no longer exists (waiting for %s)"):format(inst.id, what), 0) end
     if done(raw) then return raw end
     if ephrun.time.monotonic() + delay > limit then
@@ -511,7 +555,6 @@ local function poll_until(c, opts, inst, deadline, what, done)
         ephrun.time.format_duration(deadline or 600), what), 0)
     end
     ephrun.time.sleep(delay)
-    delay = math.min(delay * 1.5, c.poll)
   end
 end
 
