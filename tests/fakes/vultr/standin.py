@@ -8,7 +8,7 @@ Once listening it prints one line on stdout:
 
     READY http://127.0.0.1:PORT/v2 ssh_port=P login_user=U
 
-It follows docs/shared reference "Vultr API v2 — what ephrun relies on": bearer auth,
+It answers what ephrun relies on from Vultr, as the official clients use it: bearer auth,
 instances, snapshots, SSH keys, plans, regions, cursor paging, `{"error","status"}`
 errors, a 429 rate limit, and the life of an instance: `main_ip` 0.0.0.0 at first,
 `server_status` none → locked → installingbooting → ok, `status` pending → active, a
@@ -36,8 +36,8 @@ fixed per resource when it is created:
     sshd_delay_seconds 0       sshd starts this long after ok
 Other config: rate_limit (30; 0 = none; per client IP, sliding 1 s window),
 retry_after (null; seconds, adds a Retry-After header to 429s), start_sshd (true;
-false = instances reach ok but SSH never answers), authorize_keys (true; false = no
-key is authorized, logins fail), allow_downgrade (false).
+false = instances created meanwhile reach ok but SSH never answers), authorize_keys
+(true; false = no key is authorized, logins fail), allow_downgrade (false).
 
 Control endpoints (no auth, not rate limited, not counted):
     GET  /_standin/state     {"instances":[… + "_standin" details],"ssh_keys","snapshots",
@@ -468,7 +468,7 @@ class Standin:
         user_data = body.get("user_data") or ""
         if user_data:
             try:
-                base64.b64decode(user_data, validate=True)
+                base64.b64decode(re.sub(r"\s+", "", user_data), validate=True)
             except ValueError:
                 raise ApiError(400, "Invalid user_data: it must be base64.")
         iid = str(uuid.uuid4())
@@ -483,6 +483,7 @@ class Standin:
             firewall_group_id=str(body.get("firewall_group_id") or ""),
             date_created=iso_now(), created=self.now(), ip=self.allocate_ip(),
             timings={k: float(self.config[k]) for k in TIMING_KEYS},
+            start_sshd=bool(self.config["start_sshd"]),
             dir=os.path.join(self.inst_root, iid))
         inst.home = os.path.join(inst.dir, "home")
         self.instances[iid] = inst
@@ -681,7 +682,6 @@ class Standin:
         t = self.now()
         with self.lock:
             insts = list(self.instances.values())
-            start_sshd = bool(self.config["start_sshd"])
             delay = float(self.config["sshd_delay_seconds"])
         for inst in insts:
             with inst.oplock:
@@ -716,7 +716,7 @@ class Standin:
                         inst.proc.returncode, (read_file(os.path.join(inst.dir, "sshd.log")) or "")[-2000:])
                     log("instance %s: %s" % (inst.id, inst.sshd_error))
                     inst.proc = None
-                if (not inst.proc and not inst.halted and start_sshd and not inst.sshd_error
+                if (not inst.proc and not inst.halted and inst.start_sshd and not inst.sshd_error
                         and not inst.cloud_init_error and t >= ph["ok_at"] + delay):
                     try:
                         self.start_sshd(inst)
