@@ -73,6 +73,7 @@ class VultrStandin:
         self.stop()
         self._stderr.seek(0)
         err = self._stderr.read().decode(errors="replace")
+        self._stderr.close()
         raise RuntimeError("Vultr stand-in did not get ready within %ss (stdout: %r); stderr:\n%s"
                            % (self.ready_timeout, got[0] if got else "", err))
 
@@ -94,6 +95,7 @@ class VultrStandin:
 
     def __exit__(self, *exc):
         self.stop()
+        self._stderr.close()
         return False
 
     def stderr(self):
