@@ -707,9 +707,9 @@ class Standin:
                             inst.timings["minute_seconds"])
                 if inst.shutdown_at is not None and t >= inst.shutdown_at:
                     inst.shutdown_at = None
+                    self.stop_sshd(inst)   # down first: the API shows stopped only after
                     with self.lock:
                         inst.halted = True
-                    self.stop_sshd(inst)
                     continue
                 if inst.proc and inst.proc.poll() is not None:
                     inst.sshd_error = "sshd exited with %s: %s" % (
@@ -809,6 +809,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def send(self, status, body=None, headers=None):
         data = b"" if body is None else json.dumps(body).encode()
+        if self.logged is False:
+            # Logged before the client can see the answer, so the log keeps its order.
+            self.logged = True
+            with self.S.lock:
+                self.S.log.append({"t": time.time(), "method": self.command, "path": self.path,
+                                   "status": status})
+                if len(self.S.log) > 20000:
+                    del self.S.log[:10000]
         self.send_response(status)
         if body is not None:
             self.send_header("Content-Type", "application/json")
@@ -818,7 +826,6 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if data:
             self.wfile.write(data)
-        self.status_sent = status
 
     def body(self):
         n = int(self.headers.get("Content-Length") or 0)
@@ -838,7 +845,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         q = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
-        self.status_sent = None
+        self.logged = None   # control requests are not logged
         if path.startswith("/_standin/"):
             try:
                 self.control(path, q)
@@ -846,6 +853,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.send(e.status, {"error": e.message, "status": e.status})
             return
         body_read = False
+        self.logged = False
         try:
             fault, extra_headers = None, {}
             with S.lock:
@@ -896,12 +904,6 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # a bug in the stand-in: say so, as a 500
             log("error serving %s %s: %r" % (self.command, self.path, e))
             self.send(500, {"error": "stand-in error: %r" % e, "status": 500})
-        finally:
-            with S.lock:
-                S.log.append({"t": time.time(), "method": self.command, "path": self.path,
-                              "status": self.status_sent})
-                if len(S.log) > 20000:
-                    del S.log[:10000]
 
     def route(self, path, q, body):
         """Serves the API. Work that stops processes or reads a home (and so takes an
