@@ -26,3 +26,19 @@ fi
 
 # sshd refuses to start as root without its privilege-separation directory.
 if [ "$(id -u)" -eq 0 ]; then mkdir -p /run/sshd; fi
+
+# The official Vultr client checks the Vultr API stand-in (tests/fakes/vultr/client).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing nodejs npm"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+client="$(cd "$(dirname "$0")/.." && pwd)/tests/fakes/vultr/client"
+if [ ! -d "$client/node_modules" ] || [ "$client/package-lock.json" -nt "$client/node_modules" ]; then
+  echo "setup: npm ci in tests/fakes/vultr/client"
+  (cd "$client" && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$client/node_modules"
+fi
