@@ -146,6 +146,8 @@ end
 ---@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string}
 ---@return ephrun.Instance
 function Cloud:launch(spec)
+  -- A permanent server (the static provider) is attached to, never created.
+  if self.impl.static then return self:attach(spec) end
   spec = spec or {}
   local ttl = spec.ttl
   if ttl == nil then ttl = "1h" end
@@ -495,5 +497,109 @@ end
 --- Nothing to close.
 function PlanSession.close(_) end
 PlanSession.__close = PlanSession.close
+
+
+-- An existing server (the static provider): the instance methods, except that
+-- nothing is destroyed and SSH uses the user's key and known_hosts.
+local Attached = setmetatable({}, { __index = Instance })
+Attached.__index = Attached
+
+--- Attaches to an existing, permanent server (the static provider): nothing is
+--- created, nothing is journalled, and closing or destroying the instance does
+--- nothing. `spec` fields override the provider's options. No network is used
+--- until `instance:ssh()`.
+---@param spec? {host?: string, port?: integer, user?: string, key_file?: string, passphrase_env?: string, agent?: boolean, known_hosts?: string}
+---@return ephrun.Instance
+function Cloud:attach(spec)
+  if not self.impl.attach then
+    error(("provider '%s' creates instances (cloud:launch); only a provider of existing servers, "
+      .. "like static, can attach"):format(self.name), 2)
+  end
+  local prev = ephrun.phase("attach")
+  local inst = self.impl.attach(spec or {}, self.opts)
+  local login = inst.key_file or (inst.agent and "the ssh-agent") or "no key found (set key_file)"
+  ephrun.effect {
+    kind = "attach", what = "existing server " .. inst.id, where = self.name, cost = 0,
+    details = {
+      "permanent server: nothing is created, and it is never destroyed",
+      "login key: " .. login,
+      "host key verified against " .. inst.known_hosts,
+    },
+    run = function() end,
+  }
+  local o = setmetatable({ id = inst.id, cloud = self, raw = inst, tags = inst.tags or {}, keep = true,
+    static = true, hourly = 0, started = ephrun.time.now(), dry = ephrun.dry_run() or nil }, Attached)
+  o:_endpoint()
+  ephrun.phase(prev)
+  return o
+end
+
+local function keyscan_hint(raw)
+  local kh = raw.known_hosts
+  return ("ssh-keyscan -p %d %s > /tmp/hostkey && ssh-keygen -lf /tmp/hostkey   # compare with the "
+    .. "fingerprint your provider's console or the server itself (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) "
+    .. "shows; only if it matches: cat /tmp/hostkey >> %s"):format(raw.port, raw.host, q(kh))
+end
+
+--- Connects to the server with the user's key (`key_file`, else the agent),
+--- verifying its host key against `known_hosts`; returns a session. A host
+--- missing from known_hosts, or presenting another key, is refused with what
+--- to do next.
+---@param opts? {timeout?: number|string}
+---@return table session
+function Attached:ssh(opts)
+  opts = opts or {}
+  local raw = self.raw
+  local prev = ephrun.phase("ssh")
+  local session = ephrun.effect {
+    kind = "ssh",
+    what = ("connect as %s (host key checked against %s)"):format(self.user, raw.known_hosts),
+    where = self.host .. ":" .. tostring(self.port),
+    run = function()
+      if not ephrun.fs.exists(raw.known_hosts) then
+        error(("static server %s: known_hosts file %s does not exist, so its host key cannot be verified. "
+          .. "Add the server's key after checking its fingerprint:\n  %s"):format(self.id, raw.known_hosts,
+          keyscan_hint(raw)), 0)
+      end
+      if not raw.key_file and not raw.agent then
+        error(("static server %s: no login key: set key_file (e.g. ~/.ssh/id_ed25519) or start an ssh-agent")
+          :format(self.id), 0)
+      end
+      local ok, s = pcall(ephrun.ssh.connect, { host = self.host, port = self.port, user = self.user,
+        key_file = raw.key_file, passphrase_env = raw.passphrase_env, agent = raw.agent,
+        known_hosts = raw.known_hosts, timeout = opts.timeout or "30s" })
+      if ok then return s end
+      local kind = type(s) == "table" and s.kind
+      if kind == "host_key_unknown" then
+        error(("%s\nThe server is unknown: refusing to connect. To trust it, verify its fingerprint, then:\n  %s")
+          :format(tostring(s), keyscan_hint(raw)), 0)
+      elseif kind == "host_key_mismatch" then
+        error(("%s\nIf the server was really reinstalled, remove the stale entry (ssh-keygen -R %s -f %s) and "
+          .. "add the new key after verifying it:\n  %s"):format(tostring(s),
+          q(raw.port == 22 and raw.host or ("[" .. raw.host .. "]:" .. raw.port)), q(raw.known_hosts),
+          keyscan_hint(raw)), 0)
+      end
+      error(s, 0)
+    end,
+    placeholder = function() return M.plan_session(self.host) end,
+  }
+  ephrun.phase(prev)
+  return session
+end
+
+--- Does nothing: ephrun never destroys a permanent server.
+function Attached.destroy(_) end
+
+--- Does nothing (also `<close>`): the server stays.
+function Attached.close(_) end
+Attached.__close = Attached.close
+
+--- Records an upload (see ephrun.ssh Session:upload).
+function PlanSession:upload(local_path, remote)
+  local st = ephrun.fs.stat(local_path)
+  ephrun.effect { kind = "upload", what = local_path .. " → " .. remote, where = self.host,
+    details = st and { ephrun.ssh.human_bytes(st.size or 0) } or nil, run = function() end }
+  return 0
+end
 
 return M

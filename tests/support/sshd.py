@@ -6,7 +6,8 @@
 
 It has its own config, generated ed25519 host key and AuthorizedKeysFile, and logs
 in as the plain user `ephrun-test` (root's shell startup is slow; with UsePAM=no
-sshd refuses locked accounts, hence `usermod -p '*'`). Must run as root.
+sshd refuses locked accounts, hence `usermod -p '*'`), or as root with
+`Sshd(user="root")` for tests that need it. Must run as root.
 """
 
 import os
@@ -34,14 +35,15 @@ def ensure_user(user=USER):
 class Sshd:
     """Context manager; `start=False` prepares everything but starts sshd later."""
 
-    def __init__(self, start=True):
+    def __init__(self, start=True, user=USER):
         self._autostart = start
         self.proc = None
-        self.user = USER
-        self.home = "/home/" + USER
+        self.user = user
+        self.home = "/root" if user == "root" else "/home/" + user
 
     def __enter__(self):
-        ensure_user()
+        if self.user != "root":
+            ensure_user(self.user)
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         self.dir = tempfile.mkdtemp(prefix="ephrun-sshd-")
         os.chmod(self.dir, 0o755)
@@ -69,7 +71,8 @@ StrictModes no
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes
-AllowUsers {USER}
+AllowUsers {self.user}
+PermitRootLogin {"prohibit-password" if self.user == "root" else "no"}
 MaxStartups 200
 MaxSessions 200
 PrintMotd no

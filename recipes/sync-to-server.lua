@@ -1,0 +1,35 @@
+--- sync-to-server: make a directory on a permanent server (the static
+--- provider) hold a local directory. Only new or changed files are sent
+--- (`session:sync`); `.env*`, `*.pem`, `id_*` and `.git` never leave, nor
+--- whatever `exclude` names. Nothing is installed or restarted.
+local ephrun = require "ephrun"
+
+return ephrun.recipe {
+  name = "sync-to-server",
+  summary = "Sync a local directory to a permanent server (only what changed; no secrets).",
+  params = {
+    host = { type = "string", required = true, doc = "the server's address" },
+    port = { type = "number", default = 22, doc = "its SSH port" },
+    user = { default = "root", doc = "login user" },
+    key_file = { default = "", doc = "private key to log in with (default ~/.ssh/id_ed25519, else the ssh-agent)" },
+    known_hosts = { default = "~/.ssh/known_hosts", doc = "the server's host key must be in this file" },
+    src = { type = "path", default = ".", doc = "local directory" },
+    dir = { type = "string", required = true, doc = "directory on the server (absolute, or relative to the login home)" },
+    exclude = { type = "list", default = { "node_modules" },
+      doc = "more patterns not sent (.env*, *.pem, id_*, .git never are)" },
+    delete = { default = false, doc = "remove files on the server that are gone locally (excluded ones are kept)" },
+  },
+  run = function(p)
+    local srv = ephrun.provider("static", {
+      host = p.host, port = p.port, user = p.user, key_file = p.key_file, known_hosts = p.known_hosts,
+    })
+    local box <close> = srv:attach()
+    local sh <close> = box:ssh()
+    ephrun.phase("sync")
+    local st = sh:sync(p.src, p.dir, { exclude = p.exclude, delete = p.delete })
+    if ephrun.dry_run() then return end
+    io.stdout:write(("\nsync-to-server: %s → %s:%s: %d of %d files sent (%s), %d deleted, %d excluded, %.2fs\n")
+      :format(p.src, box.id, p.dir, st.files_sent, st.files_total, ephrun.ssh.human_bytes(st.bytes_sent),
+        st.deleted, st.excluded or 0, st.duration))
+  end,
+}
