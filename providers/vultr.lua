@@ -13,6 +13,8 @@
 ---             Vultr answers 429 above ~30 per second and IP)
 ---   poll      EPHRUN_VULTR_POLL, longest pause between status polls in seconds (default 2;
 ---             waiting tasks of a run share each poll, so this costs one request per pause)
+---   destroy_deadline EPHRUN_VULTR_DESTROY_DEADLINE, how long a destroy retries a locked
+---             instance before the run fails naming it (default 10m)
 ---   page_size EPHRUN_VULTR_PAGE_SIZE, items per page of a list (default 500, the most Vultr allows)
 ---
 --- Every request goes through one pacer shared by all tasks, so 50 parallel
@@ -62,6 +64,12 @@ local function api_key(opts)
     return opts.api_key
   end
   return ephrun.secret("VULTR_API_KEY")
+end
+
+--- How long the lifecycle's destroy retries a locked instance (seconds or a duration).
+---@return number|string
+function M.destroy_deadline(opts)
+  return setting(opts, "destroy_deadline", "EPHRUN_VULTR_DESTROY_DEADLINE", 600)
 end
 
 --- Checks the settings and reads the API key before anything is made.

@@ -277,7 +277,9 @@ end
 function Instance:destroy(opts)
   if self._destroyed then return end
   opts = opts or {}
-  local deadline = seconds(opts.deadline, "destroy: deadline") or 600
+  local deadline = seconds(opts.deadline, "destroy: deadline")
+    or (self.cloud.impl.destroy_deadline and seconds(self.cloud.impl.destroy_deadline(self.cloud.opts),
+      self.cloud.name .. " destroy_deadline")) or 600
   ephrun.effect {
     kind = "destroy", what = self.cloud.name .. " instance " .. self.id, where = self.cloud.name,
     run = function()
@@ -286,7 +288,12 @@ function Instance:destroy(opts)
       while true do
         local ok, err = pcall(self.cloud.impl.destroy, self.raw, self.cloud.opts)
         if ok then break end
-        if not retryable(err) or ephrun.time.monotonic() + delay > limit then error(err, 0) end
+        if not retryable(err) then error(err, 0) end
+        if ephrun.time.monotonic() + delay > limit then
+          error(("%s instance %s is NOT destroyed after %s of trying (%s); it may still be billing. Remove it: %s")
+            :format(self.cloud.name, self.id, ephrun.time.format_duration(deadline), tostring(err),
+              self:destroy_hint()), 0)
+        end
         ephrun.log.warn("destroy %s instance %s: %s; retrying in %ds", self.cloud.name, self.id, tostring(err), delay)
         ephrun.time.sleep(delay)
         delay = math.min(delay * 2, 30)
@@ -441,7 +448,8 @@ function Instance:ssh(opts)
   local deadline = opts.deadline or "5m"
   local session = ephrun.effect {
     kind = "ssh",
-    what = ("wait for SSH (host key pinned to this run's key, deadline %s)"):format(deadline),
+    what = ("wait for SSH (host key pinned to this run's key, deadline %s)"):format(
+      type(deadline) == "number" and ephrun.time.format_duration(deadline) or deadline),
     where = self.host .. ":" .. tostring(self.port),
     run = function()
       return ephrun.ssh.wait { host = self.host, port = self.port, user = self.user,

@@ -167,6 +167,19 @@ class VultrProvider(unittest.TestCase):
         self.assertIn(500, deletes)
         self.assertEqual(deletes[-1], 204)
 
+    def test_a_lock_that_outlasts_the_destroy_deadline_fails_loudly(self):
+        self.v.config(lock_seconds=120, boot_seconds=121)
+        self.env["EPHRUN_VULTR_DESTROY_DEADLINE"] = "3s"
+        r = self.ephrun(OPS, "mode=wait-fails", "deadline=1s")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        iid = self.v.state()["instances"][0]["id"]
+        self.assertIn("vultr instance %s is NOT destroyed" % iid, r.stderr)
+        self.assertIn("curl -X DELETE", r.stderr)
+        self.assertIn("/instances/" + iid, r.stderr)
+        self.v.advance(120)  # the lock clears; delete it as the message says
+        status, _, _ = self.v.api("DELETE", "/instances/" + iid)
+        self.assertEqual(status, 204)
+
     def test_a_429_storm_does_not_reach_the_recipe(self):
         self.v.fault("GET", "^/v2/instances", 429, count=8)
         self.v.fault("POST", "^/v2/instances$", 429, count=3)
