@@ -75,11 +75,56 @@ function Cloud:list(filter)
   return self.impl.list(filter or {}, self.opts)
 end
 
+local function seconds(v, what)
+  if v == nil or type(v) == "number" then return v end
+  local s, why = ephrun.time.parse_duration(v)
+  if not s then error(what .. " " .. why, 3) end
+  return s
+end
+
+local function retryable(err)
+  if type(err) == "table" and err.retry then return true end
+  local s = tostring(err):lower()
+  return s:match("locked") or s:match("429") or s:match("too many") or s:match("%f[%d]5%d%d%f[%D]")
+    or s:match("timed? ?out") or s:match("temporar")
+end
+
+-- How long a destroy keeps trying: the caller's deadline, else the provider's, else 10m.
+local function destroy_deadline(cloud, given)
+  return seconds(given, "destroy: deadline")
+    or (cloud.impl.destroy_deadline and seconds(cloud.impl.destroy_deadline(cloud.opts),
+      cloud.name .. " destroy_deadline")) or 600
+end
+
+-- Calls the provider's destroy, retrying while it says the instance is locked,
+-- rate-limited or failing (5xx), until `deadline` seconds pass; then raises an
+-- error that names the instance and the command that removes it.
+local function destroy_retrying(cloud, raw, deadline, hint)
+  local limit = ephrun.time.monotonic() + deadline
+  local delay = 1
+  while true do
+    local ok, err = pcall(cloud.impl.destroy, raw, cloud.opts)
+    if ok then return end
+    if not retryable(err) then error(err, 0) end
+    if ephrun.time.monotonic() + delay > limit then
+      error(("%s instance %s is NOT destroyed after %s of trying (%s); it may still be billing. Remove it: %s")
+        :format(cloud.name, tostring(raw.id), ephrun.time.format_duration(deadline), tostring(err), hint()), 0)
+    end
+    ephrun.log.warn("destroy %s instance %s: %s; retrying in %ds", cloud.name, tostring(raw.id), tostring(err), delay)
+    ephrun.time.sleep(delay)
+    delay = math.min(delay * 2, 30)
+  end
+end
+
 --- Destroys a provider instance table (e.g. one from `list`) without the
---- lifecycle around it (used by `ephrun reap`). Idempotent.
+--- lifecycle around it (used by `ephrun reap`). Idempotent; retries a locked
+--- or rate-limited instance as `instance:destroy` does.
 ---@param inst table
-function Cloud:destroy(inst)
-  return self.impl.destroy(inst, self.opts)
+---@param opts? {deadline?: number|string}
+function Cloud:destroy(inst, opts)
+  destroy_retrying(self, inst, destroy_deadline(self, (opts or {}).deadline), function()
+    return self.impl.destroy_hint and self.impl.destroy_hint(inst, self.opts) or "ephrun reap"
+  end)
 end
 
 local function describe(self, spec)
@@ -127,13 +172,6 @@ local function client_keys(keep)
     end, "remove this run's keys in " .. dir, "rm -rf " .. q(dir))
   end
   return run_keys
-end
-
-local function seconds(v, what)
-  if v == nil or type(v) == "number" then return v end
-  local s, why = ephrun.time.parse_duration(v)
-  if not s then error(what .. " " .. why, 3) end
-  return s
 end
 
 --- Launches an instance for this run: generates the run's client key and a
@@ -264,40 +302,17 @@ function Instance:destroy_hint()
   return "ephrun reap   # instance " .. tostring(self.id) .. " of provider " .. self.cloud.name
 end
 
-local function retryable(err)
-  if type(err) == "table" and err.retry then return true end
-  local s = tostring(err):lower()
-  return s:match("locked") or s:match("429") or s:match("too many") or s:match("%f[%d]5%d%d%f[%D]")
-    or s:match("timed? ?out") or s:match("temporar")
-end
-
 --- Destroys the instance (idempotent), retrying while the provider says it
 --- is locked, rate-limited or failing (5xx) for up to `opts.deadline` (default 10m).
 ---@param opts? {deadline?: number|string}
 function Instance:destroy(opts)
   if self._destroyed then return end
   opts = opts or {}
-  local deadline = seconds(opts.deadline, "destroy: deadline")
-    or (self.cloud.impl.destroy_deadline and seconds(self.cloud.impl.destroy_deadline(self.cloud.opts),
-      self.cloud.name .. " destroy_deadline")) or 600
+  local deadline = destroy_deadline(self.cloud, opts.deadline)
   ephrun.effect {
     kind = "destroy", what = self.cloud.name .. " instance " .. self.id, where = self.cloud.name,
     run = function()
-      local limit = ephrun.time.monotonic() + deadline
-      local delay = 1
-      while true do
-        local ok, err = pcall(self.cloud.impl.destroy, self.raw, self.cloud.opts)
-        if ok then break end
-        if not retryable(err) then error(err, 0) end
-        if ephrun.time.monotonic() + delay > limit then
-          error(("%s instance %s is NOT destroyed after %s of trying (%s); it may still be billing. Remove it: %s")
-            :format(self.cloud.name, self.id, ephrun.time.format_duration(deadline), tostring(err),
-              self:destroy_hint()), 0)
-        end
-        ephrun.log.warn("destroy %s instance %s: %s; retrying in %ds", self.cloud.name, self.id, tostring(err), delay)
-        ephrun.time.sleep(delay)
-        delay = math.min(delay * 2, 30)
-      end
+      destroy_retrying(self.cloud, self.raw, deadline, function() return self:destroy_hint() end)
       local j = self.journal_key and journal()
       if j then j.destroyed(self.journal_key) end
       ephrun.log.info("destroyed %s instance %s", self.cloud.name, self.id)
@@ -505,7 +520,6 @@ end
 --- Nothing to close.
 function PlanSession.close(_) end
 PlanSession.__close = PlanSession.close
-
 
 -- An existing server (the static provider): the instance methods, except that
 -- nothing is destroyed and SSH uses the user's key and known_hosts.

@@ -233,6 +233,21 @@ class VultrProvider(unittest.TestCase):
         r = self.ephrun("reap", "--yes")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
+    def test_reap_waits_out_the_lock_of_an_instance_a_killed_run_left(self):
+        self.v.config(lock_seconds=4, boot_seconds=5)
+        p = self.start(OPS, "mode=hang")
+        deadline = time.time() + 30
+        while not self.v.state()["instances"] and time.time() < deadline:
+            time.sleep(0.05)
+        p.kill()
+        p.wait()
+        self.assertEqual(len(self.v.state()["instances"]), 1)
+        r = self.ephrun("reap", "--yes")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        deletes = [e["status"] for e in self.log("DELETE", "/v2/instances/")]
+        self.assertIn(500, deletes)
+        self.assertEqual(deletes[-1], 204)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -105,7 +105,8 @@ return ephrun.recipe {
               local born = type(inst.created) == "number" and inst.created or (row and common.born(row))
               candidates[#candidates + 1] = { provider = name, id = tostring(inst.id), inst = inst, why = why,
                 rows = rows, age = born and (now - born) or nil, run_id = run_id,
-                recipe = tags["ephrun-recipe"] or (row and row.recipe) or "?", by_tag = not row }
+                recipe = tags["ephrun-recipe"] or (row and row.recipe) or ((journal.run(run_id) or {}).recipe) or "?",
+                by_tag = not row }
             end
           end
         end
@@ -158,9 +159,11 @@ return ephrun.recipe {
       end
       if ok then
         ok, err = pcall(ephrun.effect, {
-          kind = "destroy", what = ("%s %s %s (%s, run %s)"):format(c.provider, "instance", c.id, c.why, c.run_id),
+          kind = "destroy", what = ("%s %s %s (%s, run %s)"):format(c.provider, (c.inst or {}).kind or "instance",
+            c.id, c.why, c.run_id),
           where = c.provider,
-          run = function() cloud.impl.destroy(c.inst, cloud.opts) end,
+          -- retries a locked or rate-limited instance, as the run's own cleanup would
+          run = function() cloud:destroy(c.inst) end,
         })
       end
       if ok then
