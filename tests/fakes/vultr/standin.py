@@ -74,7 +74,11 @@ import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import yaml
+try:
+    import yaml
+except ImportError:  # a Python without PyYAML: use Debian's python3-yaml (scripts/setup.sh)
+    sys.path.append("/usr/lib/python3/dist-packages")
+    import yaml
 
 SSHD = "/usr/sbin/sshd"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
