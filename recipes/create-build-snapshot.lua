@@ -35,7 +35,7 @@ return ephrun.recipe {
     local sh <close> = box:ssh()
 
     ephrun.phase("setup")
-    sh:run("set -e\n" .. p.setup)
+    sh:run("set -e; " .. p.setup)
     -- The image must not carry this run's key: the next instance gets its own.
     sh:run("rm -f ~/.ssh/authorized_keys; sync")
     sh:close()
