@@ -10,6 +10,8 @@
 #include "lua/bind.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/scheduler.hpp"
+#include "ssh/error.hpp"
+#include "ssh/util.hpp"
 
 namespace ephrun {
 namespace {
@@ -268,20 +270,34 @@ int l_fs_hash_string(lua_State* L) {
   return 1;
 }
 
+// base64 is the SSH layer's (ssh/util.hpp), used for key files too.
 int l_fs_base64_encode(lua_State* L) {
-  std::string out = sys::base64_encode(check_string(L, 1));
+  std::string out = ssh::base64_encode(check_string(L, 1));
   lua_pushlstring(L, out.data(), out.size());
   return 1;
 }
 
 int l_fs_base64_decode(lua_State* L) {
-  auto out = sys::base64_decode(check_string(L, 1));
-  if (!out) {
+  std::string text = check_string(L, 1);
+  // Padding is required here (the SSH decoder also takes unpadded fingerprints).
+  std::size_t chars = 0;
+  for (char c : text)
+    if (c != ' ' && c != '\n' && c != '\r' && c != '\t') chars++;
+  std::string out;
+  bool ok = chars % 4 == 0;
+  if (ok) {
+    try {
+      out = ssh::base64_decode(text);
+    } catch (const ssh::Error&) {
+      ok = false;
+    }
+  }
+  if (!ok) {
     lua_pushnil(L);
     lua_pushstring(L, "not valid base64");
     return 2;
   }
-  lua_pushlstring(L, out->data(), out->size());
+  lua_pushlstring(L, out.data(), out.size());
   return 1;
 }
 

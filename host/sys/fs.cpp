@@ -387,34 +387,6 @@ std::string hash_string(const std::string& data, const std::string& algo) {
   return hex(out, len);
 }
 
-std::string base64_encode(const std::string& data) {
-  std::string out(4 * ((data.size() + 2) / 3), '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(data.data()),
-                          static_cast<int>(data.size()));
-  out.resize(static_cast<std::size_t>(n));
-  return out;
-}
-
-std::optional<std::string> base64_decode(const std::string& text) {
-  std::string in;
-  in.reserve(text.size());
-  for (char c : text)
-    if (c != '\n' && c != '\r' && c != ' ' && c != '\t') in.push_back(c);
-  if (in.size() % 4 != 0) return std::nullopt;
-  std::string out(in.size() / 4 * 3, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(in.data()),
-                          static_cast<int>(in.size()));
-  if (n < 0) return std::nullopt;
-  // EVP_DecodeBlock counts padding as zero bytes; drop them.
-  std::size_t len = static_cast<std::size_t>(n);
-  if (!in.empty() && in.back() == '=') len--;
-  if (in.size() >= 2 && in[in.size() - 2] == '=') len--;
-  out.resize(len);
-  return out;
-}
-
 std::string basename(const std::string& path) {
   if (path.empty()) return ".";
   std::size_t end = path.find_last_not_of('/');

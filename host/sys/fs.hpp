@@ -73,11 +73,6 @@ std::string hash_file(const std::string& path, const std::string& algo,
                       const CancelToken* tok = nullptr);
 std::string hash_string(const std::string& data, const std::string& algo);
 
-/// Standard base64 (RFC 4648, with padding) through OpenSSL. decode accepts
-/// whitespace between groups and returns nullopt on anything else invalid.
-std::string base64_encode(const std::string& data);
-std::optional<std::string> base64_decode(const std::string& text);
-
 /// POSIX-like path strings: basename("/a/b/") == "b", dirname("a") == ".".
 std::string basename(const std::string& path);
 std::string dirname(const std::string& path);
