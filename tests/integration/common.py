@@ -34,5 +34,5 @@ def wait_ready(p, token="READY", timeout=20):
         if not line:
             break
         if token in line:
-            return
+            return line.strip()
     raise AssertionError("process never printed %s; stderr: %s" % (token, p.stderr.read() if p.poll() is not None else ""))

@@ -16,7 +16,7 @@ import tempfile
 import time
 import unittest
 
-from common import BIN, RECIPES, SRC, env
+from common import BIN, RECIPES, SRC, env, wait_ready
 from vultr import VultrStandin
 
 KEY = "vultr-test-key-0123456789abcdef"
@@ -63,16 +63,12 @@ class VultrProvider(unittest.TestCase):
         return p
 
     def wait_line(self, p, token, timeout=60):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            line = p.stdout.readline()
-            if not line:
-                break
-            if token in line:
-                return line.strip()
-        p.kill()
-        out, err = p.communicate()
-        self.fail("never printed %s: %s %s" % (token, out, err))
+        try:
+            return wait_ready(p, token, timeout)
+        except AssertionError:
+            p.kill()
+            p.wait()
+            raise
 
     # -- recipes end to end -------------------------------------------------------------------
 
