@@ -241,34 +241,40 @@ local function summary(raw)
     tostring(raw.power_status), tostring(raw.server_status), tostring(raw.main_ip))
 end
 
+-- Runs fn(...) for one task at a time per `key`; the others wait their turn
+-- and then usually find what it fetched already cached.
+local turns = {}
+
+local function one_at_a_time(key, fn, ...)
+  while turns[key] do ephrun.time.sleep(0.02) end
+  turns[key] = true
+  local ok, a, b = pcall(fn, ...)
+  turns[key] = nil
+  if not ok then error(a, 0) end
+  return a, b
+end
+
 -- Plans, fetched once per API URL (no key needed).
 local plans_cache = {}
 
-local plans_busy = {}
-
 local function plans(c, opts)
   -- One fetch serves every task that asks meanwhile (fifty parallel launches price at once).
-  while plans_busy[c.url] do ephrun.time.sleep(0.02) end
-  if plans_cache[c.url] then return plans_cache[c.url] end
-  plans_busy[c.url] = true
-  local ok, all = pcall(function()
+  return one_at_a_time("plans " .. c.url, function()
+    if plans_cache[c.url] then return plans_cache[c.url] end
     local found = {}
     for _, path in ipairs { "/plans", "/plans-metal" } do
       -- No key is needed, and a dry-run on a machine without network should not wait long.
-      local lok, list = pcall(list_all, c, opts, path, path == "/plans" and "plans" or "plans_metal", nil,
+      local ok, list = pcall(list_all, c, opts, path, path == "/plans" and "plans" or "plans_metal", nil,
         { no_auth = true, deadline = 8, timeout = 5, attempts = 2 })
-      if lok then
+      if ok then
         for _, p in ipairs(list) do found[p.id] = p end
       elseif path == "/plans" then
         error(list, 0)
       end
     end
+    plans_cache[c.url] = found
     return found
   end)
-  plans_busy[c.url] = nil
-  if not ok then error(all, 0) end
-  plans_cache[c.url] = all
-  return all
 end
 
 --- Hourly price in USD: `/plans` has only `monthly_cost`, and Vultr bills by
@@ -300,45 +306,20 @@ M.price_basis = "Vultr price: hourly = monthly_cost / 730 from /plans (billed by
 local run_keys = {}
 
 local function run_key(c, opts, public_key)
-  local k = run_keys[c.url]
-  while k and k.busy do
-    ephrun.time.sleep(0.02)
-    k = run_keys[c.url]
-  end
-  if k and k.public_key == public_key then return k.id end
-  k = { busy = true, public_key = public_key }
-  run_keys[c.url] = k
-  local ok, doc = pcall(call, c, opts, "POST", "/ssh-keys",
-    { name = "ephrun-run-" .. ephrun.run_id(), ssh_key = public_key })
-  if not ok then
-    run_keys[c.url] = nil
-    error(doc, 0)
-  end
-  k.id = doc.ssh_key.id
-  k.busy = false
-  local id = k.id
-  ephrun.defer(function()
-    call(c, opts, "DELETE", "/ssh-keys/" .. id, nil, { allow = { [404] = true } })
-    if run_keys[c.url] and run_keys[c.url].id == id then run_keys[c.url] = nil end
-    ephrun.log.info("deleted Vultr SSH key %s", id)
-  end, "delete this run's Vultr SSH key " .. id,
-    ("curl -X DELETE -H \"Authorization: Bearer $VULTR_API_KEY\" %s"):format(q(c.url .. "/ssh-keys/" .. id)))
-  return id
-end
-
--- Deletes instance `id`, waiting while Vultr says it is locked; raises when
--- `deadline` seconds pass.
-local function delete_when_unlocked(c, opts, id, deadline)
-  local limit = ephrun.time.monotonic() + deadline
-  local delay = 1
-  while true do
-    local ok, err = pcall(call, c, opts, "DELETE", "/instances/" .. id, nil, { allow = { [404] = true }, is_locked = true })
-    if ok then return end
-    if not tostring(err):find(LOCKED, 1, true) or ephrun.time.monotonic() + delay > limit then error(err, 0) end
-    ephrun.log.warn("vultr instance %s is locked (installing or booting); deleting it once it unlocks", id)
-    ephrun.time.sleep(delay)
-    delay = math.min(delay * 2, 15)
-  end
+  return one_at_a_time("ssh-key " .. c.url, function()
+    local k = run_keys[c.url]
+    if k and k.public_key == public_key then return k.id end
+    local doc = call(c, opts, "POST", "/ssh-keys", { name = "ephrun-run-" .. ephrun.run_id(), ssh_key = public_key })
+    local id = doc.ssh_key.id
+    run_keys[c.url] = { id = id, public_key = public_key }
+    ephrun.defer(function()
+      call(c, opts, "DELETE", "/ssh-keys/" .. id, nil, { allow = { [404] = true } })
+      if run_keys[c.url] and run_keys[c.url].id == id then run_keys[c.url] = nil end
+      ephrun.log.info("deleted Vultr SSH key %s", id)
+    end, "delete this run's Vultr SSH key " .. id,
+      ("curl -X DELETE -H \"Authorization: Bearer $VULTR_API_KEY\" %s"):format(q(c.url .. "/ssh-keys/" .. id)))
+    return id
+  end)
 end
 
 local launches = 0
@@ -371,8 +352,10 @@ function M.launch(spec, opts)
   -- Until the create's reply is in hand, a cleanup looks for the label and
   -- deletes what it finds: a run interrupted mid-create leaves nothing.
   local guard = ephrun.defer(function()
+    -- cloud:destroy retries while the instance is locked, as the run's own destroy does
+    local cloud = ephrun.provider("vultr", opts)
     for _, raw in ipairs(list_all(c, opts, "/instances", "instances", { { "label", label } })) do
-      delete_when_unlocked(c, opts, raw.id, 600)
+      cloud:destroy(to_instance(raw, c))
     end
   end, "delete the Vultr instance labelled " .. label .. " if its create went through",
     ("curl -H \"Authorization: Bearer $VULTR_API_KEY\" %s   # then delete the instance it lists"):format(
@@ -519,17 +502,14 @@ local function observe(c, opts, inst, delay)
     b = { at = -math.huge, by_id = {}, missing = {}, interval = math.min(FIRST_POLL, c.poll) }
     boards[key] = b
   end
-  while b.busy do ephrun.time.sleep(0.02) end
-  if ephrun.time.monotonic() - b.at >= b.interval then
-    b.busy = true
-    local ok, list = pcall(list_all, c, opts, "/instances", "instances", { { "tag", "ephrun-run=" .. run } })
-    b.busy = false
-    if not ok then error(list, 0) end
+  one_at_a_time("board " .. key, function()
+    if ephrun.time.monotonic() - b.at < b.interval then return end
+    local list = list_all(c, opts, "/instances", "instances", { { "tag", "ephrun-run=" .. run } })
     local sig = signature(list)
     b.interval = sig == b.sig and math.min(b.interval * 1.5, c.poll) or math.min(FIRST_POLL, c.poll)
     b.by_id, b.at, b.sig = {}, ephrun.time.monotonic(), sig
     for _, raw in ipairs(list) do b.by_id[raw.id] = raw end
-  end
+  end)
   -- Wake just after the next refresh is due; a little spread keeps the waiters from all asking at once.
   local next_in = math.max(0.02, b.at + b.interval - ephrun.time.monotonic()) + math.random() * 0.01
   if b.by_id[inst.id] then
