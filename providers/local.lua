@@ -17,9 +17,7 @@ local M = {}
 local LOGIN_USER_AS_ROOT = "ephrun-local"
 local SSHD = "/usr/sbin/sshd"
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local q = ephrun.shell_quote
 
 local function read(path)
   local f = io.open(path, "r")

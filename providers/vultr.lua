@@ -29,9 +29,7 @@ local DEFAULT_URL = "https://api.vultr.com/v2"
 local DEFAULT_OS_ID = 2136 -- Debian 12 x64 (bookworm)
 local LOCKED = "Server is currently locked"
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local q = ephrun.shell_quote
 
 local function setting(opts, key, env, default)
   local v = opts and opts[key]

@@ -12,9 +12,7 @@ local ephrun = require "ephrun"
 -- Never in the tarball, whatever `exclude` says: what `session:sync` never sends.
 local ALWAYS_EXCLUDED = { ".env*", "*.pem", "id_*", ".git" }
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local q = ephrun.shell_quote
 
 -- Runs a multi-line script; the plan shows `what` with the script as details.
 local function remote(sh, what, script, opts)

@@ -6,9 +6,7 @@
 --- (log in as root, or as a user with passwordless sudo).
 local ephrun = require "ephrun"
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local q = ephrun.shell_quote
 
 -- Each step's script ends with one line "@@ changed TEXT" or "@@ unchanged TEXT".
 local MARK = "@@ "

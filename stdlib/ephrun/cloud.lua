@@ -154,9 +154,7 @@ end
 -- This run's client key pair and its key directory, made once per run.
 local run_keys
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
+local q = ephrun.shell_quote
 
 local function client_keys(keep)
   if run_keys then return run_keys end

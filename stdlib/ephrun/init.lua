@@ -161,6 +161,13 @@ function M.parallel(items, fn, opts)
   return results
 end
 
+--- `s` as one single-quoted POSIX shell word: `it's` → `'it'\''s'`.
+---@param s any converted with tostring
+---@return string
+function M.shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
 --- Lets other tasks run before continuing.
 function M.yield()
   coroutine.yield()

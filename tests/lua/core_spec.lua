@@ -135,4 +135,13 @@ it("the phase is reported and restorable", function()
   eq(ephrun.phase(prev), "build")
 end)
 
+it("shell_quote makes one shell word that the shell reads back unchanged", function()
+  eq(ephrun.shell_quote("plain"), "'plain'")
+  eq(ephrun.shell_quote("it's"), "'it'\\''s'")
+  eq(ephrun.shell_quote(42), "'42'")
+  local tricky = "a b'c\"d$e`f\\g\nh"
+  local r = ephrun.proc.run({ "printf %s " .. ephrun.shell_quote(tricky) }, { shell = true, stream = false })
+  eq(r.stdout, tricky)
+end)
+
 return spec.recipe("core")
