@@ -474,50 +474,12 @@ function Instance:ssh(opts)
   return session
 end
 
-local PlanSession = {}
-PlanSession.__index = PlanSession
-
---- A session that only records what a real one would do (for --dry-run).
+--- The recording session used under --dry-run (see `ephrun.ssh.plan_session`).
 ---@param host string
+---@return ephrun.ssh.Session
 function M.plan_session(host)
-  return setmetatable({ host = host }, PlanSession)
+  return ephrun.ssh.plan_session(host)
 end
-
---- Records a remote command (see ephrun.ssh Session:run).
-function PlanSession:run(cmd, opts)
-  ephrun.effect { kind = "run", what = cmd, where = self.host, run = function() end }
-  return { code = 0, stdout = "", stderr = "", duration = 0, dry_run = true, opts = opts }
-end
-
---- Records a sync with the local file and byte counts and the excludes.
-function PlanSession:sync(local_dir, remote_dir, opts)
-  opts = opts or {}
-  local details = {}
-  local ssh = require "ephrun.ssh"
-  local stats = ssh.scan_local(local_dir, opts)
-  stats.dry_run = true
-  do
-    details[#details + 1] = ("%d files, %s (%d excluded)"):format(stats.files_total,
-      ssh.human_bytes(stats.bytes_total),
-      stats.excluded or 0)
-  end
-  local ex = { ".env*", "*.pem", "id_*", ".git" }
-  for _, e in ipairs(opts.exclude or {}) do ex[#ex + 1] = e end
-  details[#details + 1] = "excludes: " .. table.concat(ex, " ")
-  ephrun.effect { kind = "sync", what = local_dir .. " → " .. remote_dir, where = self.host,
-    details = details, run = function() end }
-  return stats
-end
-
---- Records a fetch.
-function PlanSession:fetch(remote, local_dir)
-  ephrun.effect { kind = "fetch", what = remote .. " → " .. local_dir, where = self.host, run = function() end }
-  return { files = 0, bytes = 0, dry_run = true }
-end
-
---- Nothing to close.
-function PlanSession.close(_) end
-PlanSession.__close = PlanSession.close
 
 -- An existing server (the static provider): the instance methods, except that
 -- nothing is destroyed and SSH uses the user's key and known_hosts.
@@ -613,13 +575,5 @@ function Attached.destroy(_) end
 --- Does nothing (also `<close>`): the server stays.
 function Attached.close(_) end
 Attached.__close = Attached.close
-
---- Records an upload (see ephrun.ssh Session:upload).
-function PlanSession:upload(local_path, remote)
-  local st = ephrun.fs.stat(local_path)
-  ephrun.effect { kind = "upload", what = local_path .. " → " .. remote, where = self.host,
-    details = st and { ephrun.ssh.human_bytes(st.size or 0) } or nil, run = function() end }
-  return 0
-end
 
 return M
