@@ -109,6 +109,10 @@ function M.wait(opts)
   return open(o, "wait for SSH on", native.wait)
 end
 
+-- known_hosts entries for host:port, read as a connection reads them (for the
+-- static provider's checks before anything connects).
+M._known_host_entries = native._known_host_entries
+
 --- What a sync of `dir` would consider (files, bytes, excluded), without a network.
 ---@param dir string
 ---@param opts? {exclude?: string[], include?: string[], gitignore?: boolean}

@@ -273,6 +273,55 @@ echo $! > "$pidf"
         self.assertFalse(os.path.exists(self.remote_abs))
         self.assertFalse(os.path.exists(self.home) and os.listdir(self.home))
 
+    def test_dry_run_fails_where_the_real_run_would(self):
+        """The attach checks run in both modes: a missing key or known_hosts, or a server known_hosts does
+        not know, fails the dry-run (rc 1, what to do next) as it fails the run, and nothing connects."""
+        src = self.app("v1")
+        before = connections(self.sshd)
+        empty = os.path.join(self.work, "known_hosts_empty")
+        write(empty, "# nothing yet\n")
+        nohome = os.path.join(self.work, "nohome")
+        os.makedirs(nohome)
+        cases = [
+            ({"known_hosts": os.path.join(self.work, "nope")}, ["known_hosts file %s/nope does not exist" % self.work,
+                                                                "ssh-keyscan -p %d 127.0.0.1" % self.sshd.port]),
+            ({"key_file": os.path.join(self.work, "no-such-key")}, ["key_file %s/no-such-key does not exist"
+                                                                    % self.work]),
+            ({"key_file": ""}, ["no login key: %s/.ssh/id_ed25519 does not exist and no ssh-agent is running"
+                                % nohome, "set key_file"]),
+            ({"known_hosts": empty}, ["is not in " + empty, "refusing to connect",
+                                      "ssh-keyscan -p %d 127.0.0.1" % self.sshd.port]),
+        ]
+        for recipe, extra in (("sync-to-server", ["src=" + src, "dir=" + self.remote]),
+                              ("deploy-to-server", ["src=" + src, "dir=" + self.remote + "/app"]),
+                              ("setup-server", [])):
+            for over, expect in cases:
+                with self.subTest(recipe=recipe, case=over):
+                    params = {"host": "127.0.0.1", "port": str(self.sshd.port), "user": self.sshd.user,
+                              "key_file": self.key, "known_hosts": self.known_hosts}
+                    params.update(over)
+                    e = env(EPHRUN_HOME=self.home, HOME=nohome)
+                    e.pop("SSH_AUTH_SOCK", None)
+                    r = subprocess.run([BIN, "--dry-run", recipe] + ["%s=%s" % kv for kv in params.items()] + extra,
+                                       capture_output=True, text=True, timeout=60, env=e, cwd=self.work)
+                    self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                    self.assertIn("error in phase 'attach'", r.stderr)
+                    for text in expect:
+                        self.assertIn(text, r.stderr)
+                    self.assertNotIn("Traceback", r.stderr)
+                    self.assertNotIn("host key verified against", r.stdout)
+                    self.assertNotIn("no key found", r.stdout)
+        self.assertEqual(connections(self.sshd), before, "a dry run connected")
+
+    def test_unknown_server_is_refused_before_anything_but_shows_its_fingerprint(self):
+        empty = os.path.join(self.work, "known_hosts_empty")
+        write(empty, "")
+        r = self.ephrun("sync-to-server", "src=" + self.app("v1"), "dir=" + self.remote, known_hosts=empty)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("error in phase 'attach'", r.stderr)
+        self.assertIn(self.sshd.host_key_fingerprint, r.stderr)
+        self.assertFalse(os.path.exists(self.remote_abs))
+
     def test_setup_server_refuses_without_root(self):
         r = self.ephrun("setup-server", "packages=coreutils", "swap_threshold_mb=0")
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
