@@ -107,7 +107,7 @@ class DryRun(unittest.TestCase):
                  "deploy=./deploy.sh", "ttl=45m"])
         self.assertEqual(r.returncode, 0, r.stderr)
         kinds = [line.split()[1] for line in r.stdout.splitlines() if line[:4].strip().rstrip(".").isdigit()]
-        self.assertEqual(kinds, ["keys", "launch", "ssh", "sync", "run", "run", "fetch", "destroy"])
+        self.assertEqual(kinds, ["keys", "launch", "ssh", "sync", "run", "run", "fetch", "destroy", "report"])
         self.assertIn("lifetime 45m 00s", r.stdout)
         self.assertIn("node_modules", r.stdout)
         self.assertIn("cd app && make", r.stdout)
