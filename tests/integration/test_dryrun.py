@@ -113,6 +113,21 @@ class DryRun(unittest.TestCase):
         self.assertIn("cd app && make", r.stdout)
         self.assertIn("Total worst-case cost", r.stdout)
 
+    def test_recipes_providers_and_sessions_never_ask_whether_it_is_a_dry_run(self):
+        """The effect gate is the one place a dry-run is decided; a branch on dry_run() elsewhere is how a
+        dry-run starts telling something other than the truth."""
+        files = [os.path.join(d, f) for d in ("recipes", "providers") for f in os.listdir(os.path.join(SRC, d))
+                 if f.endswith(".lua")]
+        files += [os.path.join("stdlib", "ephrun", f) for f in ("ssh.lua", "cloud.lua")]
+        found = []
+        for rel in files:
+            with open(os.path.join(SRC, rel)) as f:
+                for n, line in enumerate(f, 1):
+                    if re.search(r"\bdry_run\s*\(", line.split("--", 1)[0]):
+                        found.append("%s:%d: %s" % (rel, n, line.strip()))
+        self.assertGreater(len(files), 6)
+        self.assertEqual(found, [])
+
 
 class PlanSession(unittest.TestCase):
     @classmethod

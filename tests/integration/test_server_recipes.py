@@ -181,6 +181,60 @@ echo $! > "$pidf"
             self.assertEqual(f.read(), "v1\n")
         self.assertEqual(self.leftovers(), ["app.previous"])
 
+    def wait_served(self, want, timeout=30):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.served("version.txt")
+                if last == want:
+                    return
+            except OSError as e:
+                last = e
+            time.sleep(0.05)
+        self.fail("the service never served %r (last: %r)" % (want, last))
+
+    def test_first_deploy_has_no_previous_and_the_printed_rollback_works(self):
+        app = self.remote + "/app"
+        r = self.deploy(self.app("v1"))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("previous:  none (the first deploy to %s)" % app, r.stdout)
+        self.assertNotIn("app.previous", r.stdout)
+        self.assertNotIn("roll back with", r.stdout)
+
+        r = self.deploy(self.app("v2"))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(self.served("version.txt"), "v2\n")
+        self.assertIn("previous:  %s.previous; roll back with:" % app, r.stdout)
+        cmd = r.stdout.split("roll back with:\n", 1)[1].splitlines()[0].strip()
+        self.assertIn("-i %s" % self.key, cmd)
+        self.assertIn("UserKnownHostsFile=%s" % self.known_hosts, cmd)
+        # The command works as printed, with nothing from ~/.ssh: the run's key and known_hosts.
+        e = env(HOME=os.path.join(self.work, "empty-home"))
+        e.pop("SSH_AUTH_SOCK", None)
+        rb = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=60, env=e,
+                            stdin=subprocess.DEVNULL)
+        self.assertEqual(rb.returncode, 0, cmd + "\n" + rb.stdout + rb.stderr)
+        with open(os.path.join(self.remote_abs, "app", "version.txt")) as f:
+            self.assertEqual(f.read(), "v1\n")
+        self.wait_served("v1\n")
+
+        # A failing health check after a deploy that has a previous release prints the same command.
+        r = self.deploy(self.app("v3"), "health_url=http://127.0.0.1:%d/missing" % self.http_port,
+                        "health_deadline=1s", "health_interval=0.2s")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("the previous one is in %s/%s.previous" % (self.remote, "app"), r.stderr)
+        self.assertIn("-i %s" % self.key, r.stderr)
+        self.assertIn("UserKnownHostsFile=%s" % self.known_hosts, r.stderr)
+
+    def test_failing_health_check_on_a_first_deploy_says_there_is_nothing_to_roll_back_to(self):
+        r = self.deploy(self.app("v1"), "health_url=http://127.0.0.1:%d/missing" % self.http_port,
+                        "health_deadline=1s", "health_interval=0.2s")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("there is no previous release to roll back to (this was the first deploy to %s/app)"
+                      % self.remote, r.stderr)
+        self.assertNotIn(".previous", r.stderr)
+
     def test_failing_install_leaves_the_live_release_alone(self):
         self.assertEqual(self.deploy(self.app("v1")).returncode, 0)
         r = self.deploy(self.app("v2"), "install=echo cannot install >&2; exit 7")
