@@ -113,6 +113,20 @@ class DryRun(unittest.TestCase):
         self.assertIn("cd app && make", r.stdout)
         self.assertIn("Total worst-case cost", r.stdout)
 
+    def test_an_unknown_price_reads_as_unknown_never_as_zero(self):
+        recipe = os.path.join(RECIPES, "unknown_cost.lua")
+        r = run(["--dry-run", recipe])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Total worst-case cost: unknown (no price for: 1. a machine nobody could price)\n", r.stdout)
+        self.assertNotIn("$0.00", r.stdout)
+        r = run(["--dry-run", recipe, "known=2.5"])
+        self.assertIn("Total worst-case cost: at least $2.50; unknown: 2. a machine nobody could price\n", r.stdout)
+        r = run(["--dry-run", "--json", recipe, "known=2.5"])
+        plan = json.loads(r.stdout)
+        self.assertIsNone(plan["total_cost"])
+        self.assertEqual(plan["cost_at_least"], 2.5)
+        self.assertEqual(plan["unknown"], ["2. a machine nobody could price"])
+
     def test_recipes_providers_and_sessions_never_ask_whether_it_is_a_dry_run(self):
         """The effect gate is the one place a dry-run is decided; a branch on dry_run() elsewhere is how a
         dry-run starts telling something other than the truth."""
