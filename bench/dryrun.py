@@ -42,7 +42,9 @@ def main():
     a = ap.parse_args()
     env = dict(os.environ, EPHRUN_HOME=tempfile.mkdtemp(prefix="ephrun-bench-"))
     env.pop("EPHRUN_LUA_DIR", None)
-    rows = [("ephrun --dry-run recipes/deploy-fast.lua", [a.bin, "--dry-run", "recipes/deploy-fast.lua"])]
+    # src is named: its default is the current directory, which would make the scan the figure.
+    rows = [("ephrun --dry-run recipes/deploy-fast.lua", [a.bin, "--dry-run", "recipes/deploy-fast.lua",
+                                                          "src=" + os.path.join(ROOT, "examples", "hello")])]
     if shutil.which("lua5.4"):
         rows.append(("lua5.4 -e '' (interpreter alone)", ["lua5.4", "-e", ""]))
     rows.append(("ephrun --version (binary load floor)", [a.bin, "--version"]))

@@ -43,17 +43,20 @@ return ephrun.recipe {
     local id = box:snapshot { description = description, deadline = p.snapshot_deadline }
     ephrun.phase("destroy")
     box:close()
-    if ephrun.dry_run() then return end
 
-    io.stdout:write(table.concat({
-      "",
-      ("create-build-snapshot: snapshot %s ('%s') is complete (%s in all)"):format(id, description,
-        t.format_duration(math.floor(t.monotonic() - t0 + 0.5))),
-      ("  %s instance %s destroyed; cost $%.4f"):format(cloud.name, box.id, box:cost() or 0),
-      "  boot from it:  ephrun deploy-fast provider=" .. cloud.name .. " snapshot=" .. id,
-      "  in a recipe:   cloud:launch { plan = ..., region = ..., snapshot = \"" .. id .. "\" }",
-      "  snapshots are billed by size until deleted; remove it with: " ..
-        (cloud.impl.snapshot_hint and cloud.impl.snapshot_hint(id, cloud.opts) or ("delete snapshot " .. id)),
-    }, "\n"), "\n")
+    ephrun.effect { kind = "report", what = "print the snapshot id, how to boot from it and how to delete it",
+      run = function()
+        io.stdout:write(table.concat({
+          "",
+          ("create-build-snapshot: snapshot %s ('%s') is complete (%s in all)"):format(id, description,
+            t.format_duration(math.floor(t.monotonic() - t0 + 0.5))),
+          ("  %s instance %s destroyed; cost $%.4f"):format(cloud.name, box.id, box:cost() or 0),
+          "  boot from it:  ephrun deploy-fast provider=" .. cloud.name .. " snapshot=" .. id,
+          "  in a recipe:   cloud:launch { plan = ..., region = ..., snapshot = \"" .. id .. "\" }",
+          "  snapshots are billed by size until deleted; remove it with: " ..
+            (cloud.impl.snapshot_hint and cloud.impl.snapshot_hint(id, cloud.opts) or ("delete snapshot " .. id)),
+        }, "\n"), "\n")
+      end,
+    }
   end,
 }

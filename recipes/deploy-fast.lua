@@ -3,6 +3,16 @@
 --- a summary: time per phase, files synced, cost, what was destroyed.
 local ephrun = require "ephrun"
 
+-- A local input the run reads after the instance exists is checked before it is
+-- made, in a dry-run too: a typo must not cost a launch.
+local function local_dir(p, name)
+  local st = ephrun.fs.stat(p[name], { follow = true })
+  if not st or st.type ~= "dir" then
+    error(("%s=%s: %s; run from the project directory (the default is the current one) or pass %s=DIR")
+      :format(name, p[name], st and "not a directory" or "no such directory", name), 0)
+  end
+end
+
 return ephrun.recipe {
   name = "deploy-fast",
   summary = "Build on a temporary high-CPU instance, deploy from it, destroy it.",
@@ -10,7 +20,7 @@ return ephrun.recipe {
     provider = { default = "local", doc = "where the instance runs", choices = { "local", "vultr", "aws" } },
     plan = { default = "vc2-4c-8gb", doc = "instance size (provider's plan or instance type)" },
     region = { default = "ewr", doc = "provider region" },
-    src = { type = "path", default = "examples/hello", doc = "local source directory to sync" },
+    src = { type = "path", default = ".", doc = "local source directory to sync (default: the current directory)" },
     build = { default = "make", doc = "build command, run in the synced directory" },
     deploy = { default = "", doc = "deploy command run after the build (empty: none)" },
     artifacts = { type = "list", default = { "dist" }, doc = "remote paths (relative to the app) to fetch" },
@@ -22,6 +32,8 @@ return ephrun.recipe {
     boot_delay = { type = "number", default = 0, doc = "local provider: simulated boot time in seconds" },
   },
   run = function(p)
+    ephrun.phase("check")
+    local_dir(p, "src")
     local t = ephrun.time
     local phases, t0 = {}, t.monotonic()
     local mark = t0
@@ -70,25 +82,28 @@ return ephrun.recipe {
     ephrun.phase("destroy")
     box:close()
     done("destroy")
-    if ephrun.dry_run() then return end
 
-    local out = { "", "deploy-fast summary (run " .. ephrun.run_id() .. ")" }
-    for _, ph in ipairs(phases) do
-      out[#out + 1] = ("  %-8s %8.2fs"):format(ph[1], ph[2])
+    -- Printing the summary is the run's last effect: a dry-run lists it instead.
+    local function summary()
+      local out = { "", "deploy-fast summary (run " .. ephrun.run_id() .. ")" }
+      for _, ph in ipairs(phases) do
+        out[#out + 1] = ("  %-8s %8.2fs"):format(ph[1], ph[2])
+      end
+      out[#out + 1] = ("  %-8s %8.2fs"):format("total", t.monotonic() - t0)
+      out[#out + 1] = ("  synced:    %d of %d files sent (%s), %d excluded"):format(synced.files_sent,
+        synced.files_total, ephrun.ssh.human_bytes(synced.bytes_sent), synced.excluded or 0)
+      out[#out + 1] = ("  artifacts: %d files (%s) in %s"):format(fetched.files,
+        ephrun.ssh.human_bytes(fetched.bytes), p.out)
+      local cost = box:cost()
+      out[#out + 1] = "  cost:      " .. (cost and ("$%.4f"):format(cost) or "unknown")
+      if p.keep then
+        out[#out + 1] = ("  KEPT:      %s instance %s at %s:%d is still running (ends itself at %s); remove it: %s")
+          :format(cloud.name, box.id, box.host, box.port, box.tags["ephrun-expires"], box:destroy_hint())
+      else
+        out[#out + 1] = ("  destroyed: %s instance %s; nothing left running"):format(cloud.name, box.id)
+      end
+      io.stdout:write(table.concat(out, "\n"), "\n")
     end
-    out[#out + 1] = ("  %-8s %8.2fs"):format("total", t.monotonic() - t0)
-    out[#out + 1] = ("  synced:    %d of %d files sent (%s), %d excluded"):format(synced.files_sent,
-      synced.files_total, ephrun.ssh.human_bytes(synced.bytes_sent), synced.excluded or 0)
-    out[#out + 1] = ("  artifacts: %d files (%s) in %s"):format(fetched.files,
-      ephrun.ssh.human_bytes(fetched.bytes), p.out)
-    local cost = box:cost()
-    out[#out + 1] = "  cost:      " .. (cost and ("$%.4f"):format(cost) or "unknown")
-    if p.keep then
-      out[#out + 1] = ("  KEPT:      %s instance %s at %s:%d is still running (ends itself at %s); remove it: %s")
-        :format(cloud.name, box.id, box.host, box.port, box.tags["ephrun-expires"], box:destroy_hint())
-    else
-      out[#out + 1] = ("  destroyed: %s instance %s; nothing left running"):format(cloud.name, box.id)
-    end
-    io.stdout:write(table.concat(out, "\n"), "\n")
+    ephrun.effect { kind = "report", what = "print the summary: time per phase, files synced, cost", run = summary }
   end,
 }

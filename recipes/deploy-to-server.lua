@@ -6,7 +6,8 @@
 --- `dir` (the old one stays as `<dir>.previous`). Then the service restarts
 --- and `health_url` must answer 2xx before the deadline. A failure before the
 --- swap leaves the running service untouched; the uploaded tarball is always
---- removed.
+--- removed. Commands printed for doing things by hand (the rollback, removing
+--- leftovers) use the key and known_hosts this run used.
 local ephrun = require "ephrun"
 
 -- Never in the tarball, whatever `exclude` says: what `session:sync` never sends.
@@ -14,21 +15,42 @@ local ALWAYS_EXCLUDED = { ".env*", "*.pem", "id_*", ".git" }
 
 local q = ephrun.shell_quote
 
--- Runs a multi-line script; the plan shows `what` with the script as details.
+-- Runs a multi-line script; the plan shows `what` with the script as details
+-- (instead of the script as one long command).
 local function remote(sh, what, script, opts)
-  if ephrun.dry_run() then
-    local lines = {}
-    for l in script:gmatch("[^\n]+") do lines[#lines + 1] = l end
-    ephrun.effect { kind = "run", what = what, where = sh.host, details = lines, run = function() end }
-    return
-  end
-  return sh:run(script, opts)
+  local lines = {}
+  for l in script:gmatch("[^\n]+") do lines[#lines + 1] = l end
+  return ephrun.effect { kind = "run", what = what, where = sh.host, details = lines,
+    run = function() return sh:run(script, opts) end }
 end
 
 -- Quotes only what needs it, so a printed command stays readable.
 local function shq(s)
   if tostring(s):match("^[%w%._/%-:@]+$") then return tostring(s) end
   return q(s)
+end
+
+-- `ssh` as this run logged in: its key, its known_hosts and nothing else, so a
+-- command printed for later reaches the same server the same way.
+local function ssh_cmd(box, remote_cmd)
+  local raw = box.raw
+  local parts = { "ssh" }
+  if raw.key_file then
+    parts[#parts + 1] = "-i " .. shq(raw.key_file) .. " -o IdentitiesOnly=yes"
+  end
+  parts[#parts + 1] = "-o UserKnownHostsFile=" .. shq(raw.known_hosts) .. " -o StrictHostKeyChecking=yes"
+  parts[#parts + 1] = ("-p %d %s"):format(box.port, shq(box.user .. "@" .. box.host))
+  parts[#parts + 1] = q(remote_cmd)
+  return table.concat(parts, " ")
+end
+
+-- A local input read after the server is reached is checked first, in a dry-run too.
+local function local_dir(p, name)
+  local st = ephrun.fs.stat(p[name], { follow = true })
+  if not st or st.type ~= "dir" then
+    error(("%s=%s: %s; run from the app's directory (the default is the current one) or pass %s=DIR")
+      :format(name, p[name], st and "not a directory" or "no such directory", name), 0)
+  end
 end
 
 local function trim_slash(p)
@@ -62,6 +84,8 @@ return ephrun.recipe {
     local t0 = t.monotonic()
     local dir = trim_slash(p.dir)
     if dir == "" then error("dir must name the service directory, not the root", 0) end
+    ephrun.phase("check")
+    local_dir(p, "src")
     local srv = ephrun.provider("static", {
       host = p.host, port = p.port, user = p.user, key_file = p.key_file, known_hosts = p.known_hosts,
     })
@@ -80,13 +104,21 @@ return ephrun.recipe {
     argv[#argv + 1] = "-C"
     argv[#argv + 1] = p.src
     argv[#argv + 1] = "."
-    ephrun.proc.run(argv, { stream = false })
-    local tar_bytes = ephrun.dry_run() and 0 or (ephrun.fs.stat(tarball) or {}).size or 0
-    if not ephrun.dry_run() then
-      ephrun.log.info("package %s: %d files (%s raw, %s compressed), %d excluded (%s)", p.src, scan.files_total,
-      ephrun.ssh.human_bytes(scan.bytes_total), ephrun.ssh.human_bytes(tar_bytes), scan.excluded or 0,
-      table.concat(excludes, " "))
-    end
+    local shown = {}
+    for i, a in ipairs(argv) do shown[i] = shq(a) end
+    local tar_bytes = ephrun.effect {
+      kind = "package", what = ("%s: %d files, %s (%d excluded)"):format(p.src, scan.files_total,
+        ephrun.ssh.human_bytes(scan.bytes_total), scan.excluded or 0),
+      where = "local", details = { table.concat(shown, " ") }, placeholder = 0,
+      run = function()
+        ephrun.proc.run(argv, { stream = false })
+        local bytes = (ephrun.fs.stat(tarball) or {}).size or 0
+        ephrun.log.info("package %s: %d files (%s raw, %s compressed), %d excluded (%s)", p.src, scan.files_total,
+          ephrun.ssh.human_bytes(scan.bytes_total), ephrun.ssh.human_bytes(bytes), scan.excluded or 0,
+          table.concat(excludes, " "))
+        return bytes
+      end,
+    }
 
     local sh <close> = box:ssh()
     local id = ephrun.run_id():gsub("[^%w]", ""):sub(1, 16)
@@ -105,7 +137,7 @@ return ephrun.recipe {
     local _cleanup <close> = ephrun.defer(function()
       sh:run("rm -rf " .. q(remote_tgz) .. " " .. q(release), { stream = false, check = false })
     end, "remove the uploaded tarball and any unfinished release on " .. box.id,
-      ("ssh -p %d %s@%s rm -rf %s %s"):format(box.port, box.user, box.host, q(remote_tgz), q(release)))
+      ssh_cmd(box, "rm -rf " .. shq(remote_tgz) .. " " .. shq(release)))
     -- luacheck: pop
     sh:upload(tarball, remote_tgz)
 
@@ -130,15 +162,24 @@ return ephrun.recipe {
     end
 
     -- Swap: the old release becomes <dir>.previous (the one before is removed).
+    -- The script says whether there was an old release: a first deploy has none.
     ephrun.phase("swap")
-    remote(sh, ("swap: %s becomes %s, the new release becomes %s"):format(dir, previous, dir), table.concat({
+    local swap_script = table.concat({
       "set -e",
       "rm -rf " .. q(previous),
-      "if [ -e " .. q(dir) .. " ] || [ -L " .. q(dir) .. " ]; then mv " .. q(dir) .. " " .. q(previous) .. "; fi",
+      "if [ -e " .. q(dir) .. " ] || [ -L " .. q(dir) .. " ]; then mv " .. q(dir) .. " " .. q(previous)
+        .. "; echo '@@ previous kept'; fi",
       -- Should the second rename fail, the old release goes back in place.
       "mv " .. q(release) .. " " .. q(dir) .. " || { [ -e " .. q(previous) .. " ] && mv " .. q(previous) .. " "
         .. q(dir) .. "; exit 1; }",
-    }, "\n"), { stream = false })
+    }, "\n")
+    local swapped = remote(sh, ("swap: %s becomes %s, the new release becomes %s"):format(dir, previous, dir),
+      swap_script, { stream = false })
+    local had_previous = swapped ~= nil and swapped.stdout:find("@@ previous kept", 1, true) ~= nil
+    local rollback = ssh_cmd(box, ("mv %s %s && mv %s %s%s"):format(shq(dir), shq(dir .. ".failed"), shq(previous),
+      shq(dir), p.restart ~= "" and (" && cd " .. shq(dir) .. " && " .. p.restart) or ""))
+    local roll_back_hint = had_previous and ("roll back with:\n  " .. rollback)
+      or ("there is no previous release to roll back to (this was the first deploy to %s)"):format(dir)
 
     -- (4) Restart.
     if p.restart ~= "" then
@@ -150,9 +191,6 @@ return ephrun.recipe {
     local health = "not checked (health_url is empty)"
     if p.health_url ~= "" then
       ephrun.phase("health")
-      local rollback = ("ssh -p %d %s@%s %s"):format(box.port, box.user, box.host,
-        q(("mv %s %s && mv %s %s%s"):format(shq(dir), shq(dir .. ".failed"), shq(previous), shq(dir),
-          p.restart ~= "" and (" && cd " .. shq(dir) .. " && " .. p.restart) or "")))
       health = ephrun.effect {
         kind = "http", what = ("health check GET %s until 2xx (every %s, up to %s)"):format(
           ephrun.http.redact_url(p.health_url), t.format_duration(p.health_interval), t.format_duration(p.health_deadline)),
@@ -179,26 +217,29 @@ return ephrun.recipe {
             t.sleep(p.health_interval)
           end
           error(("health check failed: %s did not answer 2xx within %s (%d attempts); last: %s\n"
-            .. "The new release is live in %s on %s; the previous one is in %s.\n"
-            .. "Next: look at the service's logs (e.g. pm2 logs), fix and deploy again, or roll back with:\n  %s")
+            .. "The new release is live in %s on %s%s.\n"
+            .. "Next: look at the service's logs (e.g. pm2 logs), fix and deploy again, or %s")
             :format(ephrun.http.redact_url(p.health_url), t.format_duration(p.health_deadline), attempts, last,
-              dir, box.id, previous, rollback), 0)
+              dir, box.id, had_previous and ("; the previous one is in " .. previous) or "", roll_back_hint), 0)
         end,
       }
     end
-    if ephrun.dry_run() then return end
-
-    io.stdout:write(table.concat({
-      "",
-      "deploy-to-server summary (run " .. ephrun.run_id() .. ")",
-      ("  server:    %s"):format(box.id),
-      ("  release:   %d files (%s packed), %d excluded, live in %s"):format(scan.files_total,
-        ephrun.ssh.human_bytes(tar_bytes), scan.excluded or 0, dir),
-      ("  install:   %s"):format(p.install ~= "" and p.install or "skipped"),
-      ("  restart:   %s"):format(p.restart ~= "" and p.restart or "skipped"),
-      ("  health:    %s"):format(health),
-      ("  previous:  %s (roll back by moving it back)"):format(previous),
-      ("  total:     %.2fs"):format(t.monotonic() - t0),
-    }, "\n"), "\n")
+    ephrun.effect { kind = "report", what = "print the summary: release, install, restart, health, how to roll back",
+      run = function()
+        io.stdout:write(table.concat({
+          "",
+          "deploy-to-server summary (run " .. ephrun.run_id() .. ")",
+          ("  server:    %s"):format(box.id),
+          ("  release:   %d files (%s packed), %d excluded, live in %s"):format(scan.files_total,
+            ephrun.ssh.human_bytes(tar_bytes), scan.excluded or 0, dir),
+          ("  install:   %s"):format(p.install ~= "" and p.install or "skipped"),
+          ("  restart:   %s"):format(p.restart ~= "" and p.restart or "skipped"),
+          ("  health:    %s"):format(health),
+          had_previous and ("  previous:  %s; roll back with:\n    %s"):format(previous, rollback)
+            or "  previous:  none (the first deploy to " .. dir .. ")",
+          ("  total:     %.2fs"):format(t.monotonic() - t0),
+        }, "\n"), "\n")
+      end,
+    }
   end,
 }

@@ -142,36 +142,35 @@ return ephrun.recipe {
     local sh <close> = box:ssh()
 
     -- Root, or sudo without a password: every step runs through this prefix.
-    local sudo = ""
     ephrun.phase("check")
-    if not ephrun.dry_run() then
-      local who = sh:run("id -u; command -v sudo || true", { stream = false })
-      local uid, has_sudo = who.stdout:match("^(%d+)\n(%S*)")
-      if uid ~= "0" then
+    local sudo = ephrun.effect {
+      kind = "check", what = "log in as root, or use passwordless sudo", where = box.host, placeholder = "",
+      run = function()
+        local who = sh:run("id -u; command -v sudo || true", { stream = false })
+        local uid, has_sudo = who.stdout:match("^(%d+)\n(%S*)")
+        if uid == "0" then return "" end
         if has_sudo == "" or sh:run("sudo -n true", { stream = false, check = false }).code ~= 0 then
           error(("setup-server needs root on %s: log in as root (user=root) or as a user with passwordless sudo")
             :format(box.id), 0)
         end
-        sudo = "sudo -n "
-      end
-    end
+        return "sudo -n "
+      end,
+    }
 
     local report = {}
+    -- The plan shows what a step ensures, not its script.
     local function step(name, what, script)
       ephrun.phase(name)
-      if ephrun.dry_run() then
-        -- The plan shows what the step ensures, not its script.
-        ephrun.effect { kind = "run", what = name .. ": " .. what, where = box.host, run = function() end }
-        return
-      end
-      local r = sh:run(sudo .. "sh -c " .. q(script), { prefix = "[" .. box.host .. " " .. name .. "] " })
-      for line in r.stdout:gmatch("[^\n]+") do
-        local status, text = line:match("^" .. MARK .. "(%a+) (.*)$")
-        if status then
-          report[#report + 1] = { name, status == "changed" and "changed" or "already done", text }
-          ephrun.log.info("%s: %s: %s", name, status == "changed" and "changed" or "already done", text)
+      ephrun.effect { kind = "run", what = name .. ": " .. what, where = box.host, run = function()
+        local r = sh:run(sudo .. "sh -c " .. q(script), { prefix = "[" .. box.host .. " " .. name .. "] " })
+        for line in r.stdout:gmatch("[^\n]+") do
+          local status, text = line:match("^" .. MARK .. "(%a+) (.*)$")
+          if status then
+            report[#report + 1] = { name, status == "changed" and "changed" or "already done", text }
+            ephrun.log.info("%s: %s: %s", name, status == "changed" and "changed" or "already done", text)
+          end
         end
-      end
+      end }
     end
 
     -- Directories first: later steps and the apps may use them.
@@ -187,14 +186,15 @@ return ephrun.recipe {
         p.swap_size, p.swapfile, p.fstab), swap_script(p))
     end
 
-    if ephrun.dry_run() then return end
-    local out, changed = { "", "setup-server summary for " .. box.id }, 0
-    for _, r in ipairs(report) do
-      out[#out + 1] = ("  %-9s %-13s %s"):format(r[1], r[2], r[3])
-      if r[2] == "changed" then changed = changed + 1 end
-    end
-    out[#out + 1] = changed == 0 and "  nothing changed: the server was already set up"
-      or ("  %d step%s changed something"):format(changed, changed == 1 and "" or "s")
-    io.stdout:write(table.concat(out, "\n"), "\n")
+    ephrun.effect { kind = "report", what = "print what each step changed", run = function()
+      local out, changed = { "", "setup-server summary for " .. box.id }, 0
+      for _, r in ipairs(report) do
+        out[#out + 1] = ("  %-9s %-13s %s"):format(r[1], r[2], r[3])
+        if r[2] == "changed" then changed = changed + 1 end
+      end
+      out[#out + 1] = changed == 0 and "  nothing changed: the server was already set up"
+        or ("  %d step%s changed something"):format(changed, changed == 1 and "" or "s")
+      io.stdout:write(table.concat(out, "\n"), "\n")
+    end }
   end,
 }

@@ -4,6 +4,15 @@
 --- whatever `exclude` names. Nothing is installed or restarted.
 local ephrun = require "ephrun"
 
+-- The local directory is checked before the server is reached, in a dry-run too.
+local function local_dir(p, name)
+  local st = ephrun.fs.stat(p[name], { follow = true })
+  if not st or st.type ~= "dir" then
+    error(("%s=%s: %s; run from the directory to sync (the default is the current one) or pass %s=DIR")
+      :format(name, p[name], st and "not a directory" or "no such directory", name), 0)
+  end
+end
+
 return ephrun.recipe {
   name = "sync-to-server",
   summary = "Sync a local directory to a permanent server (only what changed; no secrets).",
@@ -20,6 +29,8 @@ return ephrun.recipe {
     delete = { default = false, doc = "remove files on the server that are gone locally (excluded ones are kept)" },
   },
   run = function(p)
+    ephrun.phase("check")
+    local_dir(p, "src")
     local srv = ephrun.provider("static", {
       host = p.host, port = p.port, user = p.user, key_file = p.key_file, known_hosts = p.known_hosts,
     })
@@ -27,9 +38,10 @@ return ephrun.recipe {
     local sh <close> = box:ssh()
     ephrun.phase("sync")
     local st = sh:sync(p.src, p.dir, { exclude = p.exclude, delete = p.delete })
-    if ephrun.dry_run() then return end
-    io.stdout:write(("\nsync-to-server: %s → %s:%s: %d of %d files sent (%s), %d deleted, %d excluded, %.2fs\n")
-      :format(p.src, box.id, p.dir, st.files_sent, st.files_total, ephrun.ssh.human_bytes(st.bytes_sent),
-        st.deleted, st.excluded or 0, st.duration))
+    ephrun.effect { kind = "report", what = "print what was sent", run = function()
+      io.stdout:write(("\nsync-to-server: %s → %s:%s: %d of %d files sent (%s), %d deleted, %d excluded, %.2fs\n")
+        :format(p.src, box.id, p.dir, st.files_sent, st.files_total, ephrun.ssh.human_bytes(st.bytes_sent),
+          st.deleted, st.excluded or 0, st.duration))
+    end }
   end,
 }

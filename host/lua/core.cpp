@@ -160,17 +160,17 @@ int l_core_cleanup_pending(lua_State* L) {
   return 1;
 }
 
-// _core.plan_add{kind=, what=, where=, cost=, details={...}}
-int l_core_plan_add(lua_State* L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
+// A plan step from the table at `idx`: {kind=, what=, where=, cost=, details={...}}.
+Step step_from(lua_State* L, int idx) {
+  luaL_checktype(L, idx, LUA_TTABLE);
   Step s;
-  s.kind = lua::opt_string_field(L, 1, "kind", "effect");
-  s.what = lua::opt_string_field(L, 1, "what", "");
-  s.where = lua::opt_string_field(L, 1, "where", "");
-  lua_getfield(L, 1, "cost");
+  s.kind = lua::opt_string_field(L, idx, "kind", "effect");
+  s.what = lua::opt_string_field(L, idx, "what", "");
+  s.where = lua::opt_string_field(L, idx, "where", "");
+  lua_getfield(L, idx, "cost");
   if (lua_isnumber(L, -1)) s.cost = lua_tonumber(L, -1);
   lua_pop(L, 1);
-  if (lua_getfield(L, 1, "details") == LUA_TTABLE) {
+  if (lua_getfield(L, idx, "details") == LUA_TTABLE) {
     lua_Integer n = luaL_len(L, -1);
     for (lua_Integer i = 1; i <= n; ++i) {
       lua_geti(L, -1, i);
@@ -179,10 +179,23 @@ int l_core_plan_add(lua_State* L) {
     }
   }
   lua_pop(L, 1);
+  return s;
+}
+
+// _core.plan_add{...}: records a step that is not itself an effect (a note).
+int l_core_plan_add(lua_State* L) {
+  Step s = step_from(L, 1);
   Runtime& rt = Runtime::of(L);
   s.phase = rt.phase;
   rt.plan().add(std::move(s));
   return 0;
+}
+
+// _core.effect{...} -> act: the same gate native effects pass (Runtime::effect),
+// so ephrun.effect decides in exactly one place whether the run acts.
+int l_core_effect(lua_State* L) {
+  lua_pushboolean(L, Runtime::of(L).effect(step_from(L, 1)));
+  return 1;
 }
 
 int l_core_dry_run(lua_State* L) {
@@ -293,6 +306,7 @@ const luaL_Reg kCoreFns[] = {
     {"cleanup_dismiss", lua::safe<l_core_cleanup_dismiss>},
     {"cleanup_pending", lua::safe<l_core_cleanup_pending>},
     {"plan_add", lua::safe<l_core_plan_add>},
+    {"effect", lua::safe<l_core_effect>},
     {"dry_run", l_core_dry_run},
     {"options", l_core_options},
     {"secret_add", lua::safe<l_core_secret_add>},

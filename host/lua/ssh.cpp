@@ -588,10 +588,36 @@ const luaL_Reg kSessionMeta[] = {
     {nullptr, nullptr},
 };
 
+// _ssh._known_host_entries(path, host, port) -> {{type=, revoked=}, ...} | nil, msg
+// Reads a local file only: the stdlib refuses an unknown server before connecting.
+int l_ssh_known_host_entries(lua_State* L) {
+  std::string path = luaL_checkstring(L, 1), host = luaL_checkstring(L, 2);
+  int port = static_cast<int>(luaL_optinteger(L, 3, 22));
+  std::vector<ssh::KnownHostEntry> entries;
+  try {
+    entries = ssh::known_host_entries(path, host, port);
+  } catch (const ssh::Error& e) {
+    lua_pushnil(L);
+    lua_pushstring(L, e.what());
+    return 2;
+  }
+  lua_createtable(L, static_cast<int>(entries.size()), 0);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, entries[i].type.c_str());
+    lua_setfield(L, -2, "type");
+    lua_pushboolean(L, entries[i].revoked);
+    lua_setfield(L, -2, "revoked");
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  return 1;
+}
+
 const luaL_Reg kSshFns[] = {
     {"connect", lua::safe<l_ssh_connect>},
     {"wait", lua::safe<l_ssh_wait>},
     {"scan_local", lua::safe<l_ssh_scan_local>},
+    {"_known_host_entries", lua::safe<l_ssh_known_host_entries>},
     {nullptr, nullptr},
 };
 

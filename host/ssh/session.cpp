@@ -224,6 +224,13 @@ std::string hostkey_prefs(const std::vector<std::string>& preferred) {
 
 }  // namespace
 
+std::vector<KnownHostEntry> known_host_entries(const std::string& path, const std::string& host,
+                                               int port) {
+  std::vector<KnownHostEntry> out;
+  for (const auto& k : known_keys_for(path, host, port)) out.push_back({k.type, k.revoked});
+  return out;
+}
+
 // ---- Impl basics -----------------------------------------------------------------
 
 void Session::Impl::disconnect() noexcept {

@@ -154,4 +154,15 @@ class Session {
 Session wait(const ConnectOptions& opts, Clock::time_point deadline, const CancelToken& token = {},
              const std::function<void(const Error&, int attempt)>& on_retry = {});
 
+/// The entries a connection to host:port would check in the known_hosts file at
+/// `path` (hashed entries, patterns, `@revoked`): their key types. Lets a caller
+/// refuse an unknown server before any network is used. Throws when the file
+/// cannot be read.
+struct KnownHostEntry {
+  std::string type;
+  bool revoked = false;
+};
+std::vector<KnownHostEntry> known_host_entries(const std::string& path, const std::string& host,
+                                               int port);
+
 }  // namespace ephrun::ssh

@@ -474,60 +474,80 @@ function Instance:ssh(opts)
   return session
 end
 
-local PlanSession = {}
-PlanSession.__index = PlanSession
-
---- A session that only records what a real one would do (for --dry-run).
+--- The recording session used under --dry-run (see `ephrun.ssh.plan_session`).
 ---@param host string
+---@return ephrun.ssh.Session
 function M.plan_session(host)
-  return setmetatable({ host = host }, PlanSession)
+  return ephrun.ssh.plan_session(host)
 end
-
---- Records a remote command (see ephrun.ssh Session:run).
-function PlanSession:run(cmd, opts)
-  ephrun.effect { kind = "run", what = cmd, where = self.host, run = function() end }
-  return { code = 0, stdout = "", stderr = "", duration = 0, dry_run = true, opts = opts }
-end
-
---- Records a sync with the local file and byte counts and the excludes.
-function PlanSession:sync(local_dir, remote_dir, opts)
-  opts = opts or {}
-  local details = {}
-  local ssh = require "ephrun.ssh"
-  local stats = ssh.scan_local(local_dir, opts)
-  stats.dry_run = true
-  do
-    details[#details + 1] = ("%d files, %s (%d excluded)"):format(stats.files_total,
-      ssh.human_bytes(stats.bytes_total),
-      stats.excluded or 0)
-  end
-  local ex = { ".env*", "*.pem", "id_*", ".git" }
-  for _, e in ipairs(opts.exclude or {}) do ex[#ex + 1] = e end
-  details[#details + 1] = "excludes: " .. table.concat(ex, " ")
-  ephrun.effect { kind = "sync", what = local_dir .. " → " .. remote_dir, where = self.host,
-    details = details, run = function() end }
-  return stats
-end
-
---- Records a fetch.
-function PlanSession:fetch(remote, local_dir)
-  ephrun.effect { kind = "fetch", what = remote .. " → " .. local_dir, where = self.host, run = function() end }
-  return { files = 0, bytes = 0, dry_run = true }
-end
-
---- Nothing to close.
-function PlanSession.close(_) end
-PlanSession.__close = PlanSession.close
 
 -- An existing server (the static provider): the instance methods, except that
 -- nothing is destroyed and SSH uses the user's key and known_hosts.
 local Attached = setmetatable({}, { __index = Instance })
 Attached.__index = Attached
 
+local function keyscan_hint(raw)
+  local kh = raw.known_hosts
+  return ("ssh-keyscan -p %d %s > /tmp/hostkey && ssh-keygen -lf /tmp/hostkey   # compare with the "
+    .. "fingerprint your provider's console or the server itself (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) "
+    .. "shows; only if it matches: cat /tmp/hostkey >> %s"):format(raw.port, raw.host, q(kh))
+end
+
+-- The server's own answer when known_hosts does not know it: connecting reads
+-- its host key (and trusts nothing) so the error can show the fingerprint to
+-- compare. It is an effect: a dry-run does not connect and shows no fingerprint.
+local function presented_key(raw)
+  return ephrun.effect {
+    kind = "ssh", what = "read the host key the server presents (to show its fingerprint; nothing is trusted)",
+    where = raw.host .. ":" .. tostring(raw.port),
+    run = function()
+      -- The host key is checked before authentication, so the agent is never asked.
+      local ok, s = pcall(ephrun.ssh.connect, { host = raw.host, port = raw.port, user = raw.user, agent = true,
+        known_hosts = raw.known_hosts, timeout = "10s" })
+      if ok then s:close() return nil end
+      return type(s) == "table" and s.kind == "host_key_unknown" and tostring(s) or nil
+    end,
+  }
+end
+
+-- What the real ssh() would refuse, checked in both modes so a dry-run fails
+-- where the run would: a login key, and a known_hosts file that knows the server.
+local function check_attach(raw)
+  if raw.key_file then
+    if not ephrun.fs.exists(raw.key_file) then
+      error(("static server %s: key_file %s does not exist: give the private key you log in with "
+        .. "(key_file=~/.ssh/id_ed25519) or use an ssh-agent (agent=true)"):format(raw.id, raw.key_file), 0)
+    end
+  elseif not raw.agent then
+    error(("static server %s: no login key: %s does not exist and no ssh-agent is running (SSH_AUTH_SOCK is unset); "
+      .. "set key_file (e.g. key_file=~/.ssh/id_ed25519) or start an ssh-agent"):format(raw.id,
+      (os.getenv("HOME") or "~") .. "/.ssh/id_ed25519"), 0)
+  elseif not os.getenv("SSH_AUTH_SOCK") or os.getenv("SSH_AUTH_SOCK") == "" then
+    error(("static server %s: agent=true but no ssh-agent is running (SSH_AUTH_SOCK is unset): "
+      .. "start one (eval $(ssh-agent) && ssh-add) or set key_file"):format(raw.id), 0)
+  end
+  if not ephrun.fs.exists(raw.known_hosts) then
+    error(("static server %s: known_hosts file %s does not exist, so its host key cannot be verified. "
+      .. "Add the server's key after checking its fingerprint:\n  %s"):format(raw.id, raw.known_hosts,
+      keyscan_hint(raw)), 0)
+  end
+  local entries, why = ephrun.ssh._known_host_entries(raw.known_hosts, raw.host, raw.port)
+  if not entries then error(("static server %s: %s"):format(raw.id, why), 0) end
+  for _, e in ipairs(entries) do
+    if not e.revoked then return end
+  end
+  local seen = presented_key(raw)
+  error(("static server %s is not in %s%s, so its host key cannot be verified: refusing to connect.%s\n"
+    .. "To trust it, verify its fingerprint, then:\n  %s"):format(raw.id, raw.known_hosts,
+    #entries > 0 and " (its only entries are @revoked)" or "", seen and ("\n" .. seen) or "", keyscan_hint(raw)), 0)
+end
+
 --- Attaches to an existing, permanent server (the static provider): nothing is
 --- created, nothing is journalled, and closing or destroying the instance does
---- nothing. `spec` fields override the provider's options. No network is used
---- until `instance:ssh()`.
+--- nothing. `spec` fields override the provider's options. The login key and
+--- the server's known_hosts entry are checked here, in a dry-run too; no network
+--- is used until `instance:ssh()` (except to show the fingerprint of a server
+--- known_hosts does not know).
 ---@param spec? {host?: string, port?: integer, user?: string, key_file?: string, passphrase_env?: string, agent?: boolean, known_hosts?: string}
 ---@return ephrun.Instance
 function Cloud:attach(spec)
@@ -537,74 +557,50 @@ function Cloud:attach(spec)
   end
   local prev = ephrun.phase("attach")
   local inst = self.impl.attach(spec or {}, self.opts)
-  local login = inst.key_file or (inst.agent and "the ssh-agent") or "no key found (set key_file)"
+  check_attach(inst)
   ephrun.effect {
     kind = "attach", what = "existing server " .. inst.id, where = self.name, cost = 0,
     details = {
       "permanent server: nothing is created, and it is never destroyed",
-      "login key: " .. login,
+      "login key: " .. (inst.key_file or "the ssh-agent"),
       "host key verified against " .. inst.known_hosts,
     },
     run = function() end,
   }
   local o = setmetatable({ id = inst.id, cloud = self, raw = inst, tags = inst.tags or {}, keep = true,
-    static = true, hourly = 0, started = ephrun.time.now(), dry = ephrun.dry_run() or nil }, Attached)
+    static = true, hourly = 0, started = ephrun.time.now() }, Attached)
   o:_endpoint()
   ephrun.phase(prev)
   return o
 end
 
-local function keyscan_hint(raw)
-  local kh = raw.known_hosts
-  return ("ssh-keyscan -p %d %s > /tmp/hostkey && ssh-keygen -lf /tmp/hostkey   # compare with the "
-    .. "fingerprint your provider's console or the server itself (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub) "
-    .. "shows; only if it matches: cat /tmp/hostkey >> %s"):format(raw.port, raw.host, q(kh))
-end
-
 --- Connects to the server with the user's key (`key_file`, else the agent),
---- verifying its host key against `known_hosts`; returns a session. A host
---- missing from known_hosts, or presenting another key, is refused with what
---- to do next.
+--- verifying its host key against `known_hosts`; returns a session. A server
+--- presenting another key than known_hosts holds is refused with what to do next.
 ---@param opts? {timeout?: number|string}
 ---@return table session
 function Attached:ssh(opts)
   opts = opts or {}
   local raw = self.raw
   local prev = ephrun.phase("ssh")
-  local session = ephrun.effect {
-    kind = "ssh",
-    what = ("connect as %s (host key checked against %s)"):format(self.user, raw.known_hosts),
-    where = self.host .. ":" .. tostring(self.port),
-    run = function()
-      if not ephrun.fs.exists(raw.known_hosts) then
-        error(("static server %s: known_hosts file %s does not exist, so its host key cannot be verified. "
-          .. "Add the server's key after checking its fingerprint:\n  %s"):format(self.id, raw.known_hosts,
-          keyscan_hint(raw)), 0)
-      end
-      if not raw.key_file and not raw.agent then
-        error(("static server %s: no login key: set key_file (e.g. ~/.ssh/id_ed25519) or start an ssh-agent")
-          :format(self.id), 0)
-      end
-      local ok, s = pcall(ephrun.ssh.connect, { host = self.host, port = self.port, user = self.user,
-        key_file = raw.key_file, passphrase_env = raw.passphrase_env, agent = raw.agent,
-        known_hosts = raw.known_hosts, timeout = opts.timeout or "30s" })
-      if ok then return s end
-      local kind = type(s) == "table" and s.kind
-      if kind == "host_key_unknown" then
-        error(("%s\nThe server is unknown: refusing to connect. To trust it, verify its fingerprint, then:\n  %s")
-          :format(tostring(s), keyscan_hint(raw)), 0)
-      elseif kind == "host_key_mismatch" then
-        error(("%s\nIf the server was really reinstalled, remove the stale entry (ssh-keygen -R %s -f %s) and "
-          .. "add the new key after verifying it:\n  %s"):format(tostring(s),
-          q(raw.port == 22 and raw.host or ("[" .. raw.host .. "]:" .. raw.port)), q(raw.known_hosts),
-          keyscan_hint(raw)), 0)
-      end
-      error(s, 0)
-    end,
-    placeholder = function() return M.plan_session(self.host) end,
-  }
-  ephrun.phase(prev)
-  return session
+  local ok, s = pcall(ephrun.ssh.connect, { host = self.host, port = self.port, user = self.user,
+    key_file = raw.key_file, passphrase_env = raw.passphrase_env, agent = raw.agent,
+    known_hosts = raw.known_hosts, timeout = opts.timeout or "30s" })
+  if ok then
+    ephrun.phase(prev)
+    return s
+  end
+  local kind = type(s) == "table" and s.kind
+  if kind == "host_key_unknown" then
+    error(("%s\nThe server is unknown: refusing to connect. To trust it, verify its fingerprint, then:\n  %s")
+      :format(tostring(s), keyscan_hint(raw)), 0)
+  elseif kind == "host_key_mismatch" then
+    error(("%s\nIf the server was really reinstalled, remove the stale entry (ssh-keygen -R %s -f %s) and "
+      .. "add the new key after verifying it:\n  %s"):format(tostring(s),
+      q(raw.port == 22 and raw.host or ("[" .. raw.host .. "]:" .. raw.port)), q(raw.known_hosts),
+      keyscan_hint(raw)), 0)
+  end
+  error(s, 0)
 end
 
 --- Does nothing: ephrun never destroys a permanent server.
@@ -613,13 +609,5 @@ function Attached.destroy(_) end
 --- Does nothing (also `<close>`): the server stays.
 function Attached.close(_) end
 Attached.__close = Attached.close
-
---- Records an upload (see ephrun.ssh Session:upload).
-function PlanSession:upload(local_path, remote)
-  local st = ephrun.fs.stat(local_path)
-  ephrun.effect { kind = "upload", what = local_path .. " → " .. remote, where = self.host,
-    details = st and { ephrun.ssh.human_bytes(st.size or 0) } or nil, run = function() end }
-  return 0
-end
 
 return M

@@ -234,16 +234,17 @@ function M.effect(e)
   if type(e) ~= "table" or type(e.run) ~= "function" then
     error("ephrun.effect expects {kind=, what=, run=function}", 2)
   end
-  core.plan_add(e)
-  if core.dry_run() then
-    local p = e.placeholder
-    if type(p) == "function" then return p() end
-    return p
-  end
-  return e.run()
+  -- The host's gate (Runtime::effect) records the step and says whether to
+  -- act; native effects ask the same gate, so --dry-run is decided only there.
+  if core.effect(e) then return e.run() end
+  local p = e.placeholder
+  if type(p) == "function" then return p() end
+  return p
 end
 
---- True under --dry-run.
+--- True under --dry-run. For reporting only (a command saying "would");
+--- recipes and providers never branch on it: an effect's placeholder carries
+--- the dry-run's answer, and a check that the real run would fail runs in both.
 ---@return boolean
 function M.dry_run()
   return core.dry_run()

@@ -1,6 +1,7 @@
 --- ephrun.ssh: verified SSH sessions, streamed remote commands, SFTP and sync.
---- Host keys are always verified (a pinned key or known_hosts); under
---- --dry-run nothing connects and a recording session stands in.
+--- Host keys are always verified (a pinned key or known_hosts). Connecting is
+--- an effect: under --dry-run nothing connects and a plan session, made from
+--- the real session's method table, records what each call would do.
 local native = require "ephrun._ssh"
 local log = require "ephrun.log"
 local time = require "ephrun.time"
@@ -43,28 +44,51 @@ local function check_opts(opts, fname)
     o.passphrase = require("ephrun").secret(o.passphrase_env)
     o.passphrase_env = nil
   end
-  if o.key_file and not o.passphrase and not core.dry_run() then
-    local ok, info = pcall(require("ephrun.keys").load, o.key_file)
-    if (ok and info.encrypted) or (not ok and tostring(info):find("encrypted", 1, true)) then
-      local env = os.getenv("EPHRUN_SSH_PASSPHRASE")
-      if env and env ~= "" then
-        core.secret_add("EPHRUN_SSH_PASSPHRASE", env)
-        o.passphrase = env
-      else
-        local pass, why = core.read_password("Passphrase for " .. o.key_file .. ": ")
-        if not pass then
-          error(o.key_file .. " is encrypted and there is " .. why ..
-            ": set EPHRUN_SSH_PASSPHRASE or passphrase_env", 3)
-        end
-        o.passphrase = pass
-      end
-    end
-  end
   return o
+end
+
+-- An encrypted key_file needs its passphrase: EPHRUN_SSH_PASSPHRASE, else the
+-- terminal. Only a connection that really happens asks.
+local function unlock_key(o)
+  if not o.key_file or o.passphrase then return end
+  local ok, info = pcall(require("ephrun.keys").load, o.key_file)
+  if not ((ok and info.encrypted) or (not ok and tostring(info):find("encrypted", 1, true))) then return end
+  local env = os.getenv("EPHRUN_SSH_PASSPHRASE")
+  if env and env ~= "" then
+    core.secret_add("EPHRUN_SSH_PASSPHRASE", env)
+    o.passphrase = env
+    return
+  end
+  local pass, why = core.read_password("Passphrase for " .. o.key_file .. ": ")
+  if not pass then
+    error(o.key_file .. " is encrypted and there is " .. why .. ": set EPHRUN_SSH_PASSPHRASE or passphrase_env", 0)
+  end
+  o.passphrase = pass
 end
 
 local function wrap(s, opts)
   return setmetatable({ _s = s, host = opts.host, port = opts.port or 22, user = opts.user }, Session)
+end
+
+local function host_key_source(o)
+  if o.host_key then return "pinned host key" end
+  if o.known_hosts then return "host key checked against " .. o.known_hosts end
+  return "ANY host key (insecure)"
+end
+
+-- Connecting is the effect: under --dry-run the plan session stands in.
+local function open(o, verb, connect)
+  return require("ephrun").effect {
+    kind = "ssh", what = ("%s %s@%s:%d (%s)"):format(verb, o.user or "?", o.host, o.port or 22, host_key_source(o)),
+    where = o.host .. ":" .. tostring(o.port or 22),
+    run = function()
+      unlock_key(o)
+      local s, err, kind = connect(o)
+      if not s then raise(err, kind, 0) end
+      return wrap(s, o)
+    end,
+    placeholder = function() return M.plan_session(o.host, o) end,
+  }
 end
 
 --- Connects once. Raises on failure: the message says refused, timeout,
@@ -72,11 +96,7 @@ end
 ---@param opts {host: string, port?: integer, user?: string, key?: string, key_file?: string, passphrase?: string, passphrase_env?: string, agent?: boolean, host_key?: string, known_hosts?: string, insecure_accept_any_host_key?: boolean, timeout?: number|string, keepalive?: integer}
 ---@return ephrun.ssh.Session
 function M.connect(opts)
-  local o = check_opts(opts, "ssh.connect")
-  if core.dry_run() then return require("ephrun.cloud").plan_session(o.host) end
-  local s, err, kind = native.connect(o)
-  if not s then raise(err, kind, 2) end
-  return wrap(s, o)
+  return open(check_opts(opts, "ssh.connect"), "connect to", native.connect)
 end
 
 --- Polls until the server answers and accepts the key (backoff 100 ms → 1 s),
@@ -86,11 +106,12 @@ end
 function M.wait(opts)
   local o = check_opts(opts, "ssh.wait")
   o.deadline = o.deadline or 300
-  if core.dry_run() then return require("ephrun.cloud").plan_session(o.host) end
-  local s, err, kind = native.wait(o)
-  if not s then raise(err, kind, 2) end
-  return wrap(s, o)
+  return open(o, "wait for SSH on", native.wait)
 end
+
+-- known_hosts entries for host:port, read as a connection reads them (for the
+-- static provider's checks before anything connects).
+M._known_host_entries = native._known_host_entries
 
 --- What a sync of `dir` would consider (files, bytes, excluded), without a network.
 ---@param dir string
@@ -201,5 +222,121 @@ function Session:fingerprint() return self._s:fingerprint() end
 --- Closes the session (idempotent; also `<close>`).
 function Session:close() self._s:close() end
 Session.__close = Session.close
+
+-- The native session's methods (its metatable's __index, as luaL_getmetatable
+-- finds it). A native method with no wrapper above is still reachable from
+-- Lua, with the same nil-message-to-error rule; the plan session below is made
+-- from this completed table, so neither can fall behind the native one.
+local native_methods = debug.getregistry()["ephrun.ssh.Session"].__index
+for name in pairs(native_methods) do
+  if Session[name] == nil then
+    Session[name] = function(self, ...) return call(self, name, ...) end
+  end
+end
+
+-- Under --dry-run, what each method records (a plan step, or nil for a look
+-- at the session's own state) and what it returns in place of a result.
+-- Arguments are those of the Session method.
+local planned = {}
+
+planned.run = function(_, cmd)
+  return { kind = "run", what = cmd }, { code = 0, stdout = "", stderr = "", duration = 0, dry_run = true }
+end
+planned.run_detached = function(_, cmd, opts)
+  local job_log = (opts or {}).log or "<job log>"
+  return { kind = "run", what = cmd, details = { "detached: survives the connection; log " .. job_log } },
+    { pid = 0, log = job_log, status_file = job_log .. ".exit", dry_run = true }
+end
+planned.job_status = function(_, job)
+  return { kind = "read", what = "status of job " .. tostring((job or {}).log) }, { alive = false, exit_code = 0 }
+end
+planned.job_tail = function(_, job, lines)
+  return { kind = "read", what = ("last %d lines of %s"):format(lines or 20, tostring((job or {}).log)) }, ""
+end
+planned.job_wait = function(_, job)
+  return { kind = "wait", what = "wait for job " .. tostring((job or {}).log) }, 0
+end
+planned.upload = function(_, local_path, remote)
+  local st = require("ephrun.fs").stat(local_path)
+  return { kind = "upload", what = local_path .. " → " .. remote,
+    details = st and { human(st.size or 0) } or nil }, st and st.size or 0
+end
+planned.download = function(_, remote, local_path)
+  return { kind = "download", what = remote .. " → " .. local_path }, 0
+end
+planned.put_string = function(_, remote, data, mode)
+  return { kind = "write", what = ("%s (%s%s)"):format(remote, human(#tostring(data)),
+    mode and (", mode %o"):format(mode) or "") }, true
+end
+planned.get_string = function(_, remote)
+  return { kind = "read", what = remote }, ""
+end
+planned.mkdir_p = function(_, remote, mode)
+  return { kind = "mkdir", what = "mkdir -p " .. remote .. (mode and (" (mode %o)"):format(mode) or "") }, true
+end
+-- A path is taken not to exist, so the plan shows the steps that would create it.
+planned.stat = function(_, remote)
+  return { kind = "read", what = "stat " .. remote }, false
+end
+planned.remove = function(_, remote)
+  return { kind = "remove", what = remote }, true
+end
+-- The sync is shown with what it would consider locally: files, bytes, excludes.
+planned.sync = function(_, local_dir, remote_dir, opts)
+  opts = opts or {}
+  local st = M.scan_local(local_dir, opts)
+  local ex = { ".env*", "*.pem", "id_*", ".git" }
+  for _, e in ipairs(opts.exclude or {}) do ex[#ex + 1] = e end
+  st.files_sent, st.bytes_sent, st.deleted, st.duration, st.dry_run = st.files_total, st.bytes_total, 0, 0, true
+  return { kind = "sync", what = local_dir .. " → " .. remote_dir, details = {
+    ("%d files, %s (%d excluded)"):format(st.files_total, human(st.bytes_total), st.excluded or 0),
+    "excludes: " .. table.concat(ex, " "),
+  } }, st
+end
+planned.fetch = function(_, remote, local_path)
+  return { kind = "fetch", what = remote .. " → " .. local_path }, { files = 0, bytes = 0, duration = 0, dry_run = true }
+end
+planned.reconnect = function(self)
+  return { kind = "ssh", what = "reconnect to " .. self.host }, true
+end
+planned.fingerprint = function() return nil, "<host key fingerprint>" end
+planned.label = function(self) return nil, self.host end
+planned.is_open = function() return nil, true end
+planned.close = function() return nil end
+
+local PlanSession = { __name = "ephrun.ssh.PlanSession" }
+PlanSession.__index = PlanSession
+
+for name, real in pairs(Session) do
+  if type(real) == "function" and name ~= "__close" then
+    local describe = planned[name] or function(_, ...)
+      local args = {}
+      for i = 1, select("#", ...) do args[i] = tostring((select(i, ...))) end
+      return { kind = name, what = table.concat(args, " ") }, true
+    end
+    PlanSession[name] = function(self, ...)
+      local step, result = describe(self, ...)
+      if not step then return result end
+      step.where = step.where or self.host
+      -- Only a dry-run makes a plan session; a real run never reaches here.
+      step.run = function() error("ssh: a plan session cannot " .. name .. " (nothing is connected)", 0) end
+      step.placeholder = function() return result end
+      return require("ephrun").effect(step)
+    end
+  end
+end
+PlanSession.__close = PlanSession.close
+
+--- The recording session `connect` and `wait` return under --dry-run: it has
+--- every method of a real session; each records a plan step through
+--- `ephrun.effect` and returns a placeholder (`run` → `{code=0, stdout=""}`,
+--- `sync` → the local scan, `stat` → false, ...).
+---@param host string
+---@param opts? {port?: integer, user?: string}
+---@return ephrun.ssh.Session
+function M.plan_session(host, opts)
+  opts = opts or {}
+  return setmetatable({ host = host, port = opts.port or 22, user = opts.user, dry_run = true }, PlanSession)
+end
 
 return M

@@ -1,6 +1,8 @@
 """deploy-fast for real on the local provider: examples/hello is synced, built with make,
 fetched, and the instance destroyed, with a summary; keep=true keeps it; a failing build
-or a Ctrl-C still destroys it; --dry-run starts nothing. No sshd is left behind."""
+or a Ctrl-C still destroys it; --dry-run starts nothing. The default src is the current
+directory, and a missing src fails before anything is launched, in a dry-run too. No sshd
+is left behind."""
 import json
 import os
 import shutil
@@ -117,6 +119,33 @@ class DeployFast(unittest.TestCase):
         p.send_signal(signal.SIGINT)
         rest, _ = p.communicate(timeout=30)
         self.assertEqual(p.returncode, 130, "".join(seen) + rest)
+        self.assertEqual(self.instances(), [])
+
+    def launched(self):
+        r = subprocess.run([BIN, "ls", "all=true", "--json"], capture_output=True, text=True, timeout=60,
+                           env=self.env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return json.loads(r.stdout)["resources"]
+
+    def test_default_src_is_the_current_directory(self):
+        r = subprocess.run([BIN, "deploy-fast", "out=" + self.out], capture_output=True, text=True, timeout=120,
+                           env=self.env, cwd=self.src)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"synced:\s+2 of 2 files sent")
+        self.assertTrue(os.access(os.path.join(self.out, "dist", "hello"), os.X_OK))
+
+    def test_missing_src_fails_before_launch_naming_the_param(self):
+        missing = os.path.join(self.tmp, "no-such-src")
+        for flags in ((), ("--dry-run",)):
+            with self.subTest(flags=flags):
+                r = subprocess.run([BIN, *flags, "deploy-fast", "src=" + missing, "out=" + self.out],
+                                   capture_output=True, text=True, timeout=120, env=self.env, cwd=self.tmp)
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertIn("error in phase 'check': src=%s: no such directory" % missing, r.stderr)
+                self.assertIn("pass src=DIR", r.stderr)
+                self.assertNotIn("launch", r.stdout)
+                self.assertNotIn("Traceback", r.stderr)
+        self.assertEqual(self.launched(), [])
         self.assertEqual(self.instances(), [])
 
     def test_dry_run_starts_nothing(self):

@@ -1,14 +1,18 @@
 """--dry-run: a readable plan, JSON, redaction, and proof that nothing happens:
-no request but GET/HEAD reaches a recording server and no program is executed."""
+no request but GET/HEAD reaches a recording server and no program is executed.
+The plan session has every method of a real session (checked against a real sshd)
+and each of them records a step under --dry-run without connecting."""
 import http.server
 import json
 import os
+import re
 import subprocess
 import tempfile
 import threading
 import unittest
 
 from common import BIN, RECIPES, SRC, env, run
+from sshd import Sshd
 
 SECRET = "tok-9f8e7d6c5b4a"
 
@@ -103,11 +107,90 @@ class DryRun(unittest.TestCase):
                  "deploy=./deploy.sh", "ttl=45m"])
         self.assertEqual(r.returncode, 0, r.stderr)
         kinds = [line.split()[1] for line in r.stdout.splitlines() if line[:4].strip().rstrip(".").isdigit()]
-        self.assertEqual(kinds, ["keys", "launch", "ssh", "sync", "run", "run", "fetch", "destroy"])
+        self.assertEqual(kinds, ["keys", "launch", "ssh", "sync", "run", "run", "fetch", "destroy", "report"])
         self.assertIn("lifetime 45m 00s", r.stdout)
         self.assertIn("node_modules", r.stdout)
         self.assertIn("cd app && make", r.stdout)
         self.assertIn("Total worst-case cost", r.stdout)
+
+    def test_an_unknown_price_reads_as_unknown_never_as_zero(self):
+        recipe = os.path.join(RECIPES, "unknown_cost.lua")
+        r = run(["--dry-run", recipe])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Total worst-case cost: unknown (no price for: 1. a machine nobody could price)\n", r.stdout)
+        self.assertNotIn("$0.00", r.stdout)
+        r = run(["--dry-run", recipe, "known=2.5"])
+        self.assertIn("Total worst-case cost: at least $2.50; unknown: 2. a machine nobody could price\n", r.stdout)
+        r = run(["--dry-run", "--json", recipe, "known=2.5"])
+        plan = json.loads(r.stdout)
+        self.assertIsNone(plan["total_cost"])
+        self.assertEqual(plan["cost_at_least"], 2.5)
+        self.assertEqual(plan["unknown"], ["2. a machine nobody could price"])
+
+    def test_recipes_providers_and_sessions_never_ask_whether_it_is_a_dry_run(self):
+        """The effect gate is the one place a dry-run is decided; a branch on dry_run() elsewhere is how a
+        dry-run starts telling something other than the truth."""
+        files = [os.path.join(d, f) for d in ("recipes", "providers") for f in os.listdir(os.path.join(SRC, d))
+                 if f.endswith(".lua")]
+        files += [os.path.join("stdlib", "ephrun", f) for f in ("ssh.lua", "cloud.lua")]
+        found = []
+        for rel in files:
+            with open(os.path.join(SRC, rel)) as f:
+                for n, line in enumerate(f, 1):
+                    if re.search(r"\bdry_run\s*\(", line.split("--", 1)[0]):
+                        found.append("%s:%d: %s" % (rel, n, line.strip()))
+        self.assertGreater(len(files), 6)
+        self.assertEqual(found, [])
+
+
+class PlanSession(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.mkdtemp(prefix="ephrun-plan-session-")
+        cls.key = os.path.join(cls.tmp, "id_ed25519")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", cls.key], check=True)
+        cls.sshd = Sshd().__enter__()
+        with open(cls.key + ".pub") as f:
+            cls.sshd.authorize(f.read())
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.sshd.__exit__(None, None, None)
+
+    def recipe(self, *flags):
+        out = os.path.join(self.tmp, "out")
+        return subprocess.run([BIN, *flags, os.path.join(RECIPES, "plan_session.lua"), "port=%d" % self.sshd.port,
+                               "user=" + self.sshd.user, "key_file=" + self.key,
+                               "host_key=" + self.sshd.host_key_pub, "src=" + os.path.join(SRC, "examples", "hello"),
+                               "out=" + out], capture_output=True, text=True, timeout=60, env=env())
+
+    def test_every_method_of_a_real_session_exists_on_the_plan_session(self):
+        r = self.recipe()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertRegex(r.stdout, r"real session: \d+ methods; missing on the plan session: none\n")
+
+    def test_each_method_records_a_step_under_dry_run_and_connects_to_nothing(self):
+        before = self.sshd.log().count("Connection from")
+        r = self.recipe("--dry-run")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        called = [l.split()[1] for l in r.stdout.splitlines() if l.startswith("called ")]
+        self.assertIn("put_string", called)
+        self.assertIn("close", called)
+        self.assertGreaterEqual(len(called), 19, r.stdout)
+        out = re.sub(r" +", " ", r.stdout)
+        self.assertIn("called run -> {", out)
+        self.assertRegex(out, r'called run -> .*"code":0')
+        self.assertRegex(out, r'called sync -> .*"files_total":2')
+        self.assertIn("called stat -> false", out)
+        for step in ("ssh connect to %s@127.0.0.1:%d (pinned host key)" % (self.sshd.user, self.sshd.port),
+                     "run echo planned @ 127.0.0.1", "run sleep 600", "write remote/put.txt (12 B, mode 600)",
+                     "read remote/get.txt", "mkdir mkdir -p remote/dir (mode 700)", "remove remote/gone",
+                     "upload %s/examples/hello/Makefile → up/Makefile" % SRC, "download remote/file",
+                     "sync %s/examples/hello → app" % SRC, "fetch app/dist", "excludes: .env* *.pem id_* .git node_modules",
+                     "ssh reconnect to 127.0.0.1"):
+            self.assertIn(step, out)
+        self.assertEqual(self.sshd.log().count("Connection from"), before, "a dry run connected")
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, "out")))
 
 
 if __name__ == "__main__":

@@ -181,6 +181,60 @@ echo $! > "$pidf"
             self.assertEqual(f.read(), "v1\n")
         self.assertEqual(self.leftovers(), ["app.previous"])
 
+    def wait_served(self, want, timeout=30):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.served("version.txt")
+                if last == want:
+                    return
+            except OSError as e:
+                last = e
+            time.sleep(0.05)
+        self.fail("the service never served %r (last: %r)" % (want, last))
+
+    def test_first_deploy_has_no_previous_and_the_printed_rollback_works(self):
+        app = self.remote + "/app"
+        r = self.deploy(self.app("v1"))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("previous:  none (the first deploy to %s)" % app, r.stdout)
+        self.assertNotIn("app.previous", r.stdout)
+        self.assertNotIn("roll back with", r.stdout)
+
+        r = self.deploy(self.app("v2"))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(self.served("version.txt"), "v2\n")
+        self.assertIn("previous:  %s.previous; roll back with:" % app, r.stdout)
+        cmd = r.stdout.split("roll back with:\n", 1)[1].splitlines()[0].strip()
+        self.assertIn("-i %s" % self.key, cmd)
+        self.assertIn("UserKnownHostsFile=%s" % self.known_hosts, cmd)
+        # The command works as printed, with nothing from ~/.ssh: the run's key and known_hosts.
+        e = env(HOME=os.path.join(self.work, "empty-home"))
+        e.pop("SSH_AUTH_SOCK", None)
+        rb = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=60, env=e,
+                            stdin=subprocess.DEVNULL)
+        self.assertEqual(rb.returncode, 0, cmd + "\n" + rb.stdout + rb.stderr)
+        with open(os.path.join(self.remote_abs, "app", "version.txt")) as f:
+            self.assertEqual(f.read(), "v1\n")
+        self.wait_served("v1\n")
+
+        # A failing health check after a deploy that has a previous release prints the same command.
+        r = self.deploy(self.app("v3"), "health_url=http://127.0.0.1:%d/missing" % self.http_port,
+                        "health_deadline=1s", "health_interval=0.2s")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("the previous one is in %s/%s.previous" % (self.remote, "app"), r.stderr)
+        self.assertIn("-i %s" % self.key, r.stderr)
+        self.assertIn("UserKnownHostsFile=%s" % self.known_hosts, r.stderr)
+
+    def test_failing_health_check_on_a_first_deploy_says_there_is_nothing_to_roll_back_to(self):
+        r = self.deploy(self.app("v1"), "health_url=http://127.0.0.1:%d/missing" % self.http_port,
+                        "health_deadline=1s", "health_interval=0.2s")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("there is no previous release to roll back to (this was the first deploy to %s/app)"
+                      % self.remote, r.stderr)
+        self.assertNotIn(".previous", r.stderr)
+
     def test_failing_install_leaves_the_live_release_alone(self):
         self.assertEqual(self.deploy(self.app("v1")).returncode, 0)
         r = self.deploy(self.app("v2"), "install=echo cannot install >&2; exit 7")
@@ -268,10 +322,58 @@ echo $! > "$pidf"
         for step in ("dirs: ensure directory /srv/x (owner www-data, mode 750)", "packages: install if missing",
                      "swap: when RAM < 2048 MB"):
             self.assertIn(step, r.stdout)
-        time.sleep(0.2)
         self.assertEqual(connections(self.sshd), before, "a dry run connected")
         self.assertFalse(os.path.exists(self.remote_abs))
         self.assertFalse(os.path.exists(self.home) and os.listdir(self.home))
+
+    def test_dry_run_fails_where_the_real_run_would(self):
+        """The attach checks run in both modes: a missing key or known_hosts, or a server known_hosts does
+        not know, fails the dry-run (rc 1, what to do next) as it fails the run, and nothing connects."""
+        src = self.app("v1")
+        before = connections(self.sshd)
+        empty = os.path.join(self.work, "known_hosts_empty")
+        write(empty, "# nothing yet\n")
+        nohome = os.path.join(self.work, "nohome")
+        os.makedirs(nohome)
+        cases = [
+            ({"known_hosts": os.path.join(self.work, "nope")}, ["known_hosts file %s/nope does not exist" % self.work,
+                                                                "ssh-keyscan -p %d 127.0.0.1" % self.sshd.port]),
+            ({"key_file": os.path.join(self.work, "no-such-key")}, ["key_file %s/no-such-key does not exist"
+                                                                    % self.work]),
+            ({"key_file": ""}, ["no login key: %s/.ssh/id_ed25519 does not exist and no ssh-agent is running"
+                                % nohome, "set key_file"]),
+            ({"known_hosts": empty}, ["is not in " + empty, "refusing to connect",
+                                      "ssh-keyscan -p %d 127.0.0.1" % self.sshd.port]),
+        ]
+        for recipe, extra in (("sync-to-server", ["src=" + src, "dir=" + self.remote]),
+                              ("deploy-to-server", ["src=" + src, "dir=" + self.remote + "/app"]),
+                              ("setup-server", [])):
+            for over, expect in cases:
+                with self.subTest(recipe=recipe, case=over):
+                    params = {"host": "127.0.0.1", "port": str(self.sshd.port), "user": self.sshd.user,
+                              "key_file": self.key, "known_hosts": self.known_hosts}
+                    params.update(over)
+                    e = env(EPHRUN_HOME=self.home, HOME=nohome)
+                    e.pop("SSH_AUTH_SOCK", None)
+                    r = subprocess.run([BIN, "--dry-run", recipe] + ["%s=%s" % kv for kv in params.items()] + extra,
+                                       capture_output=True, text=True, timeout=60, env=e, cwd=self.work)
+                    self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                    self.assertIn("error in phase 'attach'", r.stderr)
+                    for text in expect:
+                        self.assertIn(text, r.stderr)
+                    self.assertNotIn("Traceback", r.stderr)
+                    self.assertNotIn("host key verified against", r.stdout)
+                    self.assertNotIn("no key found", r.stdout)
+        self.assertEqual(connections(self.sshd), before, "a dry run connected")
+
+    def test_unknown_server_is_refused_before_anything_but_shows_its_fingerprint(self):
+        empty = os.path.join(self.work, "known_hosts_empty")
+        write(empty, "")
+        r = self.ephrun("sync-to-server", "src=" + self.app("v1"), "dir=" + self.remote, known_hosts=empty)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("error in phase 'attach'", r.stderr)
+        self.assertIn(self.sshd.host_key_fingerprint, r.stderr)
+        self.assertFalse(os.path.exists(self.remote_abs))
 
     def test_setup_server_refuses_without_root(self):
         r = self.ephrun("setup-server", "packages=coreutils", "swap_threshold_mb=0")

@@ -95,11 +95,18 @@ LogLevel VERBOSE
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    probe = "Connection from 127.0.0.1 port %d " % s.getsockname()[1]
             except OSError:
                 if self.proc.poll() is not None:
                     raise RuntimeError("sshd exited at start: " + self.log())
+                time.sleep(0.02)
+                continue
+            # sshd logs each connection from its child, late: once this probe is in the log, the
+            # count of "Connection from" lines changes only when someone else connects.
+            while time.monotonic() < deadline:
+                if probe in self.log():
+                    return
                 time.sleep(0.02)
         raise RuntimeError("sshd did not start listening: " + self.log())
 
