@@ -14,6 +14,9 @@ local ephrun = require "ephrun"
 
 local M = {}
 
+--- What the lifetime timer does: the watchdog destroys the instance at its expiry.
+M.ttl_effect = "ends billing"
+
 local LOGIN_USER_AS_ROOT = "ephrun-local"
 local SSHD = "/usr/sbin/sshd"
 

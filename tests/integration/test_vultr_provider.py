@@ -136,9 +136,10 @@ class VultrProvider(unittest.TestCase):
     def test_dry_run_shows_price_and_sends_nothing(self):
         r = self.ephrun("deploy-fast", "provider=vultr", "plan=vc2-4c-8gb", "ttl=2h", "src=" + self.src, "--dry-run")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("price $0.0548/hour × 2h", r.stdout)
+        # a halted Vultr instance still bills: without a reaper nothing bounds the cost (test_reaper.py has one)
+        self.assertIn("price $0.0548/hour, worst case unbounded", r.stdout)
+        self.assertIn("vultr's timer stops the CPU only", r.stdout)
         self.assertIn("monthly_cost / 730", r.stdout)
-        self.assertIn("$0.11", r.stdout)
         self.assertEqual([e for e in self.v.state()["log"] if e["method"] != "GET"], [])
         r = self.ephrun("deploy-fast", "provider=vultr", "plan=vc2-99c", "src=" + self.src, "--dry-run")
         self.assertNotEqual(r.returncode, 0)
