@@ -491,8 +491,12 @@ function Instance:ssh(opts)
       type(deadline) == "number" and ephrun.time.format_duration(deadline) or deadline),
     where = self.host .. ":" .. tostring(self.port),
     run = function()
-      return ephrun.ssh.wait { host = self.host, port = self.port, user = self.user,
+      local s = ephrun.ssh.wait { host = self.host, port = self.port, user = self.user,
         key = self.client_key, host_key = self.host_key, deadline = deadline }
+      if self.expires then
+        s.lifetime = { expires = self.expires, ttl = self.ttl, what = self.cloud.name .. " instance " .. self.id }
+      end
+      return s
     end,
     placeholder = function() return M.plan_session(self.host) end,
   }
