@@ -54,7 +54,9 @@ function M.record()
   if not text then return nil end
   local ok, r = pcall(ephrun.json.decode, text)
   if not ok or type(r) ~= "table" then return nil end
-  if r.via == "systemd" and not ephrun.fs.exists(r.units_dir .. "/" .. r.key .. ".timer") then return nil end
+  if r.via == "systemd" and not r.host and not ephrun.fs.exists(r.units_dir .. "/" .. r.key .. ".timer") then
+    return nil
+  end
   return r
 end
 

@@ -134,7 +134,7 @@ class Reaper(unittest.TestCase):
 
         r = self.ephrun("reaper", "install", "env_dir=" + self.config, "every=2m")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("Reaper installed (cron", r.stdout)
+        self.assertIn("Reaper installed on this machine (cron", r.stdout)
         lines = self.our_cron_lines()
         self.assertEqual(len(lines), 2, crontab())
         job = [l for l in lines if not l.startswith("#")][0]
@@ -171,6 +171,78 @@ class Reaper(unittest.TestCase):
         r = self.ephrun("reaper", "status")
         self.assertIn("No reaper is installed", r.stdout)
         r = self.ephrun("reap", "--yes")   # the orphan and the key, as a person would
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    @unittest.skipUnless(os.getuid() == 0, "needs root for the test sshd and its user")
+    def test_install_on_a_permanent_server_through_static(self):
+        from sshd import Sshd
+        user = "ephrun-reaper-t"
+        with Sshd(user=user) as d:
+            try:
+                self.remote_reaper(d, user)
+            finally:
+                subprocess.run(["crontab", "-r", "-u", user], capture_output=True)
+                subprocess.run(["userdel", "-r", user], capture_output=True)
+
+    def remote_reaper(self, d, user):
+        keys = os.path.join(self.tmp, "keys")
+        os.makedirs(keys)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keys + "/id"], check=True)
+        with open(keys + "/id.pub") as f:
+            d.authorize(f.read())
+        with open(keys + "/known_hosts", "w") as f:
+            f.write("[127.0.0.1]:%d %s\n" % (d.port, d.host_key_pub))
+        server_home = os.path.expanduser("~" + user)
+        # The server holds its own key file; the job reads it there.
+        conf = os.path.join(server_home, ".config", "ephrun")
+        os.makedirs(conf, mode=0o700, exist_ok=True)
+        with open(os.path.join(conf, ".env"), "w") as f:
+            f.write("VULTR_API_KEY=%s\n" % KEY)
+        os.chmod(os.path.join(conf, ".env"), 0o600)
+        subprocess.run(["chown", "-R", user + ":", os.path.join(server_home, ".config")], check=True)
+        server = ["host=127.0.0.1", "port=%d" % d.port, "user=" + user, "key_file=" + keys + "/id",
+                  "known_hosts=" + keys + "/known_hosts"]
+
+        r = self.ephrun("reaper", "install", "bin=" + os.path.abspath(BIN), "every=3m", *server)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("Reaper installed on %s@127.0.0.1:%d (cron, ephrun-reaper)" % (user, d.port), r.stdout)
+        tab = subprocess.run(["crontab", "-l", "-u", user], capture_output=True, text=True).stdout
+        self.assertNotIn(KEY, tab)
+        job = [l for l in tab.splitlines() if l.endswith("# ephrun-reaper") and not l.startswith("#")]
+        self.assertEqual(len(job), 1, tab)
+        self.assertIn("cd '%s' && EPHRUN_HOME='%s/.local/state/ephrun'" % (conf, server_home), job[0])
+        # This machine's plans know a reaper covers Vultr.
+        r = self.ephrun("deploy-fast", "provider=vultr", "src=" + self.src, "--dry-run")
+        self.assertIn("the reaper (ephrun-reaper, every 3m 00s) deletes it once expired", r.stdout)
+
+        p = subprocess.Popen([BIN, self.recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=self.env, cwd=self.tmp)
+        try:
+            short, long_ = wait_ready(p, "READY", timeout=90).split()[1:]
+        finally:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+            p.stderr.close()
+        self.wait_expired(short)
+        # As cron on the server would run it: that user, a bare environment.
+        fields = job[0].split(None, 5)
+        cron_env = ["HOME=" + server_home, "LOGNAME=" + user, "SHELL=/bin/sh", "PATH=/usr/bin:/bin"]
+        r = subprocess.run(["runuser", "-u", user, "--", "env", "-i", *cron_env, "/bin/sh", "-c",
+                            fields[5].replace("\\%", "%")], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIsNone(self.instance(short), "the server's reaper did not delete the expired instance")
+        self.assertIsNotNone(self.instance(long_))
+
+        r = self.ephrun("reaper", "status", *server)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("OK: its crontab line is present", r.stdout)
+        self.assertIn("destroyed vultr %s (expired)" % short, r.stdout)   # the tail of the server's reaper.log
+        r = self.ephrun("reaper", "remove", *server)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        tab = subprocess.run(["crontab", "-l", "-u", user], capture_output=True, text=True).stdout
+        self.assertNotIn("ephrun-reaper", tab)
+        r = self.ephrun("reap", "--yes")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
 
     def test_systemd_units_run_the_same_job_without_secrets(self):
