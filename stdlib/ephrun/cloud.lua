@@ -172,6 +172,9 @@ local function client_keys(keep)
   return run_keys
 end
 
+-- Providers already warned about in this process (fifty launches, one warning).
+local warned_no_reaper = {}
+
 -- What this provider's lifetime timer does (its `ttl_effect`), and what bounds
 -- the bill: `grace` seconds past the expiry (the reaper's interval) when
 -- billing ends at all, nil when nothing ends it without the launcher.
@@ -182,13 +185,17 @@ local function lifetime(self, ttl, expires_text)
       ephrun.time.format_duration(ttl), self.name, expires_text) }
   end
   local rec = require("ephrun.reaper").covers(self.name) and require("ephrun.reaper").record()
-  local what = ("lifetime %s: %s's timer %s: at %s the instance powers off, and a halted instance still bills")
-    :format(ephrun.time.format_duration(ttl), self.name, effect, expires_text)
+  local what = effect == "stops the CPU only"
+    and ("lifetime %s: %s's timer stops the CPU only: at %s the instance powers off, and a halted instance still bills")
+      :format(ephrun.time.format_duration(ttl), self.name, expires_text)
+    or ("lifetime %s: %s does not declare what its timer does (ttl_effect): at %s it may only power off and keep "
+      .. "billing"):format(ephrun.time.format_duration(ttl), self.name, expires_text)
   if rec then
     return rec.every, { what, ("the reaper (%s, every %s) deletes it once expired"):format(rec.key,
       ephrun.time.format_duration(rec.every)) }
   end
-  if not ephrun.dry_run() then
+  if not ephrun.dry_run() and not warned_no_reaper[self.name] then
+    warned_no_reaper[self.name] = true
     ephrun.log.warn("%s: the lifetime timer only powers the instance off and no reaper is installed: if ephrun "
       .. "is killed, it bills until deleted. Install one: ephrun reaper install", self.name)
   end
