@@ -244,6 +244,8 @@ local function destroy_script(o)
   return ("#!/bin/sh\n# Ends ephrun local instance %s: sh %s/destroy.sh\n%s"):format(o.id, o.dir, end_instance_sh(o)) .. [[
 [ -d "$dir" ] || [ -d "$work" ] || [ -n "$uid" ] || exit 0
 w=$(cat "$dir/watchdog.pid" 2>/dev/null)
+# Only if that pid is still this instance's watchdog (a pid can be reused).
+[ -n "$w" ] && grep -qasF "$dir" "/proc/$w/cmdline" && grep -qasF ephrun-watchdog "/proc/$w/cmdline" || w=
 # The watchdog's shell first, so it cannot end the instance meanwhile; sshd
 # (its child) stays up until end_instance has walked its process tree.
 [ -n "$w" ] && kill -KILL "$w" 2>/dev/null
