@@ -7,6 +7,7 @@ launcher left, leave an orphan whose lifetime has not passed, and carry no secre
 says what the timer does and warns while no reaper is installed. The systemd units are
 checked through the plan of `install via=systemd`, which shows their text."""
 import calendar
+import fcntl
 import json
 import os
 import re
@@ -155,6 +156,12 @@ class Reaper(unittest.TestCase):
         self.assertEqual(self.instance(long_)["power_status"], "running")
         self.wait_expired(short)
 
+        # A reap still running (say, waiting out a locked instance) is not joined by the next one.
+        with open(os.path.join(self.home, "reaper.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            r = as_cron_runs(job, self.tmp)
+            self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+            self.assertIsNotNone(self.instance(short))
         r = as_cron_runs(job, self.tmp)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         with open(os.path.join(self.home, "reaper.log")) as f:
