@@ -140,7 +140,8 @@ function M.units(o)
     "[Service]",
     "Type=oneshot",
     -- ephrun reads VULTR_API_KEY from .env in its working directory: no secret in this file.
-    "WorkingDirectory=" .. unit_word(o.env_dir),
+    -- a path here is taken as it is (no quotes), only `%` is special
+    "WorkingDirectory=" .. o.env_dir:gsub("%%", "%%%%"),
     "Environment=" .. unit_word("EPHRUN_HOME=" .. o.home),
   }, "\n")
   for _, kv in ipairs(o.env or {}) do service = service .. "\nEnvironment=" .. unit_word(kv[1] .. "=" .. kv[2]) end
