@@ -10,6 +10,7 @@ local M = {}
 
 ---@class ephrun.ssh.Session
 ---@field host string
+---@field lifetime? {expires: number, ttl: number, what: string} set by instance:ssh(); errors past it say so
 local Session = {}
 Session.__index = Session
 
