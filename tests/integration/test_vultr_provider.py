@@ -152,6 +152,23 @@ class VultrProvider(unittest.TestCase):
         self.assertIn("VULTR_API_KEY is not set", r.stderr)
         self.assertEqual([e for e in self.v.state()["log"] if e["method"] != "GET"], [])
 
+    def test_lifetime_ending_mid_build_says_so(self):
+        # the stand-in's `shutdown -h +1` halts 2 s after boot: mid-command, like a TTL shorter than the build
+        self.v.config(minute_seconds=2)
+        recipe = os.path.join(self.tmp, "long.lua")
+        with open(recipe, "w") as f:
+            f.write('''local ephrun = require "ephrun"
+return ephrun.recipe { name = "long-build", run = function()
+  local box <close> = ephrun.provider("vultr"):launch { plan = "vc2-1c-1gb", region = "ewr", ttl = "2s" }
+  local sh <close> = box:ssh()
+  sh:run("sleep 60")
+end }''')
+        r = self.ephrun(recipe, timeout=120)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertRegex(r.stderr, r"vultr instance \S+ reached the end of its lifetime \(ttl 2(\.0)?s, at \S+Z\): "
+                                   r"its lifetime timer ended it while this ran; give it a longer ttl")
+        self.assertEqual(self.log("DELETE", "/v2/instances/")[-1]["status"], 204)
+
     # -- faults -------------------------------------------------------------------------------
 
     def test_locked_delete_is_retried_until_the_lock_clears(self):
