@@ -47,7 +47,28 @@ function M.record_path()
   return state_dir() .. "/reaper.json"
 end
 
---- The record `install` wrote (`{via, key, every, providers, env_dir, bin, units?}`), or nil.
+-- True when cron's spool can be read (as root) and holds no line of job `key`
+-- for this user: the job was removed by hand (crontab -e), the record is stale.
+local function cron_job_gone(key)
+  local spool = "/var/spool/cron/crontabs"
+  if not ephrun.fs.list(spool) then return false end
+  -- cron names the file after the user of our uid (USER may be unset, or stale under su)
+  local id = tonumber((ephrun.fs.read("/proc/self/status") or ""):match("\nUid:%s*(%d+)"))
+  local user
+  for line in (ephrun.fs.read("/etc/passwd") or ""):gmatch("[^\n]+") do
+    local name, uid = line:match("^([^:]*):[^:]*:(%d+):")
+    if uid and tonumber(uid) == id then user = name break end
+  end
+  if not user then return false end
+  local text = ephrun.fs.read(spool .. "/" .. user) or ""
+  for line in text:gmatch("[^\n]+") do
+    if line:sub(1, 1) ~= "#" and line:sub(-(#key + 2)) == "# " .. key then return false end
+  end
+  return true
+end
+
+--- The record `install` wrote (`{via, key, every, providers, env_dir, bin, units?}`), or nil. A
+--- job seen to be gone (a systemd timer file, or a crontab line where the spool is readable) counts as none.
 ---@return table|nil
 function M.record()
   local text = ephrun.fs.read(M.record_path())
@@ -57,6 +78,7 @@ function M.record()
   if r.via == "systemd" and not r.host and not ephrun.fs.exists(r.units_dir .. "/" .. r.key .. ".timer") then
     return nil
   end
+  if r.via == "cron" and not r.host and cron_job_gone(r.key) then return nil end
   return r
 end
 

@@ -135,7 +135,9 @@ end
 local function write_crontab(t, lines, what, details)
   ephrun.effect { kind = "crontab", what = what, where = "crontab on " .. t.where, details = details,
     run = function()
-      must(t.sh("crontab -", table.concat(lines, "\n") .. (#lines > 0 and "\n" or "")), "crontab -")
+      -- the job was all there was: leave no empty crontab behind
+      if #lines == 0 then must(t.sh("crontab -r 2>/dev/null || ! crontab -l >/dev/null 2>&1"), "crontab -r") return end
+      must(t.sh("crontab -", table.concat(lines, "\n") .. "\n"), "crontab -")
     end }
 end
 
