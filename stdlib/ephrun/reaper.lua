@@ -131,9 +131,9 @@ function M.cron_lines(o)
   -- `%` ends a cron command (the rest becomes stdin); escape it in the paths.
   local env = { "EPHRUN_HOME=" .. q(o.home) }
   for _, kv in ipairs(o.env or {}) do env[#env + 1] = kv[1] .. "=" .. q(kv[2]) end
-  -- flock -n: a reap still retrying a locked instance is not joined by the next one
-  -- (a systemd timer never starts its service twice either).
-  local cmd = ("cd %s && %s exec flock -n %s %s >>%s 2>&1"):format(q(o.env_dir), table.concat(env, " "),
+  -- flock -n: a reap still retrying a locked instance is not joined by the next one,
+  -- which exits 75 (EX_TEMPFAIL); a systemd timer never starts its service twice either.
+  local cmd = ("cd %s && %s exec flock -n -E 75 %s %s >>%s 2>&1"):format(q(o.env_dir), table.concat(env, " "),
     q(o.home .. "/reaper.lock"), table.concat(words, " "), q(o.home .. "/reaper.log")):gsub("%%", "\\%%")
   return {
     marker .. ": ephrun reap --expired every " .. ephrun.time.format_duration(o.every)
