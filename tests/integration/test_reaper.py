@@ -313,6 +313,19 @@ class Reaper(unittest.TestCase):
                                capture_output=True, text=True, cwd=d)
             self.assertEqual(v.returncode, 0, v.stdout + v.stderr)
 
+    def test_systemd_without_a_user_session_says_to_use_cron(self):
+        rt = os.environ.get("XDG_RUNTIME_DIR", "")
+        if rt and os.path.exists(os.path.join(rt, "systemd", "private")):
+            self.skipTest("this machine has a systemd user session")
+        self.env["XDG_CONFIG_HOME"] = os.path.join(self.tmp, "xdg")
+        r = self.ephrun("reaper", "install", "via=systemd", "env_dir=" + self.config)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("did not take the timer", r.stderr)
+        self.assertIn("install with via=cron", r.stderr)
+        units = os.path.join(self.tmp, "xdg", "systemd", "user")
+        self.assertEqual(os.listdir(units) if os.path.isdir(units) else [], [], "unit files left behind")
+        self.assertIn("No reaper is installed", self.ephrun("reaper", "status").stdout)
+
     def test_reap_expired_leaves_what_has_time_left(self):
         p = subprocess.Popen([BIN, self.recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=self.env, cwd=self.tmp)
