@@ -17,8 +17,11 @@ RECIPE is a path to a recipe file or the name of a built-in recipe.
 
 Commands (used when no file of that name exists in the current directory):
   ephrun ls [--json]                          live resources, age, TTL left, cost so far
-  ephrun reap [--dry-run] [--older-than 2h] [--yes]
+  ephrun reap [--dry-run] [--older-than 2h] [--expired] [--yes]
                                               destroy expired and orphaned resources
+                                              (--expired: only those past their TTL)
+  ephrun reaper install|status|remove         a systemd timer or crontab line that
+                                              runs `ephrun reap --expired --yes`
   ephrun history [--json]                     past runs
 
 Options:
@@ -67,6 +70,8 @@ int main(int argc, char** argv) {
   app.add_flag("--list", list);
   std::string older_than;
   app.add_option("--older-than", older_than);
+  bool expired = false;
+  app.add_flag("--expired", expired);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -87,7 +92,7 @@ int main(int argc, char** argv) {
   }
   // Built-in commands are recipes shipped in stdlib/ephrun/cmd/; a file of
   // the same name in the current directory still wins.
-  if ((recipe == "ls" || recipe == "reap" || recipe == "history") &&
+  if ((recipe == "ls" || recipe == "reap" || recipe == "history" || recipe == "reaper") &&
       !std::filesystem::is_regular_file(recipe))
     recipe = "ephrun:" + recipe;
   if (!older_than.empty()) {
@@ -97,6 +102,16 @@ int main(int argc, char** argv) {
     }
     args.push_back("older_than=" + older_than);
   }
+  if (expired) {
+    if (recipe != "ephrun:reap") {
+      std::cerr << "ephrun: --expired only applies to `ephrun reap`\n";
+      return ephrun::kUsage;
+    }
+    args.push_back("expired=true");
+  }
+  // `ephrun reaper install`: the first bare word is the action.
+  if (recipe == "ephrun:reaper" && !args.empty() && args[0].find('=') == std::string::npos)
+    args[0] = "action=" + args[0];
   opts.verbosity = quiet ? -1 : verbose;
   try {
     ephrun::init_logging(opts.verbosity, opts.log_file);

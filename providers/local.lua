@@ -3,18 +3,27 @@
 --- directory. It costs nothing and needs no cloud account.
 ---
 --- Layout: `$EPHRUN_HOME/local/<id>/` holds meta.json (tags, port, expiry),
---- the host key, sshd_config, sshd's pid and log, and two shell scripts:
---- `instance.sh`, the detached watchdog that boots sshd after `boot_delay` and
---- ends the instance at its expiry even if ephrun was killed, and
---- `destroy.sh`, which ends it by hand (`sh destroy.sh`). Sessions start in
---- the working area: `<dir>/work` when ephrun runs as a normal user (who is
---- also the login user), `~ephrun-local/ephrun/<id>` when it runs as root
---- (root logs in as the plain user `ephrun-local`, created on first use).
+--- the host key, sshd_config, sshd's pid and log, and `destroy.sh`, which ends
+--- the instance by hand (`sh destroy.sh`). A detached watchdog boots sshd after
+--- `boot_delay` and ends the instance at its expiry even if ephrun was killed;
+--- it carries its whole program in its argv and a minimal environment, so it
+--- still ends everything when `$EPHRUN_HOME` was deleted meanwhile.
+---
+--- As root, each instance gets its own login user `ephrun-<id>` with its own
+--- home (mode 0700), where sessions start; destroy ends every process of that
+--- user and removes the user with its home, so two instances cannot read or
+--- write each other's files and nothing a session left (even detached and
+--- without the instance marker) outlives the destroy. As a normal user, the
+--- login user is yourself and sessions start in `<dir>/work`: instances are not
+--- isolated from each other, and destroy finds session processes by the
+--- `EPHRUN_LOCAL_INSTANCE` marker and sshd's process tree only.
 local ephrun = require "ephrun"
 
 local M = {}
 
-local LOGIN_USER_AS_ROOT = "ephrun-local"
+--- What the lifetime timer does: the watchdog destroys the instance at its expiry.
+M.ttl_effect = "ends billing"
+
 local SSHD = "/usr/sbin/sshd"
 
 local q = ephrun.shell_quote
@@ -46,21 +55,37 @@ local function passwd(by_name, by_uid)
   end
 end
 
--- The login user and the directory its sessions start in.
+-- The login user of instance `id` when ephrun runs as root: one per instance.
+local function user_of(id)
+  return "ephrun-" .. id:gsub("^loc%-", "")
+end
+
+-- Runs an account command, again while another process holds the passwd
+-- lock (useradd and userdel fail at once then); `done()` says whether it took.
+local function account(argv, done)
+  local delay, r = 0.02, nil
+  for _ = 1, 12 do
+    r = ephrun.proc.run(argv, { stream = false, check = false })
+    if done() then return end
+    ephrun.time.sleep(delay)
+    delay = math.min(delay * 2, 1)
+  end
+  error(("local provider: %s failed: %s"):format(table.concat(argv, " "),
+    r and (r.stderr or ""):gsub("%s+$", "") or "cannot run it"))
+end
+
+-- The login user and the directory its sessions start in. As root a new
+-- user with its own home (0700); with `UsePAM no` sshd refuses accounts whose
+-- password is locked ('!'), even for keys, hence `-p '*'`.
 local function login_user(id, dir)
   if uid() == 0 then
-    local name, home = passwd(LOGIN_USER_AS_ROOT)
-    if not name then
-      ephrun.proc.run({ "useradd", "-m", "-s", "/bin/sh", LOGIN_USER_AS_ROOT }, { stream = false })
-      name, home = passwd(LOGIN_USER_AS_ROOT)
-      if not name then error("local provider: could not create user " .. LOGIN_USER_AS_ROOT) end
-    end
-    -- With UsePAM no, sshd refuses accounts whose password is locked ('!'), even for keys.
-    local shadow = "\n" .. (read("/etc/shadow") or "")
-    if not shadow:find("\n" .. name .. ":*:", 1, true) then
-      ephrun.proc.run({ "usermod", "-p", "*", name }, { stream = false })
-    end
-    return name, home .. "/ephrun/" .. id, true
+    local name = user_of(id)
+    if passwd(name) then error("local provider: user " .. name .. " already exists; remove it: userdel -r " .. name) end
+    account({ "useradd", "-m", "-s", "/bin/sh", "-p", "*", "-c", "ephrun local instance " .. id, name },
+      function() return passwd(name) ~= nil end)
+    local _, home = passwd(name)
+    assert(ephrun.fs.chmod(home, "0700"))
+    return name, home, true
   end
   local name = passwd(nil, uid()) or os.getenv("USER") or os.getenv("LOGNAME")
   if not name then error("local provider: cannot tell the current user's name") end
@@ -114,6 +139,9 @@ local function state_of(m)
   if ephrun.fs.exists(dir .. "/destroying") then return "stopping" end
   local st = (read(dir .. "/state") or ""):match("%a+")
   if st == "running" then
+    -- the watchdog's own record of sshd: one that died while starting is stopped, not pending
+    local started = tonumber(read(dir .. "/sshd.started") or "")
+    if started and not pid_alive(started) then return "stopped" end
     local pid = tonumber(read(dir .. "/sshd.pid") or "")
     if not pid then return "pending" end -- sshd has not written its pid file yet
     if not pid_alive(pid) then return "stopped" end
@@ -163,59 +191,103 @@ local function sshd_config(o)
   }, "\n") .. "\n"
 end
 
--- Ends the instance: sshd, every process of its sessions (children of sshd or
--- marked by SetEnv), the watchdog, the directories. Safe to run twice.
-local function destroy_script(o)
+-- Shell that defines `end_instance`, which ends the instance: sshd, every
+-- process of its sessions (children of sshd, marked by SetEnv, and as root
+-- every process of its own user), then the user and the directories. Safe to
+-- run twice. It needs no file of the instance: the watchdog carries it in its
+-- argv and knows sshd's pid, so it still works when the state directory is gone.
+local function end_instance_sh(o)
   return ([=[
-#!/bin/sh
-# Ends ephrun local instance %s: sh %s/destroy.sh
 id=%s
 dir=%s
 work=%s
-[ -d "$dir" ] || [ -d "$work" ] || exit 0
-[ -d "$dir" ] && : > "$dir/destroying"
-if [ "$1" != expired ] && [ -f "$dir/watchdog.pid" ]; then
-  w=$(cat "$dir/watchdog.pid")
-  [ -n "$w" ] && kill -KILL "-$w" 2>/dev/null
-fi
-for round in 1 2 3 4 5; do
-  l=$(cat "$dir/sshd.pid" 2>/dev/null)
-  # Session processes carry the SetEnv marker; an sshd still starting up has
-  # no pid file yet but its config path in its command line.
-  marked=$( (grep -lzs "^EPHRUN_LOCAL_INSTANCE=$id\$" /proc/[0-9]*/environ;
-    grep -lsF "$dir/sshd_config" /proc/[0-9]*/cmdline) 2>/dev/null | cut -d/ -f3 | grep -vx "$$")
-  all=$(ps -e -o pid=,ppid=,stat= | awk -v root="$l" -v marked="$marked" '
-    { parent[$1] = $2; if ($3 !~ /^Z/) alive[$1] = 1 }
-    END {
-      n = split(marked, m, /[ \n]+/); for (i = 1; i <= n; i++) if (m[i] != "") keep[m[i]] = 1
-      if (root != "") keep[root] = 1
-      do { n = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; n++ } } while (n)
-      for (p in keep) if (p in alive) printf "%%s ", p
-    }')
-  [ -z "$all" ] && break
-  kill -KILL $all 2>/dev/null
-  sleep 0.02
-done
-rm -rf "$work" "$dir"
-]=]):format(o.id, o.dir, q(o.id), q(o.dir), q(o.workdir))
+user=%s
+uid=
+[ -n "$user" ] && uid=$(id -u "$user" 2>/dev/null)
+end_instance() {
+  [ -d "$dir" ] && : > "$dir/destroying"
+  n=0
+  while [ $n -lt 100 ]; do
+    n=$((n + 1))
+    l=$(cat "$dir/sshd.pid" 2>/dev/null)
+    [ -n "$l" ] || l=$sshd_pid
+    # Session processes carry the SetEnv marker; an sshd still starting up has
+    # no pid file yet but its config path in its command line.
+    marked=$( (grep -lzs "^EPHRUN_LOCAL_INSTANCE=$id\$" /proc/[0-9]*/environ;
+      grep -lsF "$dir/sshd_config" /proc/[0-9]*/cmdline) 2>/dev/null | cut -d/ -f3 | grep -vx "$$")
+    all=$(ps -e -o pid=,ppid=,stat=,uid= | awk -v root="$l" -v marked="$marked" -v uid="$uid" '
+      { parent[$1] = $2; if ($3 !~ /^Z/) alive[$1] = 1; if (uid != "" && $4 == uid) keep[$1] = 1 }
+      END {
+        n = split(marked, m, /[ \n]+/); for (i = 1; i <= n; i++) if (m[i] != "") keep[m[i]] = 1
+        if (root != "") keep[root] = 1
+        do { n = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; n++ } } while (n)
+        for (p in keep) if (p in alive) printf "%%s ", p
+      }')
+    [ -z "$all" ] && break
+    kill -KILL $all 2>/dev/null
+    sleep 0.02
+  done
+  # userdel refuses while another account command holds the passwd lock: try again.
+  n=0
+  while [ -n "$user" ] && id -u "$user" >/dev/null 2>&1 && [ $n -lt 50 ]; do
+    n=$((n + 1))
+    pkill -KILL -u "$user" 2>/dev/null
+    userdel -r "$user" 2>/dev/null || sleep 0.1
+  done
+  rm -rf "$work" "$dir"
+}
+]=]):format(q(o.id), q(o.dir), q(o.workdir), q(o.as_root and o.user or ""))
 end
 
--- Boots sshd after the boot delay, then sleeps until the expiry and ends the
--- instance. Runs in its own session, so it outlives ephrun, even a SIGKILL.
-local function watchdog_script(o)
-  return ([[
-#!/bin/sh
-# Watchdog of ephrun local instance %s: boots sshd, ends the instance at expiry.
-dir=%s
-echo $$ > "$dir/watchdog.pid"
-%s
-if %s -f "$dir/sshd_config" -E "$dir/sshd.log"; then echo running > "$dir/state"; else echo failed > "$dir/state"; fi
-sleep %d
-echo "$(date -u +%%FT%%TZ) lifetime reached: ending the instance" >> "$dir/watchdog.log"
-exec /bin/sh "$dir/destroy.sh" expired
-]]):format(o.id, q(o.dir), o.boot_delay > 0 and ("sleep " .. o.boot_delay) or ":", SSHD,
-    math.max(1, math.ceil(o.ttl - o.boot_delay)))
+-- The by-hand destroy: ends the watchdog first, then the instance.
+local function destroy_script(o)
+  return ("#!/bin/sh\n# Ends ephrun local instance %s: sh %s/destroy.sh\n%s"):format(o.id, o.dir, end_instance_sh(o)) .. [[
+[ -d "$dir" ] || [ -d "$work" ] || [ -n "$uid" ] || exit 0
+w=$(cat "$dir/watchdog.pid" 2>/dev/null)
+# Only if that pid is still this instance's watchdog (a pid can be reused).
+[ -n "$w" ] && grep -qasF "$dir" "/proc/$w/cmdline" && grep -qasF ephrun-watchdog "/proc/$w/cmdline" || w=
+# The watchdog's shell first, so it cannot end the instance meanwhile; sshd
+# (its child) stays up until end_instance has walked its process tree.
+[ -n "$w" ] && kill -KILL "$w" 2>/dev/null
+sshd_pid=$(cat "$dir/sshd.started" 2>/dev/null)
+end_instance
+[ -n "$w" ] && kill -KILL "-$w" 2>/dev/null
+exit 0
+]]
 end
+
+-- Boots sshd after the boot delay, then waits until the expiry (or until the
+-- state directory disappears: then nothing could find the instance any more)
+-- and ends it. Runs in its own session, so it outlives ephrun, even a SIGKILL.
+local function watchdog_script(o)
+  return ("# Watchdog of ephrun local instance %s: boots sshd, ends the instance at expiry.\n%s"):format(
+    o.id, end_instance_sh(o)) .. ([[
+end=$(( $(date +%%s) + %d ))
+echo $$ > "$dir/watchdog.pid"
+sleep %s
+%s -D -f "$dir/sshd_config" -E "$dir/sshd.log" &
+sshd_pid=$!
+echo "$sshd_pid" > "$dir/sshd.started"
+echo running > "$dir/state"
+while [ -d "$dir" ]; do
+  now=$(date +%%s)
+  [ "$now" -ge "$end" ] && break
+  left=$((end - now))
+  [ "$left" -gt 5 ] && left=5
+  sleep "$left"
+done
+if [ -d "$dir" ]; then
+  echo "$(date -u +%%FT%%TZ) lifetime reached: ending the instance" >> "$dir/watchdog.log"
+else
+  echo "$(date -u +%%FT%%TZ) $dir is gone: ending the instance"
+fi
+end_instance
+]]):format(math.max(1, math.ceil(o.ttl)), tostring(o.boot_delay), SSHD)
+end
+
+-- The environment of the watchdog, and so of sshd: nothing of ephrun's (no
+-- secret such as VULTR_API_KEY can be read from its /proc/<pid>/environ).
+local WATCHDOG_ENV = { PATH = "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL = "C" }
 
 -- Writes the instance's files and starts its watchdog (which boots sshd).
 local function start(o, ud, spec, as_root)
@@ -231,19 +303,19 @@ local function start(o, ud, spec, as_root)
   if as_root then
     -- sshd started as root needs its privilege-separation directory.
     if not fs.exists("/run/sshd") then assert(fs.mkdir_p("/run/sshd", "0755")) end
-    ephrun.proc.run({ "chown", "-R", user .. ":", fs.dirname(workdir) }, { stream = false })
+    ephrun.proc.run({ "chown", "-R", user .. ":", workdir .. "/.ssh" }, { stream = false })
   end
   assert(fs.write(dir .. "/sshd_config", sshd_config(o), { mode = "0600" }))
   assert(fs.write(dir .. "/destroy.sh", destroy_script(o), { mode = "0700" }))
-  assert(fs.write(dir .. "/instance.sh", watchdog_script(o), { mode = "0700" }))
   local now = ephrun.time.now()
   local meta = { id = id, dir = dir, workdir = workdir, user = user, port = o.port, tags = spec.tags or {},
     created = now, expires_at = now + ttl, boot_delay = o.boot_delay, run_id = ephrun.run_id() }
   assert(fs.write(dir .. "/meta.json", ephrun.json.encode(meta), { mode = "0600" }))
   -- setsid makes the watchdog a session leader: it survives ephrun, and
-  -- destroy can end it with its sleep as one process group.
-  local r = ephrun.proc.run({ [[setsid /bin/sh "$1" </dev/null >>"$1.log" 2>&1 & echo $!]], dir .. "/instance.sh" },
-    { shell = true, stream = false })
+  -- destroy can end it with its sleep as one process group. Its program is
+  -- its argv, so deleting the state directory cannot take it away.
+  local r = ephrun.proc.run({ [[setsid /bin/sh -c "$1" ephrun-watchdog </dev/null >>"$2" 2>&1 & echo $!]],
+    watchdog_script(o), dir .. "/watchdog.log" }, { shell = true, stream = false, env_clear = true, env = WATCHDOG_ENV })
   local wpid = tonumber(r.stdout:match("%d+"))
   if wpid then fs.write(dir .. "/watchdog.pid", wpid .. "\n") end
   return meta
@@ -273,7 +345,7 @@ function M.launch(spec, opts)
   local dir = base_dir() .. "/" .. id
   local user, workdir, as_root = login_user(id, dir)
   local o = { id = id, dir = dir, workdir = workdir, user = user, port = free_port(), ttl = ttl,
-    boot_delay = boot_delay }
+    boot_delay = boot_delay, as_root = as_root }
   local ok, meta = pcall(start, o, ud, spec, as_root)
   if not ok then
     -- A half-made instance: end whatever started and remove its files.
@@ -324,6 +396,13 @@ end
 function M.destroy(inst, _opts)
   local dir = dir_of(inst)
   if not ephrun.fs.exists(dir .. "/destroy.sh") then
+    -- half made (or already gone): its own user, if it got one, goes too
+    local id = type(inst) == "table" and inst.id or inst
+    if uid() == 0 and type(id) == "string" and passwd(user_of(id)) then
+      local name = user_of(id)
+      account({ "sh", "-c", 'pkill -KILL -u "$1"; userdel -r "$1"', "userdel", name },
+        function() return passwd(name) == nil end)
+    end
     local work = type(inst) == "table" and inst.workdir
     if work and ephrun.fs.exists(work) then ephrun.fs.remove(work, { recursive = true }) end
     if ephrun.fs.exists(dir) then ephrun.fs.remove(dir, { recursive = true }) end

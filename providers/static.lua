@@ -14,6 +14,9 @@ local M = {}
 --- Tells `ephrun.cloud` that this provider attaches to existing servers.
 M.static = true
 
+--- No lifetime timer: a permanent server is never ended by ephrun.
+M.ttl_effect = "none"
+
 local function home()
   return os.getenv("HOME") or "/root"
 end

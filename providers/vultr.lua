@@ -25,6 +25,11 @@ local ephrun = require "ephrun"
 
 local M = {}
 
+--- What the lifetime timer does: `shutdown -h` halts the instance, and Vultr
+--- bills a halted instance until it is deleted; `ephrun reaper install` adds
+--- the job that deletes it at its expiry.
+M.ttl_effect = "stops the CPU only"
+
 local DEFAULT_URL = "https://api.vultr.com/v2"
 local DEFAULT_OS_ID = 2136 -- Debian 12 x64 (bookworm)
 local LOCKED = "Server is currently locked"

@@ -172,6 +172,37 @@ local function client_keys(keep)
   return run_keys
 end
 
+-- Providers already warned about in this process (fifty launches, one warning).
+local warned_no_reaper = {}
+
+-- What this provider's lifetime timer does (its `ttl_effect`), and what bounds
+-- the bill: `grace` seconds past the expiry (the reaper's interval) when
+-- billing ends at all, nil when nothing ends it without the launcher.
+local function lifetime(self, ttl, expires_text)
+  local effect = self.impl.ttl_effect or "unknown"
+  if effect == "ends billing" then
+    return 0, { ("lifetime %s: %s's timer ends billing: the instance ends itself at %s"):format(
+      ephrun.time.format_duration(ttl), self.name, expires_text) }
+  end
+  local rec = require("ephrun.reaper").covers(self.name) and require("ephrun.reaper").record()
+  local what = effect == "stops the CPU only"
+    and ("lifetime %s: %s's timer stops the CPU only: at %s the instance powers off, and a halted instance still bills")
+      :format(ephrun.time.format_duration(ttl), self.name, expires_text)
+    or ("lifetime %s: %s does not declare what its timer does (ttl_effect): at %s it may only power off and keep "
+      .. "billing"):format(ephrun.time.format_duration(ttl), self.name, expires_text)
+  if rec then
+    return rec.every, { what, ("the reaper (%s, every %s) deletes it once expired"):format(rec.key,
+      ephrun.time.format_duration(rec.every)) }
+  end
+  if not ephrun.dry_run() and not warned_no_reaper[self.name] then
+    warned_no_reaper[self.name] = true
+    ephrun.log.warn("%s: the lifetime timer only powers the instance off and no reaper is installed: if ephrun "
+      .. "is killed, it bills until deleted. Install one: ephrun reaper install", self.name)
+  end
+  return nil, { what, "WARNING: no reaper is installed: if ephrun is killed, nothing ends the billing "
+    .. "(worst case unbounded); install one: ephrun reaper install" }
+end
+
 --- Launches an instance for this run: generates the run's client key and a
 --- host key, builds cloud-init user-data (host key, authorized key, lifetime
 --- timer), tags it (run id, recipe, expiry), writes the journal intent, creates
@@ -192,9 +223,11 @@ function Cloud:launch(spec)
   -- Credentials are checked before anything is made (a dry-run lists missing ones).
   if self.impl.preflight then self.impl.preflight(self.opts) end
   local hourly = self:price(spec)
-  local worst = hourly and ttl and hourly * ttl / 3600 or nil
   local started = ephrun.time.now()
   local expires = ttl and started + ttl or nil
+  local grace, lifetime_lines
+  if ttl then grace, lifetime_lines = lifetime(self, ttl, ephrun.time.iso8601(expires)) end
+  local worst = hourly and ttl and grace and hourly * (ttl + grace) / 3600 or nil
   local tags = {
     ["ephrun-run"] = ephrun.run_id(),
     ["ephrun-recipe"] = rawget(ephrun, "recipe_name") or "?",
@@ -213,8 +246,7 @@ function Cloud:launch(spec)
   }
   local details = {}
   if ttl then
-    details[#details + 1] = ("lifetime %s: the instance powers off and ends itself at %s"):format(
-      ephrun.time.format_duration(ttl), tags["ephrun-expires"])
+    for _, line in ipairs(lifetime_lines) do details[#details + 1] = line end
   else
     details[#details + 1] = "no lifetime timer (ttl=false): only the cleanup stack and `ephrun reap` end it"
   end
@@ -222,8 +254,9 @@ function Cloud:launch(spec)
     (ttl and (", shutdown -h +%dm"):format(math.max(1, math.ceil(ttl / 60))) or "") .. "; no secrets"
   details[#details + 1] = ("tags: ephrun-run=%s ephrun-recipe=%s"):format(tags["ephrun-run"], tags["ephrun-recipe"])
   if hourly then
-    details[#details + 1] = ttl and ("price $%.4f/hour × %s = $%.2f worst case"):format(
-      hourly, ephrun.time.format_duration(ttl), worst) or ("price $%.4f/hour, unbounded"):format(hourly)
+    details[#details + 1] = worst and ("price $%.4f/hour × %s%s = $%.2f worst case"):format(hourly,
+      ephrun.time.format_duration(ttl), grace > 0 and (" + " .. ephrun.time.format_duration(grace) .. " reaper interval")
+      or "", worst) or ("price $%.4f/hour, worst case unbounded"):format(hourly)
   end
   if hourly and self.impl.price_basis then details[#details + 1] = self.impl.price_basis end
   if spec.keep then details[#details + 1] = "keep=true: NOT destroyed at the end of the run" end
@@ -465,8 +498,12 @@ function Instance:ssh(opts)
       type(deadline) == "number" and ephrun.time.format_duration(deadline) or deadline),
     where = self.host .. ":" .. tostring(self.port),
     run = function()
-      return ephrun.ssh.wait { host = self.host, port = self.port, user = self.user,
+      local s = ephrun.ssh.wait { host = self.host, port = self.port, user = self.user,
         key = self.client_key, host_key = self.host_key, deadline = deadline }
+      if self.expires then
+        s.lifetime = { expires = self.expires, ttl = self.ttl, what = self.cloud.name .. " instance " .. self.id }
+      end
+      return s
     end,
     placeholder = function() return M.plan_session(self.host) end,
   }

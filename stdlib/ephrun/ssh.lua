@@ -11,6 +11,7 @@ local M = {}
 
 ---@class ephrun.ssh.Session
 ---@field host string
+---@field lifetime? {expires: number, ttl: number, what: string} set by instance:ssh(); errors past it say so
 local Session = {}
 Session.__index = Session
 
@@ -121,9 +122,20 @@ function M.scan_local(dir, opts)
   return native.scan_local(dir, opts or {})
 end
 
+-- A session to a launched instance knows when its lifetime ends (`lifetime`,
+-- set by ephrun.cloud): a failure past that time says the timer ended the
+-- instance, instead of only `transport read`.
+local function explain(self, msg)
+  local l = rawget(self, "lifetime")
+  if not l or time.now() < l.expires - 1 then return msg end
+  return ("%s reached the end of its lifetime (ttl %s, at %s): its lifetime timer ended it while this ran; "
+    .. "give it a longer ttl. (%s)"):format(l.what, time.format_duration(math.tointeger(l.ttl) or l.ttl),
+    time.iso8601(l.expires), msg)
+end
+
 local function call(self, name, ...)
   local r, err, kind = self._s[name](self._s, ...)
-  if r == nil and err then raise(err, kind, 3) end
+  if r == nil and err then raise(explain(self, err), kind, 3) end
   return r
 end
 
@@ -150,8 +162,8 @@ function Session:run(cmd, opts)
   if opts.check ~= false and (r.code ~= 0 or r.signal) then
     local what = r.signal and ("was killed by SIG" .. r.signal) or ("exited with code " .. r.code)
     local tail = last_lines(r.stderr, 10)
-    raise(("command `%s` on %s %s%s"):format(cmd, self.host, what,
-      tail ~= "" and (":\n" .. tail) or ""), "exit", 2)
+    raise(explain(self, ("command `%s` on %s %s%s"):format(cmd, self.host, what,
+      tail ~= "" and (":\n" .. tail) or "")), "exit", 2)
   end
   return r
 end

@@ -1,5 +1,8 @@
 """The local provider: real sshd instances on 127.0.0.1 that list, destroy, boot late,
-and end themselves at their TTL even when ephrun is SIGKILLed. No sshd is left behind."""
+and end themselves at their TTL even when ephrun is SIGKILLed and its state directory is
+deleted. As root each instance has its own user: two runs cannot touch each other, and a
+detached process without the instance marker is gone after destroy. The watchdog holds no
+secret in its environment. No sshd is left behind."""
 import json
 import os
 import pwd
@@ -15,7 +18,8 @@ from common import BIN, env
 LAUNCH = r'''
 local ephrun = require "ephrun"
 return ephrun.recipe { name = "local-test",
-  params = { ttl = { default = "10m" }, hold = { default = 0 }, boot_delay = { default = 0 } },
+  params = { ttl = { default = "10m" }, hold = { default = 0 }, boot_delay = { default = 0 },
+    release = { default = "", doc = "stop holding once this file exists" } },
   run = function(p)
   local cloud = ephrun.provider("local")
   local t0 = ephrun.time.monotonic()
@@ -33,7 +37,10 @@ return ephrun.recipe { name = "local-test",
   if p.hold > 0 then
     print("READY")
     io.stdout:flush()
-    ephrun.time.sleep(p.hold)
+    local limit = ephrun.time.monotonic() + p.hold
+    while ephrun.time.monotonic() < limit and not (p.release ~= "" and ephrun.fs.exists(p.release)) do
+      ephrun.time.sleep(0.05)
+    end
   end
   sh:close()
   box:destroy()
@@ -42,6 +49,41 @@ return ephrun.recipe { name = "local-test",
     get = require("providers.local").get(box.id) == nil })
 end }
 '''
+
+
+ISOLATION = r'''
+local ephrun = require "ephrun"
+local q = ephrun.shell_quote
+return ephrun.recipe { name = "isolation",
+  params = { mode = { default = "a" }, other = { default = "" }, pid = { default = "" }, release = { default = "" } },
+  run = function(p)
+  local box <close> = ephrun.provider("local"):launch { ttl = "5m" }
+  local sh <close> = box:ssh()
+  if p.mode == "a" then
+    local r = sh:run("echo private > notes.txt; sleep 305 </dev/null >/dev/null 2>&1 & echo $!", { stream = false })
+    print("A " .. ephrun.json.encode { workdir = box.raw.workdir, user = box.user, pid = r.stdout:match("%d+") })
+    io.stdout:flush()
+    while not ephrun.fs.exists(p.release) do ephrun.time.sleep(0.05) end
+    return
+  end
+  local out = {}
+  for name, cmd in pairs { read_keys = "cat " .. q(p.other .. "/.ssh/authorized_keys"), list = "ls " .. q(p.other),
+      read_notes = "cat " .. q(p.other .. "/notes.txt"), write = "touch " .. q(p.other .. "/intruder"),
+      signal = "kill -0 " .. p.pid, environ = "cat /proc/" .. p.pid .. "/environ" } do
+    out[name] = sh:run(cmd, { check = false, stream = false }).code
+  end
+  out.own = sh:run("touch mine && cat .ssh/authorized_keys >/dev/null", { check = false, stream = false }).code
+  print("B " .. ephrun.json.encode(out))
+end }
+'''
+
+
+def passwd_has(user):
+    try:
+        pwd.getpwnam(user)
+        return True
+    except KeyError:
+        return False
 
 
 def our_processes(home):
@@ -85,7 +127,8 @@ class LocalProvider(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         info = self.field(r.stdout, "INFO")
         who, cwd, marker = info["out"].split("\n")[:3]
-        expected_user = "ephrun-local" if os.getuid() == 0 else pwd.getpwuid(os.getuid()).pw_name
+        # as root, each instance has its own login user
+        expected_user = "ephrun-" + info["id"][4:] if os.getuid() == 0 else pwd.getpwuid(os.getuid()).pw_name
         self.assertEqual(who, expected_user)
         self.assertEqual(cwd, info["workdir"])          # sessions start in the private working area
         self.assertEqual(marker, info["id"])
@@ -156,6 +199,125 @@ end }''')
             except OSError:
                 pass
         self.assertEqual(mine, [], "session processes survived destroy")
+
+    def start_holding(self, *args, env=None):
+        p = subprocess.Popen([BIN, self.recipe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env or self.env)
+        lines = []
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("READY"):
+                break
+        return p, self.field("".join(lines), "INFO")
+
+    def test_state_dir_deleted_after_sigkill(self):
+        # The watchdog carries its own program: with $EPHRUN_HOME gone it still ends sshd (and the user).
+        p, info = self.start_holding("ttl=10m", "hold=60")
+        p.kill()
+        p.wait()
+        p.stdout.close()
+        p.stderr.close()
+        self.assertNotEqual(our_processes(self.home), [])
+        shutil.rmtree(self.home)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (our_processes(self.home) or passwd_has(info["user"]) and os.getuid() == 0):
+            time.sleep(0.1)
+        self.assertEqual(our_processes(self.home), [], "sshd or the watchdog outlived the state directory")
+        with open("/proc/net/tcp") as f:
+            listening = [l.split()[1] for l in f.read().splitlines()[1:] if l.split()[3] == "0A"]
+        self.assertNotIn("0100007F:%04X" % info["port"], listening, "the instance still listens")
+        if os.getuid() == 0:
+            self.assertFalse(passwd_has(info["user"]), "its user was not removed")
+            self.assertFalse(os.path.exists(info["workdir"]))
+
+    def test_watchdog_and_sshd_get_no_secret(self):
+        release = os.path.join(self.tmp, "release")
+        e = dict(self.env, VULTR_API_KEY="vultr-secret-for-the-watchdog-test")
+        p, info = self.start_holding("hold=60", "release=" + release, env=e)
+        try:
+            pids = {}
+            for name in ("watchdog.pid", "sshd.pid"):
+                with open(os.path.join(info["dir"], name)) as f:
+                    pids[name] = f.read().strip()
+            for name, pid in pids.items():
+                with open("/proc/%s/environ" % pid, "rb") as f:
+                    environ = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+                self.assertNotIn(b"VULTR_API_KEY", environ, name)
+                self.assertNotIn(b"EPHRUN_HOME", environ, name)
+                self.assertLessEqual(set(environ), {b"PATH", b"LC_ALL", b"PWD"}, name)
+        finally:
+            open(release, "w").close()
+            out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 0, out + err)
+
+    @unittest.skipUnless(os.getuid() == 0, "instances have their own users only when ephrun runs as root")
+    def test_two_runs_cannot_touch_each_other(self):
+        recipe = os.path.join(self.tmp, "isolation.lua")
+        with open(recipe, "w") as f:
+            f.write(ISOLATION)
+        release = os.path.join(self.tmp, "release")
+        a = subprocess.Popen([BIN, recipe, "mode=a", "release=" + release], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=self.env)
+        try:
+            line = a.stdout.readline()
+            self.assertTrue(line.startswith("A "), line + (a.stderr.read() if a.poll() is not None else ""))
+            info = json.loads(line[2:])
+            b = subprocess.run([BIN, recipe, "mode=b", "other=" + info["workdir"], "pid=" + info["pid"]],
+                               capture_output=True, text=True, timeout=60, env=self.env)
+            self.assertEqual(b.returncode, 0, b.stdout + b.stderr)
+            codes = self.field(b.stdout, "B")
+        finally:
+            open(release, "w").close()
+            out, err = a.communicate(timeout=60)
+        self.assertEqual(a.returncode, 0, out + err)
+        self.assertEqual(codes.pop("own"), 0, "an instance's user works in its own home")
+        self.assertEqual({k: v for k, v in codes.items() if v == 0}, {}, "run B reached into run A")
+        self.assertFalse(passwd_has(info["user"]), "run A's user outlived its destroy")
+        self.assertFalse(os.path.exists(info["workdir"]))
+
+    @unittest.skipUnless(os.getuid() == 0, "as a normal user, destroy finds only marked processes (docs/providers.md)")
+    def test_detached_unmarked_process_is_gone_after_destroy(self):
+        recipe = os.path.join(self.tmp, "unmarked.lua")
+        with open(recipe, "w") as f:
+            f.write(r'''
+local ephrun = require "ephrun"
+return ephrun.recipe { name = "unmarked", run = function()
+  local box <close> = ephrun.provider("local"):launch { ttl = "5m" }
+  local sh <close> = box:ssh()
+  local r = sh:run("setsid env -u EPHRUN_LOCAL_INSTANCE sleep 306 </dev/null >/dev/null 2>&1 & echo $!",
+    { stream = false })
+  print("PID " .. ephrun.json.encode { pid = tonumber(r.stdout:match("%d+")), user = box.user })
+end }''')
+        r = subprocess.run([BIN, recipe], capture_output=True, text=True, timeout=60, env=self.env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        info = self.field(r.stdout, "PID")
+        try:
+            with open("/proc/%d/cmdline" % info["pid"], "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            cmdline = b""
+        self.assertNotEqual(cmdline, b"sleep\0306\0", "a detached process without the marker outlived destroy")
+        self.assertFalse(passwd_has(info["user"]))
+
+    def test_lifetime_ending_mid_command_says_so(self):
+        recipe = os.path.join(self.tmp, "long.lua")
+        with open(recipe, "w") as f:
+            f.write(r'''
+local ephrun = require "ephrun"
+return ephrun.recipe { name = "long-build", run = function()
+  local box <close> = ephrun.provider("local"):launch { ttl = "3s" }
+  local sh <close> = box:ssh()
+  sh:run("sleep 60")
+end }''')
+        r = subprocess.run([BIN, recipe], capture_output=True, text=True, timeout=60, env=self.env)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertRegex(r.stderr, r"local instance loc-\w+ reached the end of its lifetime \(ttl 3(\.0)?s, at \S+Z\)")
+        self.assertIn("give it a longer ttl", r.stderr)
+        self.assertNotIn("stack traceback", r.stderr)
 
     @unittest.skipUnless(os.getuid() == 0, "needs root to switch to a normal user")
     def test_works_as_a_normal_user(self):

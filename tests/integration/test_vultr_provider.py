@@ -136,9 +136,10 @@ class VultrProvider(unittest.TestCase):
     def test_dry_run_shows_price_and_sends_nothing(self):
         r = self.ephrun("deploy-fast", "provider=vultr", "plan=vc2-4c-8gb", "ttl=2h", "src=" + self.src, "--dry-run")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("price $0.0548/hour × 2h", r.stdout)
+        # a halted Vultr instance still bills: without a reaper nothing bounds the cost (test_reaper.py has one)
+        self.assertIn("price $0.0548/hour, worst case unbounded", r.stdout)
+        self.assertIn("vultr's timer stops the CPU only", r.stdout)
         self.assertIn("monthly_cost / 730", r.stdout)
-        self.assertIn("$0.11", r.stdout)
         self.assertEqual([e for e in self.v.state()["log"] if e["method"] != "GET"], [])
         r = self.ephrun("deploy-fast", "provider=vultr", "plan=vc2-99c", "src=" + self.src, "--dry-run")
         self.assertNotEqual(r.returncode, 0)
@@ -150,6 +151,23 @@ class VultrProvider(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("VULTR_API_KEY is not set", r.stderr)
         self.assertEqual([e for e in self.v.state()["log"] if e["method"] != "GET"], [])
+
+    def test_lifetime_ending_mid_build_says_so(self):
+        # the stand-in's `shutdown -h +1` halts 2 s after boot: mid-command, like a TTL shorter than the build
+        self.v.config(minute_seconds=2)
+        recipe = os.path.join(self.tmp, "long.lua")
+        with open(recipe, "w") as f:
+            f.write('''local ephrun = require "ephrun"
+return ephrun.recipe { name = "long-build", run = function()
+  local box <close> = ephrun.provider("vultr"):launch { plan = "vc2-1c-1gb", region = "ewr", ttl = "2s" }
+  local sh <close> = box:ssh()
+  sh:run("sleep 60")
+end }''')
+        r = self.ephrun(recipe, timeout=120)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertRegex(r.stderr, r"vultr instance \S+ reached the end of its lifetime \(ttl 2(\.0)?s, at \S+Z\): "
+                                   r"its lifetime timer ended it while this ran; give it a longer ttl")
+        self.assertEqual(self.log("DELETE", "/v2/instances/")[-1]["status"], 204)
 
     # -- faults -------------------------------------------------------------------------------
 

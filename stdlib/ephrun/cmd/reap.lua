@@ -17,6 +17,19 @@ local function sorted_keys(t)
   return out
 end
 
+-- `--expired` (what the reaper runs): only what is past its lifetime, so an
+-- orphan with time left, or another machine's instance, is never touched early.
+local function only_expired(candidates, stale, now)
+  local kept, old = {}, {}
+  for _, c in ipairs(candidates) do
+    if c.why == "expired" then kept[#kept + 1] = c end
+  end
+  for _, r in ipairs(stale) do
+    if r.expires_at and r.expires_at < now then old[#old + 1] = r end
+  end
+  return kept, old
+end
+
 -- What a provider's destroy needs, rebuilt from the journal row.
 local function instance_of(r)
   local inst = {}
@@ -33,6 +46,7 @@ return ephrun.recipe {
   summary = "Destroy expired and orphaned resources, found through the journal and provider tags.",
   params = {
     older_than = { type = "duration", doc = "only resources at least this old (e.g. 2h)" },
+    expired = { default = false, doc = "only resources past their lifetime (--expired; what the reaper runs)" },
     providers = { type = "list", default = {}, doc = "providers to scan by tag besides those in the journal and local" },
   },
   run = function(p)
@@ -129,6 +143,8 @@ return ephrun.recipe {
         if not p.older_than or now - common.born(r) >= p.older_than then stale[#stale + 1] = r end
       end
     end
+
+    if p.expired then candidates, stale = only_expired(candidates, stale, now) end
 
     if #candidates == 0 then
       io.stdout:write("Nothing to reap.\n")
