@@ -11,6 +11,7 @@
 --- also the login user), `~ephrun-local/ephrun/<id>` when it runs as root
 --- (root logs in as the plain user `ephrun-local`, created on first use).
 local ephrun = require "ephrun"
+local errors = require "ephrun.errors"
 
 local M = {}
 
@@ -85,7 +86,7 @@ local function free_port()
     local p = math.random(20000, 59999)
     if not used[p] then return p end
   end
-  error("local provider: no free port found")
+  errors.raise { kind = "capacity", message = "local provider: no free port found in 20000-59999" }
 end
 
 local function new_id()
@@ -261,11 +262,15 @@ end
 ---@return table instance
 function M.launch(spec, opts)
   opts = opts or {}
-  if not spec.user_data then error("local provider: launch needs user_data (from ephrun.cloudinit)") end
+  if not spec.user_data then
+    errors.raise { kind = "invalid", message = "local provider: launch needs user_data (from ephrun.cloudinit)" }
+  end
   local ud = require("ephrun.cloudinit").parse(spec.user_data)
-  if not ud.host_private or not ud.host_public then error("local provider: user_data has no ssh_keys host key") end
+  if not ud.host_private or not ud.host_public then
+    errors.raise { kind = "invalid", message = "local provider: user_data has no ssh_keys host key" }
+  end
   if not ephrun.fs.exists(SSHD) then
-    error("local provider: " .. SSHD .. " not found: install openssh-server (bash scripts/setup.sh)")
+    error("local provider: " .. SSHD .. " not found: install openssh-server (bash scripts/setup.sh)", 0)
   end
   local ttl = spec.ttl or 3600
   local boot_delay = tonumber(spec.boot_delay or opts.boot_delay or 0) or 0
@@ -349,11 +354,13 @@ function M.wait(inst, state, deadline, _opts)
     if st == state then return cur or { id = inst.id, state = st } end
     if st == "terminated" or (state == "running" and st == "stopped") then
       local log = read(dir_of(inst) .. "/sshd.log") or ""
-      error(("local instance %s is %s, not %s%s"):format(inst.id, st, state,
-        log ~= "" and (": " .. log:gsub("%s+$", "")) or ""))
+      errors.raise { kind = st == "terminated" and "not_found" or "server", retry = false,
+        message = ("local instance %s is %s, not %s%s"):format(inst.id, st, state,
+          log ~= "" and (": " .. log:gsub("%s+$", "")) or "") }
     end
     if ephrun.time.monotonic() > limit then
-      error(("local instance %s is still %s after %ss, not %s"):format(inst.id, st, deadline, state))
+      errors.raise { kind = "timeout",
+        message = ("local instance %s is still %s after %ss, not %s"):format(inst.id, st, deadline, state) }
     end
     ephrun.time.sleep(delay)
     delay = math.min(delay * 2, 0.1)

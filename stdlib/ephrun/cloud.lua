@@ -82,12 +82,9 @@ local function seconds(v, what)
   return s
 end
 
-local function retryable(err)
-  if type(err) == "table" and err.retry then return true end
-  local s = tostring(err):lower()
-  return s:match("locked") or s:match("429") or s:match("too many") or s:match("%f[%d]5%d%d%f[%D]")
-    or s:match("timed? ?out") or s:match("temporar")
-end
+-- Only a structured error (ephrun.errors) that says so is retried; what its
+-- text says never matters, so a provider words its messages for people.
+local retryable = require("ephrun.errors").retryable
 
 -- How long a destroy keeps trying: the caller's deadline, else the provider's, else 10m.
 local function destroy_deadline(cloud, given)
@@ -96,8 +93,8 @@ local function destroy_deadline(cloud, given)
       cloud.name .. " destroy_deadline")) or 600
 end
 
--- Calls the provider's destroy, retrying while it says the instance is locked,
--- rate-limited or failing (5xx), until `deadline` seconds pass; then raises an
+-- Calls the provider's destroy, retrying while its error says `retry` (locked,
+-- rate-limited, a 5xx, no answer), until `deadline` seconds pass; then raises an
 -- error that names the instance and the command that removes it.
 local function destroy_retrying(cloud, raw, deadline, hint)
   local limit = ephrun.time.monotonic() + deadline
