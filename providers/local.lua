@@ -368,18 +368,11 @@ function M.wait(inst, state, deadline, _opts)
 end
 
 --- Where to connect: {host, port, user}.
-function M.ssh_endpoint(inst)
+function M.ssh_endpoint(inst, _opts)
   return { host = "127.0.0.1", port = inst.port, user = inst.user }
 end
 
---- Local instances cannot be snapshotted.
-function M.snapshot(_inst, _opts)
-  error("the local provider has no snapshots", 2)
-end
-
---- Local instances have no sizes; resizing is refused.
-function M.resize(_inst, _plan, _opts)
-  error("the local provider cannot resize instances", 2)
-end
+-- No snapshot, resize, halt or start: a local instance has no disk image and
+-- no sizes, and the lifecycle says "provider 'local' cannot ..." for them.
 
 return M

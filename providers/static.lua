@@ -101,7 +101,7 @@ function M.price(_spec, _opts)
 end
 
 --- Where to connect: {host, port, user}.
-function M.ssh_endpoint(inst)
+function M.ssh_endpoint(inst, _opts)
   return { host = inst.host, port = inst.port, user = inst.user }
 end
 
@@ -110,14 +110,7 @@ function M.destroy_hint(inst, _opts)
   return "nothing to remove: " .. tostring(inst.id) .. " is a permanent server that ephrun never destroys"
 end
 
---- Not supported: use the server's own cloud provider.
-function M.snapshot(_inst, _opts)
-  error("the static provider cannot snapshot a server; use its cloud's provider", 2)
-end
-
---- Not supported: use the server's own cloud provider.
-function M.resize(_inst, _plan, _opts)
-  error("the static provider cannot resize a server; use its cloud's provider", 2)
-end
+-- No snapshot or resize: the lifecycle says "provider 'static' cannot ...";
+-- use the server's own cloud's provider for those.
 
 return M

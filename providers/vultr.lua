@@ -585,9 +585,9 @@ local function to_snapshot(raw)
 end
 
 --- Takes a snapshot of the instance and returns its id (it is `pending` until `complete`).
----@param opts? {description?: string}
+---@param sopts? {description?: string}
 ---@return string id
-function M.snapshot(inst, opts, sopts)
+function M.snapshot(inst, sopts, opts)
   local c = config(opts)
   sopts = sopts or {}
   local doc = call(c, opts, "POST", "/snapshots",
@@ -652,7 +652,7 @@ end
 
 --- Changes the plan (`PATCH plan`) and waits until the instance reports it and runs again.
 ---@return table instance
-function M.resize(inst, plan, opts, deadline)
+function M.resize(inst, plan, deadline, opts)
   local c = config(opts)
   call(c, opts, "PATCH", "/instances/" .. inst.id, { plan = plan })
   local raw = poll_until(c, opts, inst, deadline or 1800, "plan " .. plan, function(r)
@@ -663,7 +663,7 @@ end
 
 --- Powers the instance off and waits for `power_status=stopped`.
 ---@return table instance
-function M.halt(inst, opts, deadline)
+function M.halt(inst, deadline, opts)
   local c = config(opts)
   call(c, opts, "POST", "/instances/" .. inst.id .. "/halt", nil, { retry = true })
   return to_instance(poll_until(c, opts, inst, deadline or 600, "stopped", function(r)
@@ -673,7 +673,7 @@ end
 
 --- Powers the instance on and waits until it is running again.
 ---@return table instance
-function M.start(inst, opts, deadline)
+function M.start(inst, deadline, opts)
   local c = config(opts)
   call(c, opts, "POST", "/instances/" .. inst.id .. "/start", nil, { retry = true })
   return to_instance(poll_until(c, opts, inst, deadline or 600, "running", function(r)

@@ -355,7 +355,7 @@ function Instance:snapshot(opts)
     where = self.cloud.name,
     details = { "kept after the run (snapshots are billed by size); deleted only if it is not complete when the run ends" },
     run = function()
-      local sid = f(self.raw, self.cloud.opts, { description = opts.description })
+      local sid = f(self.raw, { description = opts.description }, self.cloud.opts)
       local hint = self.cloud.impl.snapshot_hint and self.cloud.impl.snapshot_hint(sid, self.cloud.opts)
         or ("delete snapshot %s of provider %s in its console"):format(sid, self.cloud.name)
       local del = self.cloud.impl.delete_snapshot
@@ -389,7 +389,7 @@ function Instance:resize(plan, opts)
     where = self.cloud.name,
     details = new_hourly and { ("new price $%.4f/hour"):format(new_hourly) } or nil,
     run = function()
-      local inst = f(self.raw, plan, self.cloud.opts, seconds(opts.deadline, "resize: deadline"))
+      local inst = f(self.raw, plan, seconds(opts.deadline, "resize: deadline"), self.cloud.opts)
       if type(inst) == "table" then
         for k, v in pairs(inst) do self.raw[k] = v end
         self:_endpoint()
@@ -404,25 +404,30 @@ function Instance:resize(plan, opts)
   }
 end
 
---- Powers the instance off (it keeps its disk, and on most clouds keeps billing).
-function Instance:halt()
+--- Powers the instance off (it keeps its disk, and on most clouds keeps billing)
+--- and waits until it is off, for up to `opts.deadline`.
+---@param opts? {deadline?: number|string}
+function Instance:halt(opts)
+  opts = opts or {}
   local f = impl_fn(self, "halt", "halt instances")
   ephrun.effect {
     kind = "halt", what = ("power off %s instance %s"):format(self.cloud.name, self.id), where = self.cloud.name,
     run = function()
-      local inst = f(self.raw, self.cloud.opts)
+      local inst = f(self.raw, deadline, self.cloud.opts)
       if type(inst) == "table" then for k, v in pairs(inst) do self.raw[k] = v end end
     end,
   }
 end
 
---- Powers a halted instance on and waits until it runs.
-function Instance:start()
+--- Powers a halted instance on and waits until it runs, for up to `opts.deadline`.
+---@param opts? {deadline?: number|string}
+function Instance:start(opts)
+  opts = opts or {}
   local f = impl_fn(self, "start", "start instances")
   ephrun.effect {
     kind = "start", what = ("power on %s instance %s"):format(self.cloud.name, self.id), where = self.cloud.name,
     run = function()
-      local inst = f(self.raw, self.cloud.opts)
+      local inst = f(self.raw, deadline, self.cloud.opts)
       if type(inst) == "table" then
         for k, v in pairs(inst) do self.raw[k] = v end
         self:_endpoint()
@@ -434,6 +439,7 @@ end
 --- Snapshots this provider holds (`filter.description` narrows them).
 ---@param filter? {description?: string}
 ---@return table[]
+  local deadline = seconds(opts.deadline, "halt: deadline")
 function Cloud:snapshots(filter)
   if not self.impl.snapshots then error("provider '" .. self.name .. "' has no snapshots", 2) end
   return self.impl.snapshots(filter or {}, self.opts)
@@ -446,6 +452,7 @@ function Cloud:delete_snapshot(id)
   ephrun.effect {
     kind = "delete", what = ("delete %s snapshot %s"):format(self.name, id), where = self.name,
     run = function() self.impl.delete_snapshot(id, self.opts) end,
+  local deadline = seconds(opts.deadline, "start: deadline")
   }
 end
 
