@@ -32,10 +32,32 @@ local function load_builtin(modname)
   return mod
 end
 
+--- Names of the providers shipped with ephrun (the `providers/*.lua` compiled
+--- in, or in EPHRUN_LUA_DIR), sorted. `filter.can` keeps those that have that
+--- contract function (e.g. "snapshot"); `filter.creates` drops those that only
+--- attach to existing servers (static).
+---@param filter? {can?: string, creates?: boolean}
+---@return string[]
+function M.builtin_providers(filter)
+  filter = filter or {}
+  local out = {}
+  for _, file in ipairs(require("ephrun._core").builtin_files("providers")) do
+    local name = file:match("^([%w%-][%w_%-]*)%.lua$")
+    local impl = name and (package.loaded["providers." .. name] or load_builtin("providers." .. name))
+    -- a shared helper module beside the providers is not one
+    if type(impl) == "table" and (impl.launch or impl.attach)
+      and (not filter.can or type(impl[filter.can]) == "function")
+      and not (filter.creates and impl.static) then
+      out[#out + 1] = name
+    end
+  end
+  return out
+end
+
 --- Loads provider `name`: a built-in (`providers/<name>.lua`) first, then a
 --- module `providers/<name>.lua` or `<name>.lua` in the recipe's directory or
 --- on EPHRUN_PATH.
----@param name string local | vultr | aws | static, or a provider a pack adds
+---@param name string a built-in (see `builtin_providers`), or a provider a pack adds
 ---@param opts? table provider options
 ---@return ephrun.Cloud
 function M.provider(name, opts)
@@ -51,7 +73,8 @@ function M.provider(name, opts)
       if ok2 and type(m2) == "table" and (m2.launch or m2.list) then ok, m = ok2, m2 end
     end
     if not ok then
-      error(("unknown provider '%s' (built-in: local, vultr, aws, static): %s"):format(name, m), 2)
+      error(("unknown provider '%s' (built-in: %s; a pack adds one as providers/%s.lua beside the recipe "
+        .. "or on EPHRUN_PATH): %s"):format(name, table.concat(M.builtin_providers(), ", "), name, m), 2)
     end
     impl = m
   end
@@ -335,7 +358,11 @@ end
 
 local function impl_fn(self, name, verb)
   local f = self.cloud.impl[name]
-  if not f then error(("provider '%s' cannot %s"):format(self.cloud.name, verb), 3) end
+  if not f then
+    local can = M.builtin_providers { can = name }
+    error(("provider '%s' cannot %s (it has no `%s`)%s"):format(self.cloud.name, verb, name,
+      #can > 0 and ("; built-in providers that can: " .. table.concat(can, ", ")) or ""), 3)
+  end
   return f
 end
 
@@ -410,6 +437,7 @@ end
 function Instance:halt(opts)
   opts = opts or {}
   local f = impl_fn(self, "halt", "halt instances")
+  local deadline = seconds(opts.deadline, "halt: deadline")
   ephrun.effect {
     kind = "halt", what = ("power off %s instance %s"):format(self.cloud.name, self.id), where = self.cloud.name,
     run = function()
@@ -424,6 +452,7 @@ end
 function Instance:start(opts)
   opts = opts or {}
   local f = impl_fn(self, "start", "start instances")
+  local deadline = seconds(opts.deadline, "start: deadline")
   ephrun.effect {
     kind = "start", what = ("power on %s instance %s"):format(self.cloud.name, self.id), where = self.cloud.name,
     run = function()
@@ -439,7 +468,6 @@ end
 --- Snapshots this provider holds (`filter.description` narrows them).
 ---@param filter? {description?: string}
 ---@return table[]
-  local deadline = seconds(opts.deadline, "halt: deadline")
 function Cloud:snapshots(filter)
   if not self.impl.snapshots then error("provider '" .. self.name .. "' has no snapshots", 2) end
   return self.impl.snapshots(filter or {}, self.opts)
@@ -452,7 +480,6 @@ function Cloud:delete_snapshot(id)
   ephrun.effect {
     kind = "delete", what = ("delete %s snapshot %s"):format(self.name, id), where = self.name,
     run = function() self.impl.delete_snapshot(id, self.opts) end,
-  local deadline = seconds(opts.deadline, "start: deadline")
   }
 end
 
