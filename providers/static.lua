@@ -8,6 +8,7 @@
 --- spec wins): `host` (required), `port` (22), `user` ("root"), `key_file`,
 --- `passphrase_env`, `agent`, `known_hosts` (default `~/.ssh/known_hosts`).
 local ephrun = require "ephrun"
+local errors = require "ephrun.errors"
 
 local M = {}
 
@@ -34,11 +35,12 @@ local function settings(spec, opts)
   end
   local host = pick("host")
   if type(host) ~= "string" then
-    error("static provider: give the server's address: ephrun.provider(\"static\", {host = \"203.0.113.7\"})", 0)
+    errors.raise { kind = "invalid",
+      message = "static provider: give the server's address: ephrun.provider(\"static\", {host = \"203.0.113.7\"})" }
   end
   local port = tonumber(pick("port") or 22)
   if not port or port < 1 or port > 65535 or port % 1 ~= 0 then
-    error(("static provider: port must be 1-65535, got %s"):format(tostring(pick("port"))), 0)
+    errors.raise { kind = "invalid", message = ("static provider: port must be 1-65535, got %s"):format(tostring(pick("port"))) }
   end
   local s = {
     host = host, port = math.tointeger(port), user = pick("user") or "root",
