@@ -21,7 +21,7 @@ class Conformance(unittest.TestCase):
         r = subprocess.run([BIN, SPEC, "provider=" + provider], capture_output=True, text=True, timeout=600,
                            env=e, cwd=tmp)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        self.assertIn("provider_conformance: 12 run, 0 failed", r.stdout)
+        self.assertIn("provider_conformance: 13 run, 0 failed", r.stdout)
         return r
 
     def test_vultr(self):

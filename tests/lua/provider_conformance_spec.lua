@@ -8,10 +8,12 @@ local ephrun = require "ephrun"
 local errors = require "ephrun.errors"
 local it, eq, ok, raises, contains = spec.it, spec.eq, spec.ok, spec.raises, spec.contains
 
--- What each provider launches for the spec (the cheapest plan), and what it resizes to.
+-- What each provider launches for the spec (the cheapest plan), what it resizes
+-- to, and provider options with a wrong credential (for a provider that has one).
 local FIXTURES = {
   ["local"] = { spec = {} },
-  vultr = { spec = { plan = "vc2-1c-1gb", region = "ewr" }, resize_to = "vc2-2c-4gb" },
+  vultr = { spec = { plan = "vc2-1c-1gb", region = "ewr" }, resize_to = "vc2-2c-4gb",
+    bad_credentials = { api_key = "ephrun-conformance-wrong-key" } },
 }
 
 local STATES = { pending = true, running = true, stopping = true, stopped = true, terminated = true }
@@ -98,6 +100,15 @@ it("get of an id the cloud does not know is nil", function()
   eq(S.impl.get("ephrun-conformance-no-such-instance", S.opts), nil)
 end)
 
+it("a wrong credential raises an auth error that is not retried (providers with credentials)", function()
+  setup()
+  local bad = S.fixture.bad_credentials
+  if not bad then return end -- this provider has no credentials to get wrong
+  local done, err = pcall(S.impl.get, "ephrun-conformance-no-such-instance", bad)
+  ok(not done, "get with a wrong credential succeeded")
+  ok(errors.is(err, "auth") and err.retry == false, "a structured auth error, got: " .. tostring(err))
+end)
+
 it("launch returns at once an instance with an id, its tags and a contract state", function()
   setup()
   local host = ephrun.keys.generate("conformance host")
@@ -151,6 +162,10 @@ it("get finds it running with its tags; list finds it by tag and not by another"
   eq(found[1].id, S.inst.id)
   ok(STATES[found[1].state], "state " .. tostring(found[1].state))
   eq(#instances(S.impl.list({ tags = { ["ephrun-conformance"] = S.mark .. "-nobody" } }, S.opts)), 0)
+  -- by the run's tag, as a run's own listing and reap's journal-less search do
+  local by_run = instances(S.impl.list({ tags = { ["ephrun-run"] = ephrun.run_id() } }, S.opts))
+  eq(#by_run, 1, "instances listed by ephrun-run")
+  eq(by_run[1].id, S.inst.id)
   local all = instances(S.impl.list({}, S.opts))
   local seen = false
   for _, i in ipairs(all) do seen = seen or i.id == S.inst.id end
