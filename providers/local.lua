@@ -18,6 +18,7 @@
 --- isolated from each other, and destroy finds session processes by the
 --- `EPHRUN_LOCAL_INSTANCE` marker and sshd's process tree only.
 local ephrun = require "ephrun"
+local errors = require "ephrun.errors"
 
 local M = {}
 
@@ -110,7 +111,7 @@ local function free_port()
     local p = math.random(20000, 59999)
     if not used[p] then return p end
   end
-  error("local provider: no free port found")
+  errors.raise { kind = "capacity", message = "local provider: no free port found in 20000-59999" }
 end
 
 local function new_id()
@@ -333,11 +334,15 @@ end
 ---@return table instance
 function M.launch(spec, opts)
   opts = opts or {}
-  if not spec.user_data then error("local provider: launch needs user_data (from ephrun.cloudinit)") end
+  if not spec.user_data then
+    errors.raise { kind = "invalid", message = "local provider: launch needs user_data (from ephrun.cloudinit)" }
+  end
   local ud = require("ephrun.cloudinit").parse(spec.user_data)
-  if not ud.host_private or not ud.host_public then error("local provider: user_data has no ssh_keys host key") end
+  if not ud.host_private or not ud.host_public then
+    errors.raise { kind = "invalid", message = "local provider: user_data has no ssh_keys host key" }
+  end
   if not ephrun.fs.exists(SSHD) then
-    error("local provider: " .. SSHD .. " not found: install openssh-server (bash scripts/setup.sh)")
+    error("local provider: " .. SSHD .. " not found: install openssh-server (bash scripts/setup.sh)", 0)
   end
   local ttl = spec.ttl or 3600
   local boot_delay = tonumber(spec.boot_delay or opts.boot_delay or 0) or 0
@@ -428,11 +433,13 @@ function M.wait(inst, state, deadline, _opts)
     if st == state then return cur or { id = inst.id, state = st } end
     if st == "terminated" or (state == "running" and st == "stopped") then
       local log = read(dir_of(inst) .. "/sshd.log") or ""
-      error(("local instance %s is %s, not %s%s"):format(inst.id, st, state,
-        log ~= "" and (": " .. log:gsub("%s+$", "")) or ""))
+      errors.raise { kind = st == "terminated" and "not_found" or "server", retry = false,
+        message = ("local instance %s is %s, not %s%s"):format(inst.id, st, state,
+          log ~= "" and (": " .. log:gsub("%s+$", "")) or "") }
     end
     if ephrun.time.monotonic() > limit then
-      error(("local instance %s is still %s after %ss, not %s"):format(inst.id, st, deadline, state))
+      errors.raise { kind = "timeout",
+        message = ("local instance %s is still %s after %ss, not %s"):format(inst.id, st, deadline, state) }
     end
     ephrun.time.sleep(delay)
     delay = math.min(delay * 2, 0.1)
@@ -440,18 +447,11 @@ function M.wait(inst, state, deadline, _opts)
 end
 
 --- Where to connect: {host, port, user}.
-function M.ssh_endpoint(inst)
+function M.ssh_endpoint(inst, _opts)
   return { host = "127.0.0.1", port = inst.port, user = inst.user }
 end
 
---- Local instances cannot be snapshotted.
-function M.snapshot(_inst, _opts)
-  error("the local provider has no snapshots", 2)
-end
-
---- Local instances have no sizes; resizing is refused.
-function M.resize(_inst, _plan, _opts)
-  error("the local provider cannot resize instances", 2)
-end
+-- No snapshot, resize, halt or start: a local instance has no disk image and
+-- no sizes, and the lifecycle says "provider 'local' cannot ..." for them.
 
 return M

@@ -8,6 +8,7 @@
 --- spec wins): `host` (required), `port` (22), `user` ("root"), `key_file`,
 --- `passphrase_env`, `agent`, `known_hosts` (default `~/.ssh/known_hosts`).
 local ephrun = require "ephrun"
+local errors = require "ephrun.errors"
 
 local M = {}
 
@@ -37,11 +38,12 @@ local function settings(spec, opts)
   end
   local host = pick("host")
   if type(host) ~= "string" then
-    error("static provider: give the server's address: ephrun.provider(\"static\", {host = \"203.0.113.7\"})", 0)
+    errors.raise { kind = "invalid",
+      message = "static provider: give the server's address: ephrun.provider(\"static\", {host = \"203.0.113.7\"})" }
   end
   local port = tonumber(pick("port") or 22)
   if not port or port < 1 or port > 65535 or port % 1 ~= 0 then
-    error(("static provider: port must be 1-65535, got %s"):format(tostring(pick("port"))), 0)
+    errors.raise { kind = "invalid", message = ("static provider: port must be 1-65535, got %s"):format(tostring(pick("port"))) }
   end
   local s = {
     host = host, port = math.tointeger(port), user = pick("user") or "root",
@@ -104,7 +106,7 @@ function M.price(_spec, _opts)
 end
 
 --- Where to connect: {host, port, user}.
-function M.ssh_endpoint(inst)
+function M.ssh_endpoint(inst, _opts)
   return { host = inst.host, port = inst.port, user = inst.user }
 end
 
@@ -113,14 +115,7 @@ function M.destroy_hint(inst, _opts)
   return "nothing to remove: " .. tostring(inst.id) .. " is a permanent server that ephrun never destroys"
 end
 
---- Not supported: use the server's own cloud provider.
-function M.snapshot(_inst, _opts)
-  error("the static provider cannot snapshot a server; use its cloud's provider", 2)
-end
-
---- Not supported: use the server's own cloud provider.
-function M.resize(_inst, _plan, _opts)
-  error("the static provider cannot resize a server; use its cloud's provider", 2)
-end
+-- No snapshot or resize: the lifecycle says "provider 'static' cannot ...";
+-- use the server's own cloud's provider for those.
 
 return M

@@ -22,6 +22,7 @@
 --- retried with backoff. Waiting tasks share one listing of the run's
 --- instances per poll instead of one GET each.
 local ephrun = require "ephrun"
+local errors = require "ephrun.errors"
 
 local M = {}
 
@@ -112,6 +113,17 @@ local function message_of(resp)
   return body:sub(1, 300)
 end
 
+-- The contract's error kind for an answer (or for no answer at all).
+local function kind_of(status, resp)
+  if not resp then return "network" end
+  if status == 423 or (status == 500 and message_of(resp):find(LOCKED, 1, true)) then return "locked" end
+  if status == 429 then return "rate_limited" end
+  if status >= 500 then return "server" end
+  if status == 404 then return "not_found" end
+  if status == 401 or status == 403 then return "auth" end
+  return "invalid"
+end
+
 local function retry_after(resp)
   local v = resp and resp.headers and tonumber(resp.headers["retry-after"])
   if v and v >= 0 and v <= 300 then return v end
@@ -144,7 +156,8 @@ local function call(c, opts, method, path, body, o)
       if resp.body == nil or resp.body == "" then return true, resp end
       local ok, doc = pcall(ephrun.json.decode, resp.body)
       if not ok then
-        error(("vultr: %s %s: reply is not JSON: %s"):format(method, path, resp.body:sub(1, 200)), 0)
+        errors.raise { kind = "server", status = status,
+          message = ("vultr: %s %s: reply is not JSON: %s"):format(method, path, resp.body:sub(1, 200)) }
       end
       return doc, resp
     end
@@ -157,7 +170,7 @@ local function call(c, opts, method, path, body, o)
       if status == 401 or status == 403 then
         e = e .. " (check VULTR_API_KEY and that this machine's address is allowed under Account → API)"
       end
-      error(e, 0)
+      errors.raise { kind = kind_of(status, resp), message = e, status = resp and status or nil }
     end
     if status == 429 then
       M.stats.throttled = M.stats.throttled + 1
@@ -297,7 +310,8 @@ function M.price(spec, opts)
     local names = {}
     for id in pairs(all) do names[#names + 1] = id end
     table.sort(names)
-    error(("vultr: unknown plan '%s'; plans offered: %s"):format(spec.plan, table.concat(names, ", ")), 0)
+    errors.raise { kind = "invalid",
+      message = ("vultr: unknown plan '%s'; plans offered: %s"):format(spec.plan, table.concat(names, ", ")) }
   end
   return (tonumber(p.monthly_cost) or 0) / 730
 end
@@ -332,9 +346,10 @@ local launches = 0
 ---@return table instance
 function M.launch(spec, opts)
   local c = config(opts)
-  if not spec.plan or spec.plan == "" then error("vultr: launch needs a plan (e.g. vc2-1c-1gb)", 0) end
-  if not spec.region or spec.region == "" then error("vultr: launch needs a region (e.g. ewr)", 0) end
-  if not spec.user_data then error("vultr: launch needs user_data (from ephrun.cloudinit)", 0) end
+  local function needs(what) errors.raise { kind = "invalid", message = "vultr: launch needs " .. what } end
+  if not spec.plan or spec.plan == "" then needs("a plan (e.g. vc2-1c-1gb)") end
+  if not spec.region or spec.region == "" then needs("a region (e.g. ewr)") end
+  if not spec.user_data then needs("user_data (from ephrun.cloudinit)") end
   local ud = require("ephrun.cloudinit").parse(spec.user_data)
   local sshkey_ids = {}
   if ud.authorized_keys[1] then sshkey_ids[1] = run_key(c, opts, ud.authorized_keys[1]) end
@@ -349,7 +364,9 @@ function M.launch(spec, opts)
     body.snapshot_id = spec.snapshot
   else
     local os_id = tonumber(spec.image or DEFAULT_OS_ID)
-    if not os_id then error(("vultr: image must be an os_id number, got '%s'"):format(tostring(spec.image)), 0) end
+    if not os_id then
+      errors.raise { kind = "invalid", message = ("vultr: image must be an os_id number, got '%s'"):format(tostring(spec.image)) }
+    end
     body.os_id = os_id
   end
   -- Until the create's reply is in hand, a cleanup looks for the label and
@@ -455,8 +472,9 @@ function M.destroy(inst, opts)
   local ok, err = pcall(call, c, opts, "DELETE", "/instances/" .. inst.id, nil,
     { allow = { [404] = true }, is_locked = true })
   if not ok then
-    if tostring(err):find(LOCKED, 1, true) then
-      error(("vultr instance %s is locked (still installing or booting); delete refused for now"):format(inst.id), 0)
+    if errors.is(err, "locked") then
+      errors.raise { kind = "locked", status = err.status,
+        message = ("vultr instance %s is locked (still installing or booting); delete refused for now"):format(inst.id) }
     end
     error(err, 0)
   end
@@ -539,11 +557,13 @@ local function poll_until(c, opts, inst, deadline, what, done)
   local raw
   while true do
     raw, delay = observe(c, opts, inst, delay)
-    if not raw then error(("vultr instance %s no longer exists (waiting for %s)"):format(inst.id, what), 0) end
+    if not raw then
+      errors.raise { kind = "not_found", message = ("vultr instance %s no longer exists (waiting for %s)"):format(inst.id, what) }
+    end
     if done(raw) then return raw end
     if ephrun.time.monotonic() + delay > limit then
-      error(("vultr instance %s is still %s after %s, not %s"):format(inst.id, summary(raw),
-        ephrun.time.format_duration(deadline or 600), what), 0)
+      errors.raise { kind = "timeout", message = ("vultr instance %s is still %s after %s, not %s"):format(inst.id,
+        summary(raw), ephrun.time.format_duration(deadline or 600), what) }
     end
     ephrun.time.sleep(delay)
   end
@@ -570,9 +590,9 @@ local function to_snapshot(raw)
 end
 
 --- Takes a snapshot of the instance and returns its id (it is `pending` until `complete`).
----@param opts? {description?: string}
+---@param sopts? {description?: string}
 ---@return string id
-function M.snapshot(inst, opts, sopts)
+function M.snapshot(inst, sopts, opts)
   local c = config(opts)
   sopts = sopts or {}
   local doc = call(c, opts, "POST", "/snapshots",
@@ -609,11 +629,13 @@ function M.wait_snapshot(id, deadline, opts)
   local delay = math.min(0.25, c.poll)
   while true do
     local s = M.get_snapshot(id, opts)
-    if not s or s.status == "deleted" then error("vultr snapshot " .. id .. " disappeared while being made", 0) end
+    if not s or s.status == "deleted" then
+      errors.raise { kind = "not_found", message = "vultr snapshot " .. id .. " disappeared while being made" }
+    end
     if s.status == "complete" then return s end
     if ephrun.time.monotonic() + delay > limit then
-      error(("vultr snapshot %s is still %s after %s"):format(id, tostring(s.status),
-        ephrun.time.format_duration(deadline or 3600)), 0)
+      errors.raise { kind = "timeout", message = ("vultr snapshot %s is still %s after %s"):format(id,
+        tostring(s.status), ephrun.time.format_duration(deadline or 3600)) }
     end
     ephrun.time.sleep(delay)
     delay = math.min(delay * 1.5, c.poll * 2)
@@ -635,7 +657,7 @@ end
 
 --- Changes the plan (`PATCH plan`) and waits until the instance reports it and runs again.
 ---@return table instance
-function M.resize(inst, plan, opts, deadline)
+function M.resize(inst, plan, deadline, opts)
   local c = config(opts)
   call(c, opts, "PATCH", "/instances/" .. inst.id, { plan = plan })
   local raw = poll_until(c, opts, inst, deadline or 1800, "plan " .. plan, function(r)
@@ -646,7 +668,7 @@ end
 
 --- Powers the instance off and waits for `power_status=stopped`.
 ---@return table instance
-function M.halt(inst, opts, deadline)
+function M.halt(inst, deadline, opts)
   local c = config(opts)
   call(c, opts, "POST", "/instances/" .. inst.id .. "/halt", nil, { retry = true })
   return to_instance(poll_until(c, opts, inst, deadline or 600, "stopped", function(r)
@@ -656,7 +678,7 @@ end
 
 --- Powers the instance on and waits until it is running again.
 ---@return table instance
-function M.start(inst, opts, deadline)
+function M.start(inst, deadline, opts)
   local c = config(opts)
   call(c, opts, "POST", "/instances/" .. inst.id .. "/start", nil, { retry = true })
   return to_instance(poll_until(c, opts, inst, deadline or 600, "running", function(r)

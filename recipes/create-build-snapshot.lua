@@ -13,7 +13,7 @@ return ephrun.recipe {
   name = "create-build-snapshot",
   summary = "Prepare a build instance once, snapshot it, destroy it; print the snapshot id.",
   params = {
-    provider = { default = "vultr", doc = "cloud that holds the snapshot", choices = { "vultr", "aws" } },
+    provider = { default = "vultr", doc = "cloud that holds the snapshot", choices = ephrun.cloud.builtin_providers { can = "snapshot" } },
     plan = { default = "vc2-1c-1gb", doc = "instance size used to prepare the image" },
     region = { default = "ewr", doc = "provider region (the snapshot can boot in any region)" },
     image = { default = "", doc = "OS image to start from (Vultr os_id; default Debian 12)" },

@@ -17,7 +17,7 @@ return ephrun.recipe {
   name = "deploy-fast",
   summary = "Build on a temporary high-CPU instance, deploy from it, destroy it.",
   params = {
-    provider = { default = "local", doc = "where the instance runs", choices = { "local", "vultr", "aws" } },
+    provider = { default = "local", doc = "where the instance runs", choices = ephrun.cloud.builtin_providers { creates = true } },
     plan = { default = "vc2-4c-8gb", doc = "instance size (provider's plan or instance type)" },
     region = { default = "ewr", doc = "provider region" },
     src = { type = "path", default = ".", doc = "local source directory to sync (default: the current directory)" },

@@ -6,9 +6,15 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
 
 #include "lua/bind.hpp"
+#include "runtime/embedded.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/secrets.hpp"
 
@@ -287,6 +293,34 @@ int l_core_read_password(lua_State* L) {
   return 1;
 }
 
+// _core.builtin_files(dir) -> sorted names of the shipped files directly in
+// `dir` ("providers"): from EPHRUN_LUA_DIR when set, as the loader reads them,
+// else from the binary. Lets the stdlib say which built-ins exist instead of
+// keeping a list that can drift.
+int l_core_builtin_files(lua_State* L) {
+  std::string dir = luaL_checkstring(L, 1);
+  std::vector<std::string> names;
+  if (const char* root = std::getenv("EPHRUN_LUA_DIR"); root && *root) {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(std::filesystem::path(root) / dir, ec))
+      if (e.is_regular_file(ec)) names.push_back(e.path().filename().string());
+  } else {
+    std::string prefix = dir + "/";
+    for (const EmbeddedFile* f = kEmbeddedFiles; f->path; ++f) {
+      std::string_view p = f->path;
+      if (p.starts_with(prefix) && p.find('/', prefix.size()) == std::string_view::npos)
+        names.emplace_back(p.substr(prefix.size()));
+    }
+  }
+  std::sort(names.begin(), names.end());
+  lua_createtable(L, static_cast<int>(names.size()), 0);
+  for (size_t i = 0; i < names.size(); ++i) {
+    lua_pushstring(L, names[i].c_str());
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  return 1;
+}
+
 const luaL_Reg kTaskMethods[] = {
     {"wait", lua::safe<l_task_wait>},
     {"cancel", lua::safe<l_task_cancel>},
@@ -316,6 +350,7 @@ const luaL_Reg kCoreFns[] = {
     {"recipe_dir", l_core_recipe_dir},
     {"isatty", lua::safe<l_core_isatty>},
     {"read_password", lua::safe<l_core_read_password>},
+    {"builtin_files", lua::safe<l_core_builtin_files>},
     {nullptr, nullptr},
 };
 

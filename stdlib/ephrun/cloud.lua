@@ -32,10 +32,32 @@ local function load_builtin(modname)
   return mod
 end
 
+--- Names of the providers shipped with ephrun (the `providers/*.lua` compiled
+--- in, or in EPHRUN_LUA_DIR), sorted. `filter.can` keeps those that have that
+--- contract function (e.g. "snapshot"); `filter.creates` drops those that only
+--- attach to existing servers (static).
+---@param filter? {can?: string, creates?: boolean}
+---@return string[]
+function M.builtin_providers(filter)
+  filter = filter or {}
+  local out = {}
+  for _, file in ipairs(require("ephrun._core").builtin_files("providers")) do
+    local name = file:match("^([%w%-][%w_%-]*)%.lua$")
+    local impl = name and (package.loaded["providers." .. name] or load_builtin("providers." .. name))
+    -- a shared helper module beside the providers is not one
+    if type(impl) == "table" and (impl.launch or impl.attach)
+      and (not filter.can or type(impl[filter.can]) == "function")
+      and not (filter.creates and impl.static) then
+      out[#out + 1] = name
+    end
+  end
+  return out
+end
+
 --- Loads provider `name`: a built-in (`providers/<name>.lua`) first, then a
 --- module `providers/<name>.lua` or `<name>.lua` in the recipe's directory or
 --- on EPHRUN_PATH.
----@param name string local | vultr | aws | static, or a provider a pack adds
+---@param name string a built-in (see `builtin_providers`), or a provider a pack adds
 ---@param opts? table provider options
 ---@return ephrun.Cloud
 function M.provider(name, opts)
@@ -51,7 +73,8 @@ function M.provider(name, opts)
       if ok2 and type(m2) == "table" and (m2.launch or m2.list) then ok, m = ok2, m2 end
     end
     if not ok then
-      error(("unknown provider '%s' (built-in: local, vultr, aws, static): %s"):format(name, m), 2)
+      error(("unknown provider '%s' (built-in: %s; a pack adds one as providers/%s.lua beside the recipe "
+        .. "or on EPHRUN_PATH): %s"):format(name, table.concat(M.builtin_providers(), ", "), name, m), 2)
     end
     impl = m
   end
@@ -82,12 +105,9 @@ local function seconds(v, what)
   return s
 end
 
-local function retryable(err)
-  if type(err) == "table" and err.retry then return true end
-  local s = tostring(err):lower()
-  return s:match("locked") or s:match("429") or s:match("too many") or s:match("%f[%d]5%d%d%f[%D]")
-    or s:match("timed? ?out") or s:match("temporar")
-end
+-- Only a structured error (ephrun.errors) that says so is retried; what its
+-- text says never matters, so a provider words its messages for people.
+local retryable = require("ephrun.errors").retryable
 
 -- How long a destroy keeps trying: the caller's deadline, else the provider's, else 10m.
 local function destroy_deadline(cloud, given)
@@ -96,8 +116,8 @@ local function destroy_deadline(cloud, given)
       cloud.name .. " destroy_deadline")) or 600
 end
 
--- Calls the provider's destroy, retrying while it says the instance is locked,
--- rate-limited or failing (5xx), until `deadline` seconds pass; then raises an
+-- Calls the provider's destroy, retrying while its error says `retry` (locked,
+-- rate-limited, a 5xx, no answer), until `deadline` seconds pass; then raises an
 -- error that names the instance and the command that removes it.
 local function destroy_retrying(cloud, raw, deadline, hint)
   local limit = ephrun.time.monotonic() + deadline
@@ -371,7 +391,11 @@ end
 
 local function impl_fn(self, name, verb)
   local f = self.cloud.impl[name]
-  if not f then error(("provider '%s' cannot %s"):format(self.cloud.name, verb), 3) end
+  if not f then
+    local can = M.builtin_providers { can = name }
+    error(("provider '%s' cannot %s (it has no `%s`)%s"):format(self.cloud.name, verb, name,
+      #can > 0 and ("; built-in providers that can: " .. table.concat(can, ", ")) or ""), 3)
+  end
   return f
 end
 
@@ -391,7 +415,7 @@ function Instance:snapshot(opts)
     where = self.cloud.name,
     details = { "kept after the run (snapshots are billed by size); deleted only if it is not complete when the run ends" },
     run = function()
-      local sid = f(self.raw, self.cloud.opts, { description = opts.description })
+      local sid = f(self.raw, { description = opts.description }, self.cloud.opts)
       local hint = self.cloud.impl.snapshot_hint and self.cloud.impl.snapshot_hint(sid, self.cloud.opts)
         or ("delete snapshot %s of provider %s in its console"):format(sid, self.cloud.name)
       local del = self.cloud.impl.delete_snapshot
@@ -425,7 +449,7 @@ function Instance:resize(plan, opts)
     where = self.cloud.name,
     details = new_hourly and { ("new price $%.4f/hour"):format(new_hourly) } or nil,
     run = function()
-      local inst = f(self.raw, plan, self.cloud.opts, seconds(opts.deadline, "resize: deadline"))
+      local inst = f(self.raw, plan, seconds(opts.deadline, "resize: deadline"), self.cloud.opts)
       if type(inst) == "table" then
         for k, v in pairs(inst) do self.raw[k] = v end
         self:_endpoint()
@@ -440,25 +464,32 @@ function Instance:resize(plan, opts)
   }
 end
 
---- Powers the instance off (it keeps its disk, and on most clouds keeps billing).
-function Instance:halt()
+--- Powers the instance off (it keeps its disk, and on most clouds keeps billing)
+--- and waits until it is off, for up to `opts.deadline`.
+---@param opts? {deadline?: number|string}
+function Instance:halt(opts)
+  opts = opts or {}
   local f = impl_fn(self, "halt", "halt instances")
+  local deadline = seconds(opts.deadline, "halt: deadline")
   ephrun.effect {
     kind = "halt", what = ("power off %s instance %s"):format(self.cloud.name, self.id), where = self.cloud.name,
     run = function()
-      local inst = f(self.raw, self.cloud.opts)
+      local inst = f(self.raw, deadline, self.cloud.opts)
       if type(inst) == "table" then for k, v in pairs(inst) do self.raw[k] = v end end
     end,
   }
 end
 
---- Powers a halted instance on and waits until it runs.
-function Instance:start()
+--- Powers a halted instance on and waits until it runs, for up to `opts.deadline`.
+---@param opts? {deadline?: number|string}
+function Instance:start(opts)
+  opts = opts or {}
   local f = impl_fn(self, "start", "start instances")
+  local deadline = seconds(opts.deadline, "start: deadline")
   ephrun.effect {
     kind = "start", what = ("power on %s instance %s"):format(self.cloud.name, self.id), where = self.cloud.name,
     run = function()
-      local inst = f(self.raw, self.cloud.opts)
+      local inst = f(self.raw, deadline, self.cloud.opts)
       if type(inst) == "table" then
         for k, v in pairs(inst) do self.raw[k] = v end
         self:_endpoint()

@@ -82,19 +82,29 @@ function M.contains(s, needle)
   end
 end
 
+--- The bound parameters of the running spec (its `params` and `only`), set
+--- before the first test runs.
+M.params = {}
+
 --- Builds the recipe that runs every registered test and fails if any did.
---- `ephrun tests/lua/x_spec.lua only=PATTERN` runs the matching tests only.
+--- `ephrun tests/lua/x_spec.lua only=PATTERN` runs the matching tests only;
+--- `params` declares more parameters (as in `ephrun.recipe`), which tests read
+--- from `spec.params`.
 ---@param name string
+---@param params? table<string, ephrun.ParamSpec>
 ---@return ephrun.RecipeDef
-function M.recipe(name)
+function M.recipe(name, params)
   local ephrun = require "ephrun"
   local registered = tests
   tests = {}
+  local all = { only = { default = "", doc = "run only tests whose name contains this" } }
+  for k, v in pairs(params or {}) do all[k] = v end
   return ephrun.recipe {
     name = name,
     summary = "Lua spec: " .. name,
-    params = { only = { default = "", doc = "run only tests whose name contains this" } },
+    params = all,
     run = function(p)
+      M.params = p
       local failed, ran = {}, 0
       for _, t in ipairs(registered) do
         if p.only == "" or t.name:find(p.only, 1, true) then
