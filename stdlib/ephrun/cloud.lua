@@ -214,11 +214,6 @@ local function lifetime(self, ttl, expires_text)
     return rec.every, { what, ("the reaper (%s, every %s) deletes it once expired"):format(rec.key,
       ephrun.time.format_duration(rec.every)) }
   end
-  if not ephrun.dry_run() and not warned_no_reaper[self.name] then
-    warned_no_reaper[self.name] = true
-    ephrun.log.warn("%s: the lifetime timer only powers the instance off and no reaper is installed: if ephrun "
-      .. "is killed, it bills until deleted. Install one: ephrun reaper install", self.name)
-  end
   return nil, { what, "WARNING: no reaper is installed: if ephrun is killed, nothing ends the billing "
     .. "(worst case unbounded); install one: ephrun reaper install" }
 end
@@ -283,6 +278,12 @@ function Cloud:launch(spec)
   local obj = ephrun.effect {
     kind = "launch", what = what, where = self.name, cost = worst, details = details,
     run = function()
+      -- Said once per provider in a real run (the plan already carries it as a line).
+      if ttl and not grace and not warned_no_reaper[self.name] then
+        warned_no_reaper[self.name] = true
+        ephrun.log.warn("%s: the lifetime timer only powers the instance off and no reaper is installed: if ephrun "
+          .. "is killed, it bills until deleted. Install one: ephrun reaper install", self.name)
+      end
       if not self.impl.launch then error("provider '" .. self.name .. "' cannot launch instances") end
       local user_data = require("ephrun.cloudinit").user_data {
         host_key = keys.host, authorized_keys = { keys.client.public_key }, ttl = ttl,
