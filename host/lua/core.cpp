@@ -242,10 +242,12 @@ int l_core_isatty(lua_State* L) {
   return 1;
 }
 
-// _core.read_password(prompt) -> text | nil, why
-// Reads one line from the controlling terminal with echo off.
+// _core.read_password(prompt[, name]) -> text | nil, why
+// Reads one line from the controlling terminal with echo off; the answer is
+// registered as the secret `name` (default "passphrase").
 int l_core_read_password(lua_State* L) {
   const char* prompt = luaL_checkstring(L, 1);
+  std::string name = luaL_optstring(L, 2, "passphrase");
   int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     lua_pushnil(L);
@@ -269,7 +271,7 @@ int l_core_read_password(lua_State* L) {
   if (write(fd, "\n", 1) < 0) {
   }
   close(fd);
-  if (!line.empty()) Secrets::global().add("passphrase", line);
+  if (!line.empty()) Secrets::global().add(name, line);
   lua_pushlstring(L, line.data(), line.size());
   return 1;
 }
