@@ -62,9 +62,8 @@ end
 ---@return true|nil ok, string? why
 function M.check_range(spec, v)
   local lo, hi = spec._min, spec._max
-  if lo == nil and v <= 0 and not (v == 0 and spec._zero_default) then
-    return nil, "more than " .. show(spec, 0)
-  end
+  if lo == nil and spec._zero_default and v < 0 then return nil, "at least " .. show(spec, 0) end
+  if lo == nil and not spec._zero_default and v <= 0 then return nil, "more than " .. show(spec, 0) end
   if lo ~= nil and v < lo then return nil, "at least " .. show(spec, lo) end
   hi = hi or (spec.type == "duration" and MAX_DURATION or MAX_NUMBER)
   if v > hi then return nil, "at most " .. show(spec, hi) end
@@ -169,7 +168,7 @@ function M.convert(spec, raw)
     return expand_path(raw)
   elseif t == "number" then
     local n = parse_number(raw)
-    if not n then return nil, "a finite decimal number" end
+    if not n then return nil, "a number (decimal, finite)" end
     return n
   elseif t == "bool" then
     local l = raw:lower()

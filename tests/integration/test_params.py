@@ -99,10 +99,10 @@ class Ranges(Base):
         cases = [
             (["ttl=0"], "parameter 'ttl' must be more than 0s"),
             (["ttl=100000000000000000000s"], "parameter 'ttl' must be at most"),
-            (["boot_delay=1e999"], "parameter 'boot_delay' expects a finite decimal number"),
+            (["boot_delay=1e999"], "parameter 'boot_delay' expects a number (decimal, finite)"),
             (["ssh_deadline=0s"], "parameter 'ssh_deadline' must be more than 0s"),
-            (["boot_delay=-1"], "parameter 'boot_delay' must be more than 0"),
-            (["boot_delay=0x10"], "parameter 'boot_delay' expects a finite decimal number"),
+            (["boot_delay=-1"], "parameter 'boot_delay' must be at least 0"),
+            (["boot_delay=0x10"], "parameter 'boot_delay' expects a number (decimal, finite)"),
         ]
         for args, message in cases:
             r = self.dry(*args)
