@@ -15,7 +15,7 @@ constexpr const char* kUsage = R"(Usage: ephrun RECIPE [name=value ...] [options
 RECIPE is a path to a recipe file or the name of a built-in recipe.
 `ephrun RECIPE --help` shows the recipe's parameters.
 
-Commands (`ephrun ./NAME` runs a file of that name instead):
+Commands (a Lua file of that name in the current directory runs instead):
   ephrun ls [--json]                          live resources, age, TTL left, cost so far
   ephrun reap [--dry-run] [--older-than 2h] [--yes]
                                               destroy expired and orphaned resources
@@ -82,16 +82,8 @@ int main(int argc, char** argv) {
     (opts.help ? std::cout : std::cerr) << kUsage;
     return opts.help ? 0 : ephrun::kUsage;
   }
-  // Built-in commands are recipes shipped in stdlib/ephrun/cmd/. A bare name
-  // means the command even when a file of that name is in the current
-  // directory (a stray `history` file must not hijack it); `./NAME` runs the file.
-  if (recipe.find('/') == std::string::npos &&
-      ephrun::has_builtin("stdlib/ephrun/cmd/" + recipe + ".lua") && recipe != "common") {
-    if (std::filesystem::is_regular_file(recipe))
-      std::cerr << "ephrun: note: running the command '" << recipe << "'; `ephrun ./" << recipe
-                << "` runs the file '" << recipe << "' in this directory\n";
-    recipe = "ephrun:" + recipe;
-  }
+  // Built-in commands are recipes shipped in stdlib/ephrun/cmd/; a Lua file
+  // of the same name in the current directory still wins (see load_recipe).
   if ((recipe == "ls" || recipe == "reap" || recipe == "history") &&
       !std::filesystem::is_regular_file(recipe))
     recipe = "ephrun:" + recipe;

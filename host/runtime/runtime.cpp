@@ -288,44 +288,55 @@ void Runtime::print_still_cleaning(int sig) {
 // Resolves RECIPE and pushes its chunk: "ephrun:NAME" is a built-in command
 // (ls, reap, history), a recipe shipped in stdlib/ephrun/cmd/; then a file;
 // then a built-in recipe. Returns the exit code on failure, -1 on success.
-int Runtime::load_recipe(const std::string& recipe, std::string& path) {
+int Runtime::load_recipe(const std::string& recipe, std::string& path, bool& command) {
   lua_State* L = L_;
-  if (recipe.starts_with("ephrun:")) {
-    std::string rel = "stdlib/ephrun/cmd/" + recipe.substr(7) + ".lua";
-    int st = load_builtin(L, rel);
+  std::string cmd_rel = "stdlib/ephrun/cmd/" + (command ? recipe.substr(7) : recipe) + ".lua";
+  if (command) {
+    int st = load_builtin(L, cmd_rel);
     if (st <= 0) {
       report(st == 0 ? fmt::format("ephrun: no command '{}'", recipe.substr(7))
                      : fmt::format("ephrun: error: {}", lua_tostring(L, -1)));
       return kFailed;
     }
-    path = rel;
+    path = cmd_rel;
     return -1;
   }
-  // A bare name that is a built-in recipe means the built-in, even when a
-  // file of that name (not a .lua one) sits in the current directory: a
-  // stray `deploy-fast` file must not hijack the command. `./NAME` runs it.
-  bool bare_builtin = recipe.find('/') == std::string::npos && !recipe.ends_with(".lua") &&
-                      has_builtin(builtin_recipe_rel(recipe));
-  if (bare_builtin && fs::is_regular_file(recipe))
-    report(
-        fmt::format("ephrun: note: running the built-in recipe '{0}'; `ephrun ./{0}` runs the "
-                    "file '{0}' in this directory",
-                    recipe));
-  if (!bare_builtin && fs::is_regular_file(recipe)) {
-    path = recipe;
-    recipe_dir = fs::absolute(recipe).parent_path().string();
-    if (luaL_loadfilex(L, recipe.c_str(), "t") != LUA_OK) {
-      report(fmt::format("ephrun: error in phase 'load': {}", lua_tostring(L, -1)));
-      return kFailed;
+  // A bare name that is a built-in, with a file of that name here that is not
+  // Lua (a shell's `history`, notes called `deploy-fast`): the built-in was
+  // meant. A Lua file of that name still wins; `./NAME` always means the file.
+  bool bare = recipe.find('/') == std::string::npos && recipe != "common";
+  bool is_cmd = bare && has_builtin(cmd_rel);
+  bool is_builtin =
+      is_cmd || (bare && !recipe.ends_with(".lua") && has_builtin(builtin_recipe_rel(recipe)));
+  if (fs::is_regular_file(recipe)) {
+    std::error_code ec;
+    bool compiled = luaL_loadfilex(L, recipe.c_str(), "t") == LUA_OK;
+    if (!is_builtin || (compiled && fs::file_size(recipe, ec) > 0)) {
+      if (!compiled) {
+        report(fmt::format("ephrun: error in phase 'load': {}", lua_tostring(L, -1)));
+        return kFailed;
+      }
+      path = recipe;
+      recipe_dir = fs::absolute(recipe).parent_path().string();
+      return -1;
     }
-    return -1;
+    lua_pop(L, 1);  // the chunk of an empty file, or the syntax error
+    report(fmt::format(
+        "ephrun: note: ./{0} is not a Lua file, so `ephrun {0}` runs the built-in {1} '{0}' "
+        "(`ephrun ./{0}` runs the file)",
+        recipe, is_cmd ? "command" : "recipe"));
+  }
+  if (is_cmd) {
+    command = true;
+    return load_recipe("ephrun:" + recipe, path, command);
   }
   std::string rel = builtin_recipe_rel(recipe);
   int st = load_builtin(L, rel);
   if (st == 0) {
-    report(fmt::format(
-        "ephrun: no recipe '{}': not a file, and not a built-in recipe (see `ephrun --list`)",
-        recipe));
+    report(
+        fmt::format("ephrun: no recipe '{}': not a file, and not a built-in recipe (see "
+                    "`ephrun --list`)",
+                    recipe));
     return kUsage;
   }
   if (st < 0) {
@@ -355,8 +366,7 @@ int Runtime::prepare(const std::string& recipe, const std::string& path,
   lua_pushvalue(L, chunk);
   lua_remove(L, chunk);
   lua_pushstring(L, path.c_str());
-  std::string invoked = recipe.starts_with("ephrun:") ? recipe.substr(7) : recipe;
-  lua_pushstring(L, invoked.c_str());
+  lua_pushstring(L, recipe.c_str());
   lua_createtable(L, static_cast<int>(args.size()), 0);
   for (size_t i = 0; i < args.size(); ++i) {
     lua_pushstring(L, args[i].c_str());
@@ -477,8 +487,9 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
   bool command = recipe.starts_with("ephrun:");
   std::string path, label = recipe, bound_params;
   phase = "load";
-  if (int code = load_recipe(recipe, path); code >= 0) return code;
-  if (int code = prepare(recipe, path, args, label, bound_params); code >= 0) {
+  if (int code = load_recipe(recipe, path, command); code >= 0) return code;
+  std::string invoked = recipe.starts_with("ephrun:") ? recipe.substr(7) : recipe;
+  if (int code = prepare(invoked, path, args, label, bound_params); code >= 0) {
     lua_settop(L, top);
     return code;
   }

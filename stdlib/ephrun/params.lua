@@ -236,13 +236,27 @@ local function in_choices(spec, v)
 end
 
 -- One `name=value` argument: the value, or nil and why (naming the parameter).
-local function bind_one(spec, name, raw)
-  if spec.type == "secret" then
-    local v, why = M.resolve_secret(raw)
-    if v == nil then return nil, ("parameter '%s': %s"):format(name, why) end
-    core.secret_add(name, v)
-    return v
+-- The redactor skips values this short (they would mask ordinary text), so a
+-- secret this short could not be kept out of logs.
+local MIN_SECRET = 4
+
+local function bind_secret(name, raw)
+  local v, why = M.resolve_secret(raw)
+  if v == nil then return nil, ("parameter '%s': %s"):format(name, why) end
+  if #v < MIN_SECRET then
+    return nil, ("parameter '%s': a secret needs at least %d characters to be kept out of logs")
+      :format(name, MIN_SECRET)
   end
+  core.secret_add(name, v)
+  if raw:sub(1, 1) ~= "@" then
+    require("ephrun.log").warn("parameter '%s' was given on the command line, where other users can read it;"
+      .. " prefer %s=@env:VAR or %s=@file:PATH", name, name, name)
+  end
+  return v
+end
+
+local function bind_one(spec, name, raw)
+  if spec.type == "secret" then return bind_secret(name, raw) end
   local v, why = M.convert(spec, raw)
   if v == nil then return nil, ("parameter '%s' expects %s, got %q"):format(name, why, raw) end
   if type(v) == "number" and ranged(spec) then
@@ -273,8 +287,19 @@ local function ask_secret(name, spec)
   if v == nil or v == "" then
     return nil, ("missing required secret parameter '%s': %s"):format(name, why or "nothing was entered")
   end
+  if #v < MIN_SECRET then
+    return nil, ("parameter '%s': a secret needs at least %d characters to be kept out of logs"):format(name, MIN_SECRET)
+  end
   core.secret_add(name, v)
   return v
+end
+
+local function seen_error(errs, name)
+  local prefix = ("parameter '%s':"):format(name)
+  for _, e in ipairs(errs) do
+    if e:sub(1, #prefix) == prefix then return true end
+  end
+  return false
 end
 
 --- Binds `name=value` arguments to a recipe's params. Every problem is
@@ -309,15 +334,16 @@ function M.bind(recipe, args)
     if out[name] == nil and not seen[name] then
       local v = default_value(spec)
       if spec.type == "secret" and v ~= nil then
-        local why
-        v, why = M.resolve_secret(v)
-        if v ~= nil then
-          core.secret_add(name, v)
-        elseif not spec.required then
+        local source, resolved, why = v, M.resolve_secret(v)
+        v = nil
+        if resolved == nil then
           require("ephrun.log").debug("parameter '%s' has no value: %s", name, why)
+        else
+          v, why = bind_secret(name, source)
+          if v == nil then errs[#errs + 1] = why end
         end
       end
-      if v == nil and spec.required then
+      if v == nil and spec.required and not (spec.type == "secret" and seen_error(errs, name)) then
         if spec.type == "secret" then
           asks[#asks + 1] = name
         else

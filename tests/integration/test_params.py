@@ -220,18 +220,25 @@ class Dotenv(Base):
 
 
 class Hijack(Base):
-    def test_a_file_named_like_a_command_does_not_hijack_it(self):
-        self.write("history", "this is not lua\n")
-        self.write("deploy-fast", "neither is this\n")
+    def test_a_file_named_like_a_command_that_is_not_lua_does_not_hijack_it(self):
+        self.write("history", "ls -la\ncd /tmp && make\n")
+        self.write("deploy-fast", "notes about deploying\n")
         r = self.ephrun("history")
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertIn("`ephrun ./history` runs the file", r.stderr)
+        self.assertIn("./history is not a Lua file, so `ephrun history` runs the built-in command", r.stderr)
+        self.assertIn("No runs", r.stdout)
         r = self.ephrun("deploy-fast", "--help")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("Build on a temporary", r.stdout)
         r = self.ephrun("./history")
         self.assertEqual(r.returncode, 1)
         self.assertIn("history:1:", r.stderr)
+
+    def test_a_lua_file_named_like_a_builtin_still_wins(self):
+        self.write("deploy-fast", recipe("", '    print("FILE-RECIPE")'))
+        r = self.ephrun("deploy-fast")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("FILE-RECIPE", r.stdout)
 
 
 class Json(Base):
@@ -344,11 +351,19 @@ class SecretParams(Base):
         self.assertIn("token=@env:VAR", r.stderr)
         self.assertIn("token=@file:PATH", r.stderr)
 
-    def test_literal_value_is_redacted_too(self):
+    def test_literal_value_is_redacted_too_with_a_warning(self):
         r = self.ephrun(self.path, "token=" + self.VALUE, FAIL_WITH_TOKEN="1")
         self.assertEqual(r.returncode, 1)
         self.assertIn("refused <secret:token>", r.stderr)
+        self.assertIn("parameter 'token' was given on the command line", r.stderr)
         self.assert_hidden(r)
+
+    def test_a_secret_too_short_to_redact_is_refused_without_showing_it(self):
+        r = self.ephrun(self.path, "token=abc", "--dry-run", "--json")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("a secret needs at least 4 characters", r.stderr)
+        self.assertNotIn("abc", r.stdout + r.stderr)
+        self.assertFalse(json.loads(r.stdout)["ok"])
 
     def test_prompted_on_a_terminal_without_echo(self):
         pid, fd = pty.fork()
