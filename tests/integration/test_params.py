@@ -365,7 +365,8 @@ class SecretParams(Base):
         self.assertNotIn("abc", r.stdout + r.stderr)
         self.assertFalse(json.loads(r.stdout)["ok"])
 
-    def test_prompted_on_a_terminal_without_echo(self):
+    def on_terminal(self, answer):
+        """Runs the recipe on a pseudo-terminal; writes `answer` once the prompt shows."""
         pid, fd = pty.fork()
         if pid == 0:
             os.chdir(self.dir)
@@ -385,16 +386,28 @@ class SecretParams(Base):
                 break
             out += chunk
             if not sent and b"token (API token): " in out:
-                os.write(fd, self.VALUE.encode() + b"\n")
+                os.write(fd, answer)
                 sent = True
-        _, status = os.waitpid(pid, 0)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == 0:  # still waiting after the deadline: a hang, not an answer
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
         os.close(fd)
         text = out.decode(errors="replace")
         self.assertTrue(sent, text)
-        self.assertEqual(os.waitstatus_to_exitcode(status), 1, text)
+        return os.waitstatus_to_exitcode(status), text
+
+    def test_prompted_on_a_terminal_without_echo(self):
+        code, text = self.on_terminal(self.VALUE.encode() + b"\n")
+        self.assertEqual(code, 1, text)
         self.assertIn("len=%d" % len(self.VALUE), text)
         self.assertIn("refused <secret:token>", text)
         self.assertNotIn(self.VALUE, text)
+
+    def test_ctrl_c_at_the_prompt_stops_the_run(self):
+        code, text = self.on_terminal(b"\x03")
+        self.assertEqual(code, 130, text)
+        self.assertIn("interrupted by SIGINT", text)
 
     def test_a_secret_default_must_name_a_source(self):
         r = self.ephrun(self.write("lit.lua", recipe('    token = { type = "secret", default = "hunter22" },')))
