@@ -276,8 +276,9 @@ end
 -- A required secret nobody gave: prompt on a terminal, else say how to give it.
 local function ask_secret(name, spec)
   if core.dry_run() then
-    core.plan_add { kind = "secret", what = ("secret parameter %s is not given: a real run needs %s=@env:VAR or %s=@file:PATH, or asks on a terminal")
-      :format(name, name, name) }
+    core.plan_add { kind = "secret",
+      what = ("secret parameter %s is not given: a real run needs %s=@env:VAR or %s=@file:PATH, or asks on a terminal")
+        :format(name, name, name) }
     return "<secret:" .. name .. ">"
   end
   if not (core.isatty(0) and core.isatty(2)) then
