@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <random>
 #include <sstream>
@@ -288,15 +289,29 @@ void Runtime::print_still_cleaning(int sig) {
 // Resolves RECIPE and pushes its chunk: "ephrun:NAME" is a built-in command
 // (ls, reap, history), a recipe shipped in stdlib/ephrun/cmd/; then a file;
 // then a built-in recipe. Returns the exit code on failure, -1 on success.
+// A run that ends before its recipe runs: the message on stderr, and under
+// --json a JSON answer too, so a script reading stdout learns why.
+int Runtime::load_failed(const std::string& message, int code) {
+  std::string msg = redact(message);
+  report("ephrun: " + msg);
+  if (opts_.json) {
+    nlohmann::json j = {{"ok", false}, {"error", msg}, {"phase", phase}};
+    std::string s = j.dump(2) + "\n";
+    fwrite(s.data(), 1, s.size(), stdout);
+    fflush(stdout);
+  }
+  return code;
+}
+
 int Runtime::load_recipe(const std::string& recipe, std::string& path, bool& command) {
   lua_State* L = L_;
   std::string cmd_rel = "stdlib/ephrun/cmd/" + (command ? recipe.substr(7) : recipe) + ".lua";
   if (command) {
     int st = load_builtin(L, cmd_rel);
     if (st <= 0) {
-      report(st == 0 ? fmt::format("ephrun: no command '{}'", recipe.substr(7))
-                     : fmt::format("ephrun: error: {}", lua_tostring(L, -1)));
-      return kFailed;
+      return load_failed(st == 0 ? fmt::format("no command '{}'", recipe.substr(7))
+                                 : fmt::format("error: {}", lua_tostring(L, -1)),
+                         kFailed);
     }
     path = cmd_rel;
     return -1;
@@ -313,8 +328,7 @@ int Runtime::load_recipe(const std::string& recipe, std::string& path, bool& com
     bool compiled = luaL_loadfilex(L, recipe.c_str(), "t") == LUA_OK;
     if (!is_builtin || (compiled && fs::file_size(recipe, ec) > 0)) {
       if (!compiled) {
-        report(fmt::format("ephrun: error in phase 'load': {}", lua_tostring(L, -1)));
-        return kFailed;
+        return load_failed(fmt::format("error in phase 'load': {}", lua_tostring(L, -1)), kFailed);
       }
       path = recipe;
       recipe_dir = fs::absolute(recipe).parent_path().string();
@@ -332,16 +346,13 @@ int Runtime::load_recipe(const std::string& recipe, std::string& path, bool& com
   }
   std::string rel = builtin_recipe_rel(recipe);
   int st = load_builtin(L, rel);
-  if (st == 0) {
-    report(
-        fmt::format("ephrun: no recipe '{}': not a file, and not a built-in recipe (see "
-                    "`ephrun --list`)",
-                    recipe));
-    return kUsage;
-  }
+  if (st == 0)
+    return load_failed(fmt::format("no recipe '{}': not a file, and not a built-in recipe (see "
+                                   "`ephrun --list`)",
+                                   recipe),
+                       kUsage);
   if (st < 0) {
-    report(fmt::format("ephrun: error in phase 'load': {}", lua_tostring(L, -1)));
-    return kFailed;
+    return load_failed(fmt::format("error in phase 'load': {}", lua_tostring(L, -1)), kFailed);
   }
   path = rel;
   return -1;
@@ -410,12 +421,12 @@ int Runtime::prepare(const std::string& recipe, const std::string& path,
   sched_->cancel_on_signal = false;
   run_cleanups();
   if (sig) {
-    report(fmt::format("ephrun: interrupted by SIG{} in phase '{}'", sigabbrev_np(sig), phase));
-    return 128 + sig;
+    return load_failed(fmt::format("interrupted by SIG{} in phase '{}'", sigabbrev_np(sig), phase),
+                       128 + sig);
   }
-  report(fmt::format("ephrun: error in phase '{}': {}", phase, redact(error)));
+  int code = load_failed(fmt::format("error in phase '{}': {}", phase, error), kFailed);
   if (opts_.verbosity > 0 && !traceback.empty()) report(traceback);
-  return kFailed;
+  return code;
 }
 
 // `ephrun --list`: each built-in with its summary, read by running the

@@ -88,6 +88,7 @@ class Runtime {
  private:
   void open_state();
   int load_recipe(const std::string& recipe, std::string& path, bool& command);
+  int load_failed(const std::string& message, int code);
   int prepare(const std::string& recipe, const std::string& path,
               const std::vector<std::string>& args, std::string& label, std::string& bound_params);
   int run_cleanups();

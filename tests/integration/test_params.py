@@ -258,6 +258,18 @@ class Json(Base):
         self.assertIn("parameter 'ttl' expects a duration", j["error"])
         self.assertEqual(len(j["errors"]), 2)
 
+    def test_load_errors_under_json_print_json(self):
+        r = self.ephrun(self.write("syntax.lua", "local x = \nreturn {"), "--dry-run", "--json")
+        self.assertEqual(r.returncode, 1)
+        j = json.loads(r.stdout)
+        self.assertFalse(j["ok"])
+        self.assertIn("syntax.lua:2:", j["error"])
+        r = self.ephrun(self.write("r42.lua", "return 42\n"), "--dry-run", "--json")
+        self.assertIn("r42.lua returns a number", json.loads(r.stdout)["error"])
+        r = self.ephrun("no-such-recipe", "--dry-run", "--json")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("no recipe 'no-such-recipe'", json.loads(r.stdout)["error"])
+
     def test_failed_dry_run_json_names_the_error(self):
         path = self.write("fails.lua", recipe("", '    error("no plan for you")'))
         r = self.ephrun(path, "--dry-run", "--json")
