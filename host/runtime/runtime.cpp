@@ -384,7 +384,8 @@ int Runtime::prepare(const std::string& recipe, const std::string& path,
     lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
   }
   lua_pushboolean(L, opts_.help);
-  Task* t = sched_->spawn(L, 5, "load", nullptr);
+  // Named like the run's root task: its log lines carry no task prefix either.
+  Task* t = sched_->spawn(L, 5, "main", nullptr);
   sched_->run_until(t);
   int sig = sched_->signal_received();
   std::string what, error, traceback = t->traceback;
