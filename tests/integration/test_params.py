@@ -160,6 +160,11 @@ class LoadErrors(Base):
         self.assertNotIn("stack traceback", r.stderr)
         r = self.ephrun(path, "-v")
         self.assertIn("stack traceback", r.stderr)
+        r = self.ephrun(self.write("noname.lua", HEADER + "return ephrun.recipe { name = \"\", run = function() end }\n"))
+        self.assertIn("noname.lua:2: ephrun.recipe: 'name' must be a non-empty string", r.stderr)
+        r = self.ephrun(self.write("local.lua", HEADER + "local r = ephrun.recipe {\n  name = \"x\",\n"
+                                   "  params = { a = { type = \"nope\" } },\n  run = function() end }\nreturn r\n"))
+        self.assertIn("local.lua:2: parameter 'a': unknown type 'nope'", r.stderr)
 
     def test_a_file_that_is_not_a_recipe_says_so_without_a_traceback(self):
         for name, text, what in [("r42.lua", "return 42\n", "returns a number"),
