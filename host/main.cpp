@@ -15,7 +15,7 @@ constexpr const char* kUsage = R"(Usage: ephrun RECIPE [name=value ...] [options
 RECIPE is a path to a recipe file or the name of a built-in recipe.
 `ephrun RECIPE --help` shows the recipe's parameters.
 
-Commands (used when no file of that name exists in the current directory):
+Commands (a Lua file of that name in the current directory runs instead):
   ephrun ls [--json]                          live resources, age, TTL left, cost so far
   ephrun reap [--dry-run] [--older-than 2h] [--expired] [--yes]
                                               destroy expired and orphaned resources
@@ -26,12 +26,12 @@ Commands (used when no file of that name exists in the current directory):
 
 Options:
   --dry-run        print the plan (resources, commands, cost) and change nothing
-  --json           with --dry-run, print the plan as JSON
+  --json           with --dry-run, print the plan as JSON; with ls and history, JSON
   -y, --yes        do not ask for confirmation
   -v, --verbose    more output (-vv for trace); tracebacks on errors
   -q, --quiet      only warnings and errors
   --log-file FILE  also write a debug log to FILE
-  --list           list the built-in recipes
+  --list           list the built-in recipes and commands with their summaries
   --version        print the version
   -h, --help       this help, or the recipe's with RECIPE
 
@@ -39,12 +39,9 @@ Exit codes: 0 success, 1 recipe failed, 2 usage or parameter error,
             130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hangup (SIGHUP).
 )";
 
-void list_builtins() {
-  for (const ephrun::EmbeddedFile* f = ephrun::kEmbeddedFiles; f->path; ++f) {
-    std::string p = f->path;
-    if (p.starts_with("recipes/") && p.ends_with(".lua"))
-      std::cout << p.substr(8, p.size() - 12) << "\n";
-  }
+// Commands whose output --json shapes; elsewhere it needs --dry-run.
+bool json_without_dry_run_ok(const std::string& recipe) {
+  return recipe == "ephrun:ls" || recipe == "ephrun:history";
 }
 
 }  // namespace
@@ -83,15 +80,15 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (list) {
-    list_builtins();
-    return 0;
+    ephrun::Runtime rt(opts);
+    return rt.list(std::cout);
   }
   if (recipe.empty()) {
-    std::cerr << kUsage;
+    (opts.help ? std::cout : std::cerr) << kUsage;
     return opts.help ? 0 : ephrun::kUsage;
   }
-  // Built-in commands are recipes shipped in stdlib/ephrun/cmd/; a file of
-  // the same name in the current directory still wins.
+  // Built-in commands are recipes shipped in stdlib/ephrun/cmd/; a Lua file
+  // of the same name in the current directory still wins (see load_recipe).
   if ((recipe == "ls" || recipe == "reap" || recipe == "history" || recipe == "reaper") &&
       !std::filesystem::is_regular_file(recipe))
     recipe = "ephrun:" + recipe;
@@ -112,6 +109,11 @@ int main(int argc, char** argv) {
   // `ephrun reaper install`: the first bare word is the action.
   if (recipe == "ephrun:reaper" && !args.empty() && args[0].find('=') == std::string::npos)
     args[0] = "action=" + args[0];
+  if (opts.json && !opts.dry_run && !opts.help && !json_without_dry_run_ok(recipe)) {
+    std::cerr << "ephrun: --json prints the plan of a --dry-run (or the output of `ephrun ls` "
+                 "and `ephrun history`); add --dry-run\n";
+    return ephrun::kUsage;
+  }
   opts.verbosity = quiet ? -1 : verbose;
   try {
     ephrun::init_logging(opts.verbosity, opts.log_file);

@@ -123,7 +123,7 @@ return ephrun.recipe {
     dirs = { type = "list", default = {},
       doc = "data directories, each PATH[:OWNER[:GROUP]][:MODE], e.g. /srv/app/data:www-data:www-data:0750" },
     dir_mode = { default = "0755", doc = "mode of a data directory whose entry gives none" },
-    swap_threshold_mb = { type = "number", default = 2048, doc = "add swap when RAM is below this many MB (0: never)" },
+    swap_threshold_mb = { type = "number", default = 2048, min = 0, doc = "add swap when RAM is below this many MB (0: never)" },
     swap_size = { default = "2G", doc = "size of the swap file (fallocate -l syntax: 512M, 2G)" },
     swapfile = { default = "/swapfile", doc = "path of the swap file" },
     fstab = { default = "/etc/fstab", doc = "fstab the swap file is added to (once)" },

@@ -2,11 +2,13 @@
 // cleanup stack, the plan, secrets, phase). Recipes use them through
 // `require "ephrun"`, never directly.
 #include <fcntl.h>
+#include <poll.h>
 #include <spdlog/spdlog.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -261,10 +263,12 @@ int l_core_isatty(lua_State* L) {
   return 1;
 }
 
-// _core.read_password(prompt) -> text | nil, why
-// Reads one line from the controlling terminal with echo off.
+// _core.read_password(prompt[, name]) -> text | nil, why
+// Reads one line from the controlling terminal with echo off; the answer is
+// registered as the secret `name` (default "passphrase").
 int l_core_read_password(lua_State* L) {
   const char* prompt = luaL_checkstring(L, 1);
+  std::string name = luaL_optstring(L, 2, "passphrase");
   int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     lua_pushnil(L);
@@ -281,14 +285,37 @@ int l_core_read_password(lua_State* L) {
   if (write(fd, prompt, strlen(prompt)) < 0) {
     // The prompt is a courtesy; reading still works.
   }
+  // Poll rather than block in read(): signals go to the signal thread, so
+  // Ctrl-C at the prompt is seen only by asking the scheduler.
+  Scheduler* sched = Scheduler::of(L);
+  bool interrupted = false;
   std::string line;
   char c = 0;
-  while (read(fd, &c, 1) == 1 && c != '\n') line += c;
+  for (;;) {
+    pollfd pfd{fd, POLLIN, 0};
+    int n = poll(&pfd, 1, 200);
+    if (sched) {
+      sched->poll_signal();
+      if (sched->signal_received() != 0) {
+        interrupted = true;
+        break;
+      }
+    }
+    if (n < 0 && errno != EINTR) break;
+    if (n <= 0) continue;
+    if (read(fd, &c, 1) != 1 || c == '\n') break;
+    line += c;
+  }
   if (restore) tcsetattr(fd, TCSAFLUSH, &old);
   if (write(fd, "\n", 1) < 0) {
   }
   close(fd);
-  if (!line.empty()) Secrets::global().add("passphrase", line);
+  if (interrupted) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "interrupted");
+    return 2;
+  }
+  if (!line.empty()) Secrets::global().add(name, line);
   lua_pushlstring(L, line.data(), line.size());
   return 1;
 }

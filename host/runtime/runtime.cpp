@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <ostream>
 #include <random>
 #include <sstream>
 
@@ -24,6 +26,12 @@ const EmbeddedFile* find_embedded(std::string_view path) {
   for (const EmbeddedFile* f = kEmbeddedFiles; f->path; ++f)
     if (path == f->path) return f;
   return nullptr;
+}
+
+bool has_builtin(const std::string& rel) {
+  if (const char* dir = std::getenv("EPHRUN_LUA_DIR"); dir && *dir)
+    return fs::is_regular_file(fs::path(dir) / rel);
+  return find_embedded(rel) != nullptr;
 }
 
 namespace {
@@ -51,6 +59,10 @@ int load_builtin(lua_State* L, const std::string& rel) {
   if (!f) return 0;
   std::string chunk = "@" + rel;
   return luaL_loadbuffer(L, f->data, f->size, chunk.c_str()) == LUA_OK ? 1 : -1;
+}
+
+std::string builtin_recipe_rel(const std::string& name) {
+  return "recipes/" + name + (name.ends_with(".lua") ? "" : ".lua");
 }
 
 std::string module_path(std::string name) {
@@ -111,10 +123,26 @@ std::string make_run_id() {
                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, rd() & 0xffff);
 }
 
-int traceback_handler(lua_State* L) {
-  const char* msg = lua_tostring(L, 1);
-  if (!msg) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-  luaL_traceback(L, L, msg, 1);
+// A recipe file ends with `return ephrun.recipe{...}`: a tail call, which
+// drops the file's frame when the callee is a Lua function, so an error
+// raised about the table could not name the file's line. A C frame in
+// between keeps it: ephrun.recipe is wrapped by keep_frame(fn).
+int call_in_c_frame(lua_State* L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+int l_keep_frame(lua_State* L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_pushcclosure(L, call_in_c_frame, 1);
+  return 1;
+}
+
+int open_keep_frame(lua_State* L) {
+  lua_pushcfunction(L, l_keep_frame);
   return 1;
 }
 
@@ -156,7 +184,10 @@ void Runtime::open_state() {
   lua_setfield(L_, -2, "searchers");
   lua_pushliteral(L_, "");
   lua_setfield(L_, -2, "cpath");
-  lua_pop(L_, 1);
+  lua_getfield(L_, -1, "preload");
+  lua_pushcfunction(L_, open_keep_frame);
+  lua_setfield(L_, -2, "ephrun._keep_frame");
+  lua_pop(L_, 2);
 }
 
 int Runtime::push_cleanup(lua_State* L, int fn_idx, std::string what, std::string hint) {
@@ -255,6 +286,204 @@ void Runtime::print_still_cleaning(int sig) {
   report(msg);
 }
 
+// Resolves RECIPE and pushes its chunk: "ephrun:NAME" is a built-in command
+// (ls, reap, history), a recipe shipped in stdlib/ephrun/cmd/; then a file;
+// then a built-in recipe. Returns the exit code on failure, -1 on success.
+// A run that ends before its recipe runs: the message on stderr, and under
+// --json a JSON answer too, so a script reading stdout learns why.
+int Runtime::load_failed(const std::string& message, int code) {
+  std::string msg = redact(message);
+  report("ephrun: " + msg);
+  if (opts_.json) {
+    nlohmann::json j = {{"ok", false}, {"error", msg}, {"phase", phase}};
+    std::string s = j.dump(2) + "\n";
+    fwrite(s.data(), 1, s.size(), stdout);
+    fflush(stdout);
+  }
+  return code;
+}
+
+int Runtime::load_recipe(const std::string& recipe, std::string& path, bool& command) {
+  lua_State* L = L_;
+  std::string cmd_rel = "stdlib/ephrun/cmd/" + (command ? recipe.substr(7) : recipe) + ".lua";
+  if (command) {
+    int st = load_builtin(L, cmd_rel);
+    if (st <= 0) {
+      return load_failed(st == 0 ? fmt::format("no command '{}'", recipe.substr(7))
+                                 : fmt::format("error: {}", lua_tostring(L, -1)),
+                         kFailed);
+    }
+    path = cmd_rel;
+    return -1;
+  }
+  // A bare name that is a built-in, with a file of that name here that is not
+  // Lua (a shell's `history`, notes called `deploy-fast`): the built-in was
+  // meant. A Lua file of that name still wins; `./NAME` always means the file.
+  bool bare = recipe.find('/') == std::string::npos && recipe != "common";
+  bool is_cmd = bare && has_builtin(cmd_rel);
+  bool is_builtin =
+      is_cmd || (bare && !recipe.ends_with(".lua") && has_builtin(builtin_recipe_rel(recipe)));
+  if (fs::is_regular_file(recipe)) {
+    std::error_code ec;
+    bool compiled = luaL_loadfilex(L, recipe.c_str(), "t") == LUA_OK;
+    if (!is_builtin || (compiled && fs::file_size(recipe, ec) > 0)) {
+      if (!compiled) {
+        return load_failed(fmt::format("error in phase 'load': {}", lua_tostring(L, -1)), kFailed);
+      }
+      path = recipe;
+      recipe_dir = fs::absolute(recipe).parent_path().string();
+      return -1;
+    }
+    lua_pop(L, 1);  // the chunk of an empty file, or the syntax error
+    report(fmt::format(
+        "ephrun: note: ./{0} is not a Lua file, so `ephrun {0}` runs the built-in {1} '{0}' "
+        "(`ephrun ./{0}` runs the file)",
+        recipe, is_cmd ? "command" : "recipe"));
+  }
+  if (is_cmd) {
+    command = true;
+    return load_recipe("ephrun:" + recipe, path, command);
+  }
+  std::string rel = builtin_recipe_rel(recipe);
+  int st = load_builtin(L, rel);
+  if (st == 0)
+    return load_failed(fmt::format("no recipe '{}': not a file, and not a built-in recipe (see "
+                                   "`ephrun --list`)",
+                                   recipe),
+                       kUsage);
+  if (st < 0) {
+    return load_failed(fmt::format("error in phase 'load': {}", lua_tostring(L, -1)), kFailed);
+  }
+  path = rel;
+  return -1;
+}
+
+// Runs the recipe file and binds its parameters as a task, so SIGINT stops a
+// recipe that loops or blocks at load time like it stops the run. Leaves the
+// run function on the stack and returns -1, or returns the exit code.
+int Runtime::prepare(const std::string& recipe, const std::string& path,
+                     const std::vector<std::string>& args, std::string& label,
+                     std::string& bound_params) {
+  lua_State* L = L_;
+  int chunk = lua_gettop(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "ephrun._main");
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    report(fmt::format("ephrun: internal error: {}", lua_tostring(L, -1)));
+    return kFailed;
+  }
+  lua_getfield(L, -1, "prepare");
+  lua_remove(L, -2);
+  lua_pushvalue(L, chunk);
+  lua_remove(L, chunk);
+  lua_pushstring(L, path.c_str());
+  lua_pushstring(L, recipe.c_str());
+  lua_createtable(L, static_cast<int>(args.size()), 0);
+  for (size_t i = 0; i < args.size(); ++i) {
+    lua_pushstring(L, args[i].c_str());
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  lua_pushboolean(L, opts_.help);
+  // Named like the run's root task: its log lines carry no task prefix either.
+  Task* t = sched_->spawn(L, 5, "main", nullptr);
+  sched_->run_until(t);
+  int sig = sched_->signal_received();
+  std::string what, error, traceback = t->traceback;
+  if (t->ok) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->result_ref);
+    lua_rawgeti(L, -1, 1);
+    what = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
+    lua_pop(L, 1);
+    if (what == "run") {
+      lua_rawgeti(L, -1, 3);
+      label = lua_tostring(L, -1) ? lua_tostring(L, -1) : recipe;
+      lua_rawgeti(L, -2, 4);
+      bound_params = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
+      lua_pop(L, 2);
+      lua_rawgeti(L, -1, 2);
+      lua_remove(L, -2);
+      if (sig == 0) return -1;
+    } else if (what == "exit") {
+      lua_rawgeti(L, -1, 2);
+      int code = static_cast<int>(lua_tointeger(L, -1));
+      lua_pop(L, 2);
+      if (sig == 0) return code;
+    } else {
+      lua_rawgeti(L, -1, 2);
+      lua_rawgeti(L, -2, 3);
+      error = lua_tostring(L, -2) ? lua_tostring(L, -2) : "the recipe failed to load";
+      if (lua_tostring(L, -1)) traceback = lua_tostring(L, -1);
+      lua_pop(L, 3);
+    }
+  } else {
+    error = t->error;
+  }
+  // Cleanups a recipe pushed at load time still run.
+  sched_->cancel_on_signal = false;
+  run_cleanups();
+  if (sig) {
+    return load_failed(fmt::format("interrupted by SIG{} in phase '{}'", sigabbrev_np(sig), phase),
+                       128 + sig);
+  }
+  int code = load_failed(fmt::format("error in phase '{}': {}", phase, error), kFailed);
+  if (opts_.verbosity > 0 && !traceback.empty()) report(traceback);
+  return code;
+}
+
+// `ephrun --list`: each built-in with its summary, read by running the
+// file's top level (which only builds the table), never its `run`.
+int Runtime::list(std::ostream& out) {
+  lua_State* L = L_;
+  struct Row {
+    std::string name, summary, from;
+  };
+  std::vector<Row> recipes, commands;
+  const char* dir = std::getenv("EPHRUN_LUA_DIR");
+  for (const EmbeddedFile* f = kEmbeddedFiles; f->path; ++f) {
+    std::string p = f->path;
+    bool is_recipe = p.starts_with("recipes/");
+    bool is_command = p.starts_with("stdlib/ephrun/cmd/") && p != "stdlib/ephrun/cmd/common.lua";
+    if ((!is_recipe && !is_command) || !p.ends_with(".lua")) continue;
+    Row row{fs::path(p).stem().string(), "",
+            dir && *dir ? (fs::path(dir) / p).string() : "built-in"};
+    int top = lua_gettop(L);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "ephrun._main");
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+      report(fmt::format("ephrun: internal error: {}", lua_tostring(L, -1)));
+      return kFailed;
+    }
+    lua_getfield(L, -1, "describe");
+    bool ok = load_builtin(L, p) > 0;
+    if (ok) {
+      lua_pushstring(L, p.c_str());
+      ok = lua_pcall(L, 2, 2, 0) == LUA_OK && !lua_isnil(L, -2);
+    }
+    if (!ok) {
+      const char* why = lua_tostring(L, -1);
+      row.summary = fmt::format("(cannot be loaded: {})", why ? why : "?");
+    } else {
+      row.summary = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
+    }
+    lua_settop(L, top);
+    (is_recipe ? recipes : commands).push_back(std::move(row));
+  }
+  auto print = [&](const char* title, const std::vector<Row>& rows) {
+    size_t w = 0;
+    for (const auto& r : rows) w = std::max(w, r.name.size());
+    out << title << "\n";
+    for (const auto& r : rows) {
+      std::string line = fmt::format("  {:<{}}  {}", r.name, w, r.summary);
+      if (r.from != "built-in") line += "  (" + r.from + ")";
+      out << line << "\n";
+    }
+  };
+  print("Built-in recipes (`ephrun NAME --help` lists the parameters):", recipes);
+  print("Commands:", commands);
+  out << "A recipe file is run by its path: `ephrun ./my-recipe.lua`.\n";
+  return kOk;
+}
+
 int Runtime::run(const std::string& recipe, const std::vector<std::string>& args) {
   lua_State* L = L_;
   sched_->install_signal_handling();
@@ -266,78 +495,16 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
   };
   sched_->on_repeat_signal = [this](int sig) { print_still_cleaning(sig); };
 
-  // Resolve the recipe: a file, else a built-in name.
-  std::string path;
-  std::string label = recipe;
   int top = lua_gettop(L);
-  lua_pushcfunction(L, traceback_handler);
-  int msgh = lua_gettop(L);
-  // "ephrun:NAME" is a built-in command (ls, reap, history): a recipe shipped
-  // in stdlib/ephrun/cmd/, run like any other but not journalled as a run.
   bool command = recipe.starts_with("ephrun:");
-  if (command) {
-    std::string rel = "stdlib/ephrun/cmd/" + recipe.substr(7) + ".lua";
-    int st = load_builtin(L, rel);
-    if (st <= 0) {
-      report(st == 0 ? fmt::format("ephrun: no command '{}'", recipe.substr(7))
-                     : fmt::format("ephrun: error: {}", lua_tostring(L, -1)));
-      return kFailed;
-    }
-    path = rel;
-  } else if (fs::is_regular_file(recipe)) {
-    path = recipe;
-    recipe_dir = fs::absolute(recipe).parent_path().string();
-    if (luaL_loadfilex(L, recipe.c_str(), "t") != LUA_OK) {
-      report(fmt::format("ephrun: error: {}", lua_tostring(L, -1)));
-      return kFailed;
-    }
-  } else {
-    std::string rel = "recipes/" + recipe + (recipe.ends_with(".lua") ? "" : ".lua");
-    int st = load_builtin(L, rel);
-    if (st == 0) {
-      report(
-          fmt::format("ephrun: no recipe '{}': not a file, and not a built-in recipe (see "
-                      "`ephrun --list`)",
-                      recipe));
-      return kUsage;
-    }
-    if (st < 0) {
-      report(fmt::format("ephrun: error: {}", lua_tostring(L, -1)));
-      return kFailed;
-    }
-    path = rel;
-  }
-  int chunk = lua_gettop(L);
-
-  // Lua decides the rest of the start-up: params, --help.
-  phase = "params";
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "ephrun._main");
-  if (lua_pcall(L, 1, 1, msgh) != LUA_OK) {
-    report(fmt::format("ephrun: internal error: {}", lua_tostring(L, -1)));
-    return kFailed;
-  }
-  lua_getfield(L, -1, "prepare");
-  lua_pushvalue(L, chunk);
-  lua_pushstring(L, path.c_str());
-  lua_createtable(L, static_cast<int>(args.size()), 0);
-  for (size_t i = 0; i < args.size(); ++i) {
-    lua_pushstring(L, args[i].c_str());
-    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
-  }
-  lua_pushboolean(L, opts_.help);
-  if (lua_pcall(L, 4, 3, msgh) != LUA_OK) {
-    report(fmt::format("ephrun: error: {}", redact(lua_tostring(L, -1))));
-    return kFailed;
-  }
-  if (lua_isinteger(L, -3)) {  // (exit code, nil): help printed or a usage error
-    int code = static_cast<int>(lua_tointeger(L, -3));
+  std::string path, label = recipe, bound_params;
+  phase = "load";
+  if (int code = load_recipe(recipe, path, command); code >= 0) return code;
+  std::string invoked = recipe.starts_with("ephrun:") ? recipe.substr(7) : recipe;
+  if (int code = prepare(invoked, path, args, label, bound_params); code >= 0) {
     lua_settop(L, top);
     return code;
   }
-  std::string bound_params = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
-  label = lua_tostring(L, -2) ? lua_tostring(L, -2) : recipe;
-  lua_pop(L, 2);  // leave the run function on top
 
   // The journal records the run (not dry runs, not built-in commands) with
   // this process's identity, so `ephrun reap` can tell a run killed by
@@ -411,6 +578,7 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
     if (opts_.json) {
       auto j = plan_.render_json(label);
       j["ok"] = root->ok;
+      if (!root->ok) j["error"] = redact(root->error);
       std::string s = j.dump(2) + "\n";
       fwrite(s.data(), 1, s.size(), stdout);
     } else {

@@ -1,6 +1,7 @@
 // One recipe run: the Lua state, its scheduler, cleanup stack, plan and phase.
 #pragma once
 
+#include <iosfwd>
 #include <lua.hpp>
 #include <memory>
 #include <string>
@@ -20,6 +21,10 @@ struct Options {
   bool help = false;
 };
 
+/// Whether a file shipped with ephrun exists at `rel` ("recipes/x.lua"),
+/// in the binary or under EPHRUN_LUA_DIR.
+bool has_builtin(const std::string& rel);
+
 /// Exit codes, as documented in docs/cli.md.
 enum Exit : int { kOk = 0, kFailed = 1, kUsage = 2 };
 
@@ -38,6 +43,9 @@ class Runtime {
   /// params, runs it as the root task, runs the cleanups, prints the plan or
   /// summary. Returns the process exit code.
   int run(const std::string& recipe, const std::vector<std::string>& args);
+
+  /// Prints the built-in recipes and commands with their summaries.
+  int list(std::ostream& out);
 
   /// The one choke point for side effects: records `step` in the plan and
   /// returns whether to act (false under --dry-run, where the caller returns a
@@ -79,6 +87,10 @@ class Runtime {
 
  private:
   void open_state();
+  int load_recipe(const std::string& recipe, std::string& path, bool& command);
+  int load_failed(const std::string& message, int code);
+  int prepare(const std::string& recipe, const std::string& path,
+              const std::vector<std::string>& args, std::string& label, std::string& bound_params);
   int run_cleanups();
   void print_still_cleaning(int sig);
 

@@ -33,11 +33,13 @@ end
 local recipe_marker = {}
 
 ---@class ephrun.ParamSpec
----@field type? "string"|"number"|"bool"|"duration"|"path"|"list" inferred from `default` when omitted
----@field default? any
+---@field type? "string"|"number"|"bool"|"duration"|"path"|"list"|"secret" inferred from `default` when omitted
+---@field default? any a secret's default is "@env:VAR" or "@file:PATH"; `false` lets a number or duration be turned off (`ttl=none`)
 ---@field required? boolean
 ---@field doc? string
 ---@field choices? string[]
+---@field min? number|string lowest allowed value (durations also as text, "1m"); without it a value must be more than 0 (or 0 when the default is 0)
+---@field max? number|string highest allowed value; without it 10 years for durations, 2^53 for numbers
 
 ---@class ephrun.RecipeDef
 ---@field name string
@@ -49,14 +51,18 @@ local recipe_marker = {}
 ---@param def ephrun.RecipeDef
 ---@return ephrun.RecipeDef
 function M.recipe(def)
-  if type(def) ~= "table" then error("ephrun.recipe expects a table", 2) end
-  if type(def.name) ~= "string" or def.name == "" then error("ephrun.recipe: 'name' must be a non-empty string", 2) end
-  if type(def.run) ~= "function" then error("ephrun.recipe: 'run' must be a function", 2) end
+  -- Level 3: the recipe file, above the C frame keep_frame adds.
+  if type(def) ~= "table" then error("ephrun.recipe expects a table", 3) end
+  if type(def.name) ~= "string" or def.name == "" then error("ephrun.recipe: 'name' must be a non-empty string", 3) end
+  if type(def.run) ~= "function" then error("ephrun.recipe: 'run' must be a function", 3) end
   def.params = def.params or {}
-  require("ephrun.params").validate_specs(def.params, 3)
+  require("ephrun.params").validate_specs(def.params, 4)
   def[recipe_marker] = true
   return def
 end
+-- `return ephrun.recipe{...}` is a tail call; the C frame keeps the file's
+-- line for the errors above.
+M.recipe = require("ephrun._keep_frame")(M.recipe)
 
 --- True if `t` came from `ephrun.recipe`.
 ---@param t any
@@ -173,18 +179,51 @@ function M.yield()
   coroutine.yield()
 end
 
+-- One dotenv value: quotes removed ('…' literal, "…" with \n \" \\
+-- escapes), an unquoted value ends at " #" (a comment).
+local function dotenv_value(v)
+  local q = v:sub(1, 1)
+  if q == "'" or q == '"' then
+    local close = v:find(q, 2, true)
+    if q == '"' then
+      local i = 2
+      while true do
+        local c = v:sub(i, i)
+        if c == "" then close = nil break end
+        if c == "\\" then i = i + 2 elseif c == '"' then close = i break else i = i + 1 end
+      end
+    end
+    if close then
+      local inner = v:sub(2, close - 1)
+      if q == '"' then
+        inner = inner:gsub("\\(.)", { n = "\n", r = "\r", t = "\t", ['"'] = '"', ["\\"] = "\\" })
+      end
+      return inner
+    end
+  end
+  return (v:gsub("%s+#.*$", ""):gsub("^#.*$", ""))
+end
+
+-- Reads `name` from the dotenv file at `path` (the last assignment wins).
+-- Only a regular file is read: a fifo or a device there would block the run
+-- where no signal can stop it.
 local function dotenv_lookup(path, name)
+  local st = M.fs.stat(path, { follow = true })
+  if not st then return nil end
+  if st.type ~= "file" then
+    error(("%s is not a regular file: a .env file must be a plain file of NAME=value lines"):format(path), 0)
+  end
   local f = io.open(path, "r")
   if not f then return nil end
   local found
+  local first = true
   for line in f:lines() do
+    if first and line:sub(1, 3) == "\239\187\191" then line = line:sub(4) end -- UTF-8 BOM
+    first = false
+    line = line:gsub("\r$", "")
     local k, v = line:match("^%s*export%s+([%w_]+)%s*=%s*(.-)%s*$")
     if not k then k, v = line:match("^%s*([%w_]+)%s*=%s*(.-)%s*$") end
-    if k == name then
-      local q = v:sub(1, 1)
-      if (q == '"' or q == "'") and v:sub(-1) == q and #v >= 2 then v = v:sub(2, -2) end
-      found = v
-    end
+    if k == name then found = dotenv_value(v) end
   end
   f:close()
   return found

@@ -6,7 +6,7 @@ return ephrun.recipe {
   name = "history",
   summary = "List past runs: id, recipe, start, duration, status.",
   params = {
-    limit = { default = 20, doc = "how many runs to show (0 for all)" },
+    limit = { default = 20, min = 0, doc = "how many runs to show (0 for all)" },
   },
   run = function(p)
     local now = ephrun.time.now()
