@@ -174,6 +174,7 @@ class Instance:
         self.interrupt = None            # {"action", "time" (ISO), "at" (clock)}
         self.tokens = {}                 # IMDSv2 token -> expiry (clock)
         self.gone = False                # terminated and cleaned up
+        self.history = []                # [{"state", "at" (stand-in clock)}]
 
 
 class Standin:
@@ -261,6 +262,7 @@ class Standin:
     def begin(self, inst, state, reason=None):
         """Moves `inst` to `state` now (caller holds the state lock)."""
         inst.state, inst.since = state, self.now()
+        inst.history.append({"state": state, "at": inst.since})
         if reason:
             inst.reason = reason
         self.wake.set()
@@ -373,7 +375,6 @@ class Standin:
                     st, el = inst.state, t - inst.since
                     if st == "pending" and el >= cfg["pending_seconds"]:
                         self.begin(inst, "running")
-                        inst.since = inst.since + cfg["pending_seconds"]
                         if inst.shutdown_minutes is not None and inst.shutdown_at is None and not inst.booted:
                             inst.shutdown_at = t + inst.shutdown_minutes * cfg["minute_seconds"]
                         inst.booted = True
@@ -452,7 +453,7 @@ class Standin:
                 "sshd_running": bool(inst.proc and inst.proc.poll() is None),
                 "sshd_error": inst.sshd_error, "cloud_init_error": inst.cloud_init_error,
                 "host_key_public": inst.host_public, "interrupt": inst.interrupt,
-                "user_data": inst.user_data}
+                "user_data": inst.user_data, "history": list(inst.history)}
 
     def delete_everything(self):
         with self.lock:
@@ -564,11 +565,13 @@ class Ec2:
                                    "The instance '%s' is not in the 'stopped' state." % inst.id)
 
     def after(self, action, params, headers, root):
+        """Rewrites moto's reply in `root`; returns None if it did not, else the
+        instances whose machine goes down now (their sshd is stopped before the
+        reply leaves, as a real stop or terminate ends SSH at once)."""
         fn = getattr(self, "after_" + action, None)
         if fn is None:
-            return False
-        fn(params, headers, root)
-        return True
+            return None
+        return fn(params, headers, root) or []
 
     def after_RunInstances(self, params, headers, root):
         S = self.S
@@ -632,6 +635,7 @@ class Ec2:
 
     def _changes(self, root, new_state, allowed_from):
         S = self.S
+        down = []
         with S.lock:
             for item in items(root, "instancesSet"):
                 inst = S.instances.get(child(item, "instanceId").text)
@@ -644,17 +648,20 @@ class Ec2:
                             if new_state != "pending" else None)
                     if new_state == "pending":
                         inst.reason = None
+                    else:
+                        down.append(inst)
                 put_state(item, "previousState", prev)
                 put_state(item, "currentState", inst.state)
+        return down
 
     def after_TerminateInstances(self, params, headers, root):
-        self._changes(root, "shutting-down", ("pending", "running", "stopping", "stopped"))
+        return self._changes(root, "shutting-down", ("pending", "running", "stopping", "stopped"))
 
     def after_StopInstances(self, params, headers, root):
-        self._changes(root, "stopping", ("pending", "running"))
+        return self._changes(root, "stopping", ("pending", "running"))
 
     def after_StartInstances(self, params, headers, root):
-        self._changes(root, "pending", ("stopped",))
+        return self._changes(root, "pending", ("stopped",))
 
 
 # ---------------------------------------------------------------- HTTP
@@ -810,8 +817,12 @@ class Handler(BaseHTTPRequestHandler):
             root = ET.fromstring(data)
             if root.tag.startswith("{"):
                 ET.register_namespace("", root.tag[1:root.tag.index("}")])
-            if self.EC2.after(action, params, headers, root):
+            down = self.EC2.after(action, params, headers, root)
+            if down is not None:
                 data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+                for inst in down:
+                    with inst.oplock:
+                        S.stop_sshd(inst)
         self.send(status, data, rheaders)
         return status
 
