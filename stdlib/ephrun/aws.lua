@@ -352,7 +352,7 @@ local function secret_env(self, name)
 end
 
 local function home(self)
-  return self:getenv("HOME") or os.getenv("HOME") or "/"
+  return self:getenv("HOME") or "/"
 end
 
 local function read_ini(path)
