@@ -252,6 +252,16 @@ class StandinWithTheCli(unittest.TestCase):
         self.assertEqual(attr["InstanceInitiatedShutdownBehavior"]["Value"], "terminate")
         self.cli("ec2", "terminate-instances", "--instance-ids", iid)
 
+    def test_ephrun_launches_sshes_in_pinned_and_the_guest_ends_itself(self):
+        e = env(**self.a.env())
+        e.pop("AWS_PROFILE", None)
+        r = subprocess.run([BIN, os.path.join(RECIPES, "aws_standin_ssh.lua")],
+                           capture_output=True, text=True, timeout=180, env=e, cwd=self.tmp)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertRegex(lines[0], r"^ssh says hello from i-[0-9a-f]+$")
+        self.assertEqual(lines[1], "terminated: Client.InstanceInitiatedShutdown")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
