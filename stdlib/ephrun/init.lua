@@ -9,7 +9,7 @@ local modules = {
   log = "ephrun.log", json = "ephrun.json", time = "ephrun.time", http = "ephrun.http",
   fs = "ephrun.fs", proc = "ephrun.proc", xml = "ephrun.xml", ssh = "ephrun.ssh",
   keys = "ephrun.keys", params = "ephrun.params", cloud = "ephrun.cloud",
-  journal = "ephrun.journal", cloudinit = "ephrun.cloudinit",
+  journal = "ephrun.journal", cloudinit = "ephrun.cloudinit", aws = "ephrun.aws",
 }
 
 setmetatable(M, {

@@ -56,11 +56,9 @@ import argparse
 import base64
 import collections
 import copy
-import ctypes
 import datetime
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -74,14 +72,9 @@ import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-try:
-    import yaml
-except ImportError:  # a Python without PyYAML: use Debian's python3-yaml (scripts/setup.sh)
-    sys.path.append("/usr/lib/python3/dist-packages")
-    import yaml
-
-SSHD = "/usr/sbin/sshd"
-SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import guest  # noqa: E402  (tests/fakes/guest.py: the sshd-on-loopback guest both stand-ins play)
+from guest import SSHD, free_port, parse_user_data, read_file  # noqa: E402
 LOGIN_USER_AS_ROOT = "ephrun-vultr"
 MARKER = "EPHRUN_VULTR_INSTANCE"
 LOCKED_DELETE = "Unable to destroy server: Unable to remove VM: Server is currently locked"
@@ -159,140 +152,6 @@ def log(msg):
     print("standin: " + msg, file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------- processes
-
-def _die_with_parent():
-    # An sshd must not outlive a stand-in that was SIGKILLed. Safe here: the
-    # spawning thread (the state thread) lives as long as the process.
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def read_file(path, mode="r"):
-    try:
-        with open(path, mode) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def process_table(env_uid=None):
-    """{pid: (ppid, state)} of every live process, and {pid: environ bytes} of
-    those owned by `env_uid` (of all when None)."""
-    table, envs = {}, {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        st = read_file("/proc/%s/stat" % d)
-        if not st:
-            continue
-        fields = st[st.rfind(")") + 2:].split()
-        table[int(d)] = (int(fields[1]), fields[0])
-        try:
-            if env_uid is not None and os.stat("/proc/" + d).st_uid != env_uid:
-                continue
-        except OSError:
-            continue
-        envs[int(d)] = read_file("/proc/%s/environ" % d, "rb") or b""
-    return table, envs
-
-
-def kill_instance_processes(inst_id, roots, config_path, login_uid=None):
-    """SIGKILLs the instance's sshd (roots), its descendants, and every process
-    marked with the instance's SetEnv marker or running its sshd_config.
-
-    Only the login user's processes can carry the marker (`login_uid` narrows the
-    environ reads to them), and the sshd_config search is needed only when the
-    listener's pid is unknown: with many instances ending at once, reading every
-    process's environ and cmdline on each round made a DELETE take a second."""
-    marker = ("%s=%s" % (MARKER, inst_id)).encode()
-    me = os.getpid()
-    for _ in range(10):
-        table, envs = process_table(login_uid)
-        keep = {p for p in roots if p in table}
-        for pid, env in envs.items():
-            if pid != me and marker in env.split(b"\0"):
-                keep.add(pid)
-        if config_path and not keep.intersection(roots):
-            for pid in table:
-                if pid == me:
-                    continue
-                cmd = read_file("/proc/%d/cmdline" % pid, "rb") or b""
-                if config_path.encode() in cmd.split(b"\0"):
-                    keep.add(pid)
-        grew = True
-        while grew:
-            grew = False
-            for pid, (ppid, _st) in table.items():
-                if pid not in keep and ppid in keep:
-                    keep.add(pid)
-                    grew = True
-        alive = [p for p in keep if table.get(p, (0, "Z"))[1] != "Z" and p != me]
-        if not alive:
-            return
-        for p in alive:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.02)
-
-
-def ensure_login_user():
-    """(name, uid, gid) of the user sessions log in as."""
-    if os.geteuid() != 0:
-        pw = pwd.getpwuid(os.geteuid())
-        return pw.pw_name, pw.pw_uid, pw.pw_gid
-    name = LOGIN_USER_AS_ROOT
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], capture_output=True)
-    # With UsePAM no, sshd refuses accounts whose password is locked ('!'), even for keys.
-    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
-    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
-    pw = pwd.getpwnam(name)
-    return pw.pw_name, pw.pw_uid, pw.pw_gid
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# ---------------------------------------------------------------- user-data
-
-def parse_user_data(b64):
-    """What cloud-init would act on: host key pair, authorized keys, shutdown minutes."""
-    out = {"host_private": None, "host_public": None, "authorized_keys": [],
-           "shutdown_minutes": None}
-    if not b64:
-        return out
-    text = base64.b64decode(b64).decode("utf-8", "replace")
-    if not text.startswith("#cloud-config"):
-        return out
-    doc = yaml.safe_load(text) or {}
-    if not isinstance(doc, dict):
-        return out
-    keys = doc.get("ssh_keys") or {}
-    out["host_private"] = keys.get("ed25519_private")
-    out["host_public"] = keys.get("ed25519_public")
-    auth = list(doc.get("ssh_authorized_keys") or [])
-    for u in doc.get("users") or []:
-        if isinstance(u, dict):
-            auth += list(u.get("ssh_authorized_keys") or [])
-    out["authorized_keys"] = [str(k).strip() for k in auth if k]
-    for cmd in doc.get("runcmd") or []:
-        line = " ".join(map(str, cmd)) if isinstance(cmd, list) else str(cmd)
-        m = re.search(r"\bshutdown\b(?:\s+-[a-zA-Z]+)*\s+(now|\+(\d+))", line)
-        if m:
-            out["shutdown_minutes"] = 0 if m.group(1) == "now" else int(m.group(2))
-    return out
-
-
 # ---------------------------------------------------------------- the state
 
 class Instance:
@@ -322,7 +181,7 @@ class Standin:
         self.lock = threading.RLock()
         self.wake = threading.Event()
         self.stopping = False
-        self.user, self.uid, self.gid = ensure_login_user()
+        self.user, self.uid, self.gid = guest.ensure_login_user(LOGIN_USER_AS_ROOT)
         self.ssh_port = args.ssh_port or free_port()
         # Holding 127.0.0.1:ssh_port keeps other programs from being given this port.
         self.port_guard = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -614,76 +473,29 @@ class Standin:
         except Exception as e:  # cloud-init would log and go on
             inst.cloud_init_error = "user-data: %s" % e
             ud = parse_user_data("")
-        key = os.path.join(inst.dir, "host_ed25519")
-        if ud["host_private"]:
-            with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                f.write(ud["host_private"].strip() + "\n")
-            pub = ud["host_public"] or subprocess.run(
-                ["ssh-keygen", "-y", "-f", key], capture_output=True, text=True).stdout
-        else:
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", inst.id,
-                            "-f", key], check=True, capture_output=True)
-            pub = read_file(key + ".pub") or ""
-        inst.host_public = pub.strip()
-        with open(key + ".pub", "w") as f:
-            f.write(inst.host_public + "\n")
+        key, inst.host_public = guest.write_host_key(inst.dir, ud, inst.id)
         with self.lock:
             keys = list(ud["authorized_keys"]) + [
                 self.ssh_keys[k]["ssh_key"] for k in inst.sshkey_ids if k in self.ssh_keys]
         if not self.config["authorize_keys"]:
             keys = []
-        ak = os.path.join(inst.dir, "authorized_keys")
-        with open(ak, "w") as f:
-            f.write("".join(k + "\n" for k in keys))
-        os.chmod(ak, 0o644)
+        ak = guest.write_authorized_keys(inst.dir, keys)
         inst.shutdown_minutes = ud["shutdown_minutes"]
         with open(os.path.join(inst.dir, "sshd_config"), "w") as f:
             f.write(self.sshd_config(inst, key, ak))
         inst.provisioned = True
 
     def sshd_config(self, inst, key, ak):
-        return "\n".join([
-            "# sshd of Vultr stand-in instance " + inst.id,
-            "Port %d" % self.ssh_port,
-            "ListenAddress " + inst.ip,
-            "HostKey " + key,
-            "PidFile none",
-            "AuthorizedKeysFile " + ak,
-            "AllowUsers " + self.user,
-            "UsePAM no",
-            "StrictModes no",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PubkeyAuthentication yes",
-            "PermitRootLogin no",
-            "PrintMotd no",
-            "PrintLastLog no",
-            "UseDNS no",
-            "MaxStartups 100",
-            "MaxSessions 100",
-            "AcceptEnv *",
-            # Marks every session process, so delete and halt find them even when detached.
-            "SetEnv %s=%s HOME=%s" % (MARKER, inst.id, inst.home),
-            'ForceCommand cd "$HOME" || exit 125; if [ -n "${SSH_ORIGINAL_COMMAND+x}" ]; then '
-            'c=$SSH_ORIGINAL_COMMAND; unset SSH_ORIGINAL_COMMAND; exec /bin/sh -c "$c"; fi; '
-            'exec /bin/sh -l',
-            "Subsystem sftp " + SFTP_SERVER,
-            "LogLevel INFO",
-        ]) + "\n"
+        return guest.sshd_config("Vultr stand-in instance " + inst.id, inst.ip, self.ssh_port, key, ak,
+                                 self.user, MARKER, inst.id, inst.home)
 
     def start_sshd(self, inst):
-        logf = open(os.path.join(inst.dir, "sshd.log"), "ab")
-        try:
-            inst.proc = subprocess.Popen(
-                [SSHD, "-D", "-e", "-f", os.path.join(inst.dir, "sshd_config")],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, preexec_fn=_die_with_parent)
-        finally:
-            logf.close()
+        inst.proc = guest.start_sshd(inst.dir)
 
     def stop_sshd(self, inst):
         """Stops sshd and every session process of the instance (caller holds oplock)."""
         roots = [inst.proc.pid] if inst.proc else []
-        kill_instance_processes(inst.id, roots, os.path.join(inst.dir, "sshd_config"), self.uid)
+        guest.kill_instance_processes(MARKER, inst.id, roots, os.path.join(inst.dir, "sshd_config"), self.uid)
         if inst.proc:
             try:
                 inst.proc.wait(timeout=5)
