@@ -105,13 +105,22 @@ local function listening_ports()
   return ports
 end
 
+-- Ports are drawn below the kernel's ephemeral range: a port in that range
+-- can be taken by any outgoing connection between the pick and sshd's bind.
+local function port_range()
+  local low = tonumber((read("/proc/sys/net/ipv4/ip_local_port_range") or ""):match("^%s*(%d+)"))
+  if low and low > 12000 then return 10000, low - 1 end
+  return 20000, 59999
+end
+
 local function free_port()
   local used = listening_ports()
+  local lo, hi = port_range()
   for _ = 1, 200 do
-    local p = math.random(20000, 59999)
+    local p = math.random(lo, hi)
     if not used[p] then return p end
   end
-  errors.raise { kind = "capacity", message = "local provider: no free port found in 20000-59999" }
+  errors.raise { kind = "capacity", message = ("local provider: no free port found in %d-%d"):format(lo, hi) }
 end
 
 local function new_id()
