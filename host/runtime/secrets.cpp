@@ -419,6 +419,18 @@ std::string redact(std::string text) { return Secrets::global().redact(std::move
 LineSplitter::LineSplitter(Fn on_line, std::size_t max_line, const Secrets& secrets)
     : on_line_(std::move(on_line)), max_line_(max_line), secrets_(secrets) {}
 
+// Passes on the head of `text` in pieces of at most max_line bytes while more
+// than that is left, each cut where safe_cut allows; returns what is left.
+std::string_view LineSplitter::pieces(std::string_view text) {
+  while (text.size() > max_line_) {
+    std::size_t cut = secrets_.safe_cut(text, max_line_);
+    if (cut == 0) break;
+    on_line_(text.substr(0, cut));
+    text.remove_prefix(cut);
+  }
+  return text;
+}
+
 void LineSplitter::feed(std::string_view data) {
   partial_.append(data);
   std::size_t start = 0;
@@ -427,22 +439,18 @@ void LineSplitter::feed(std::string_view data) {
     if (nl == std::string::npos) break;
     std::string_view line(partial_.data() + start, nl - start);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    on_line_(line);
+    // However the stream was read, a long line comes out in the same pieces.
+    on_line_(pieces(line));
     start = nl + 1;
   }
   partial_.erase(0, start);
-  // A very long line is passed on in pieces; the buffer stays bounded by
-  // max_line plus the longest encoded secret.
-  while (partial_.size() > max_line_) {
-    std::size_t cut = secrets_.safe_cut(partial_, max_line_);
-    if (cut == 0) break;
-    on_line_(std::string_view(partial_.data(), cut));
-    partial_.erase(0, cut);
-  }
+  // The buffer stays bounded by max_line plus the longest encoded secret.
+  std::string_view rest = pieces(partial_);
+  partial_.erase(0, partial_.size() - rest.size());
 }
 
 void LineSplitter::finish() {
-  if (!partial_.empty()) on_line_(partial_);
+  if (!partial_.empty()) on_line_(pieces(partial_));
   partial_.clear();
 }
 

@@ -76,6 +76,8 @@ class LineSplitter {
   void finish();
 
  private:
+  std::string_view pieces(std::string_view text);
+
   Fn on_line_;
   std::size_t max_line_;
   const Secrets& secrets_;
