@@ -212,8 +212,9 @@ int with_session(lua_State* L, std::string what, Fn fn) {
 int l_session_run(lua_State* L) {
   std::string cmd = luaL_checkstring(L, 2);
   ssh::ExecOptions o;
+  // Values that are secrets were registered where they came from (ephrun.secret,
+  // secret params); registering every env value would mask ordinary words.
   o.env = string_map(L, 3, "env");
-  for (const auto& [k, v] : o.env) Secrets::global().add("env " + k, v);
   o.cwd = lua::opt_string_field(L, 3, "cwd", "");
   o.stdin_data = lua::opt_string_field(L, 3, "stdin", "");
   o.timeout = opt_seconds(L, 3, "timeout", 0);
@@ -273,7 +274,6 @@ int l_session_run_detached(lua_State* L) {
   ssh::DetachedOptions o;
   o.log = lua::opt_string_field(L, 3, "log", "");
   o.env = string_map(L, 3, "env");
-  for (const auto& [k, v] : o.env) Secrets::global().add("env " + k, v);
   o.cwd = lua::opt_string_field(L, 3, "cwd", "");
   return with_session(L, "start `" + cmd + "`", [cmd, o](ssh::Session& s, const CancelToken& tok) {
     auto j = s.run_detached(cmd, o, tok);
