@@ -192,6 +192,22 @@ int l_ssh_scan_local(lua_State* L) {
   return 1;
 }
 
+// _ssh.never_send() -> {".env*", ...}: the patterns no sync or deploy ever sends.
+int l_ssh_never_send(lua_State* L) {
+  lua_createtable(L, static_cast<int>(ssh::kNeverSend.size()), 0);
+  for (std::size_t i = 0; i < ssh::kNeverSend.size(); ++i) {
+    lua_pushstring(L, ssh::kNeverSend[i].c_str());
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  return 1;
+}
+
+// _ssh.never_sent(path) -> bool (any component, ignoring case)
+int l_ssh_never_sent(lua_State* L) {
+  lua_pushboolean(L, ssh::never_sent(luaL_checkstring(L, 1)));
+  return 1;
+}
+
 // Runs `fn(session, tok)` on a worker thread with the session locked, turning
 // ssh::Error into (nil, msg, kind).
 template <class Fn>
@@ -592,6 +608,9 @@ const luaL_Reg kSshFns[] = {
     {"connect", lua::safe<l_ssh_connect>},
     {"wait", lua::safe<l_ssh_wait>},
     {"scan_local", lua::safe<l_ssh_scan_local>},
+    // The never-send list, for plans and tarballs that do not go through sync.
+    {"never_send", lua::safe<l_ssh_never_send>},
+    {"never_sent", lua::safe<l_ssh_never_sent>},
     {nullptr, nullptr},
 };
 

@@ -501,7 +501,7 @@ function PlanSession:sync(local_dir, remote_dir, opts)
       ssh.human_bytes(stats.bytes_total),
       stats.excluded or 0)
   end
-  local ex = { ".env*", "*.pem", "id_*", ".git" }
+  local ex = ssh.never_send()
   for _, e in ipairs(opts.exclude or {}) do ex[#ex + 1] = e end
   details[#details + 1] = "excludes: " .. table.concat(ex, " ")
   ephrun.effect { kind = "sync", what = local_dir .. " → " .. remote_dir, where = self.host,

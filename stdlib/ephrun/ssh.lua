@@ -100,6 +100,22 @@ function M.scan_local(dir, opts)
   return native.scan_local(dir, opts or {})
 end
 
+--- The patterns no sync (nor deploy-to-server's tarball) ever sends unless an
+--- `include` names them: `.env*`, `*.pem`, `id_*`, `.git`, matched against every
+--- path component, ignoring case. A fresh copy each call.
+---@return string[]
+function M.never_send()
+  return native.never_send()
+end
+
+--- Whether `path` (relative, '/'-separated) is never sent: some component of it
+--- matches `never_send()`, ignoring case (`.ENV`, `keys/ID_RSA`, `key.PEM`).
+---@param path string
+---@return boolean
+function M.never_sent(path)
+  return native.never_sent(path)
+end
+
 local function call(self, name, ...)
   local r, err, kind = self._s[name](self._s, ...)
   if r == nil and err then raise(err, kind, 3) end
@@ -172,8 +188,9 @@ end
 M.human_bytes = human
 
 --- Makes `remote_dir` hold `local_dir`: only new or changed files are sent, as
---- one tar stream. `.env*`, `*.pem`, `id_*` and `.git` are never sent unless
---- `include` names them; `.gitignore` files are honoured. Prints a summary.
+--- one tar stream. `.env*`, `*.pem`, `id_*` and `.git` (`never_send()`, in any
+--- case) are never sent unless `include` names them; `.gitignore` files are
+--- honoured. Prints a summary.
 ---@param local_dir string
 ---@param remote_dir string
 ---@param opts? {exclude?: string[], include?: string[], delete?: boolean, gitignore?: boolean, progress?: boolean}
