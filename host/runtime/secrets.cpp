@@ -135,6 +135,18 @@ Token backslash_token(std::string_view t, std::size_t i) {
   return k;
 }
 
+// Whether some backslash escapes a byte other than '"', '\\' or '/', the only
+// escapes that the JSON and the shell reading decode alike.
+bool shell_escapes_differ(std::string_view t) {
+  for (std::size_t i = t.find('\\'); i != std::string_view::npos; i = t.find('\\', i)) {
+    if (i + 1 >= t.size()) return false;
+    char c = t[i + 1];
+    if (c != '"' && c != '\\' && c != '/') return true;
+    i += 2;
+  }
+  return false;
+}
+
 // The longest escape sequence any decoder reads (a \uD83D\uDE00 pair), and the
 // most text bytes one secret byte can become ('\uXXXX').
 constexpr std::size_t kMaxToken = 12;
@@ -222,10 +234,10 @@ struct Matcher {
 
   // The same over what `token` decodes `t` to, without building the decoded
   // text: a ring remembers where each of the last `ring_size` decoded bytes
-  // began in `t`, enough to map back the longest pattern. `lead` lists the bytes
-  // that can begin an escape; plain stretches farther than the longest pattern
-  // from any escape decode to themselves, the raw scan has seen them, and they
-  // are skipped.
+  // began in `t`, enough to map back the longest pattern. `lead` lists the one
+  // or two bytes that can begin an escape; plain stretches farther than the
+  // longest pattern from any escape decode to themselves, the raw scan has seen
+  // them, and they are skipped.
   template <class TokenFn>
   void scan_decoded(std::string_view t, std::string_view lead, TokenFn token,
                     std::vector<Range>& out) const {
@@ -245,6 +257,16 @@ struct Matcher {
           s = 0;
         }
         plain = 0;
+      }
+      if (t[i] != lead.front() && t[i] != lead.back()) {  // a plain byte: itself
+        ring[j & mask] = static_cast<std::uint32_t>(i);
+        s = static_cast<std::size_t>(next[s * nclass + cls[static_cast<unsigned char>(t[i])]]);
+        if (out_len[s] != 0)
+          out.push_back({ring[(j + 1 - out_len[s]) & mask], i + 1, out_secret[s]});
+        ++j;
+        ++plain;
+        ++i;
+        continue;
       }
       Token k = token(t, i);
       for (std::uint8_t b = 0; b < k.n; ++b, ++j) {
@@ -269,8 +291,10 @@ struct Matcher {
         t, "%+", [](std::string_view x, std::size_t i) { return url_token(x, i); }, hits);
     scan_decoded(
         t, "\\", [](std::string_view x, std::size_t i) { return json_token(x, i); }, hits);
-    scan_decoded(
-        t, "\\", [](std::string_view x, std::size_t i) { return backslash_token(x, i); }, hits);
+    // Where every backslash escapes '"', '\\' or '/', the shell reading equals the JSON one.
+    if (shell_escapes_differ(t))
+      scan_decoded(
+          t, "\\", [](std::string_view x, std::size_t i) { return backslash_token(x, i); }, hits);
     // An apostrophe is common in prose; this pass only runs when a quoted one is there.
     if (t.find("'\\''") != std::string_view::npos || t.find("'\"'\"'") != std::string_view::npos)
       scan_decoded(
