@@ -205,10 +205,13 @@ class Filter {
     while (std::getline(in, line)) add(git_, line, base);
   }
   bool excluded(const std::string& rel, bool is_dir) const {
-    bool ex = never_sent(rel);
-    for (auto* set : {&git_, &user_})
-      for (auto& r : *set)
-        if (rule_matches(r, rel, is_dir)) ex = !r.negate;
+    bool ex = false;
+    for (auto& r : git_)
+      if (rule_matches(r, rel, is_dir)) ex = !r.negate;
+    // After .gitignore, whose `!` must not bring a secret back; only `include` can.
+    if (never_sent(rel)) ex = true;
+    for (auto& r : user_)
+      if (rule_matches(r, rel, is_dir)) ex = !r.negate;
     return ex;
   }
   // Excluded itself or under an excluded directory.

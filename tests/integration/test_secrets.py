@@ -244,10 +244,12 @@ def secret_tree(root):
     for rel in (".ENV", "conf/.Env.Local", "ID_RSA", "keys/Id_Ed25519", "key.PEM", ".GIT/config", "notes.txt",
                 "conf/app.toml", "NODE_MODULES/kept.js", "node_modules/dropped.js"):
         write(os.path.join(root, rel), "content of %s\n" % rel)
+    # A .gitignore cannot re-include what is never sent; only `include` can.
+    write(os.path.join(root, ".gitignore"), "!.ENV\n!ID_RSA\n")
 
 
 class NeverSend(SshdCase):
-    SENT = ["NODE_MODULES/kept.js", "conf/app.toml", "keys", "notes.txt"]
+    SENT = [".gitignore", "NODE_MODULES/kept.js", "conf/app.toml", "keys", "notes.txt"]
 
     def sent(self, root):
         out = []
@@ -272,7 +274,7 @@ class NeverSend(SshdCase):
             self.assertIn("never_send: .env* *.pem id_* .git", r.stdout)
             r = self.ephrun(*args, "--dry-run")
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            self.assertIn("3 files", r.stdout)
+            self.assertIn("4 files", r.stdout)
             self.assertIn("(6 excluded)", r.stdout)
             self.assertIn("excludes: .env* *.pem id_* .git", r.stdout)
         finally:
