@@ -10,8 +10,9 @@
 --- leftovers) use the key and known_hosts this run used.
 local ephrun = require "ephrun"
 
--- Never in the tarball, whatever `exclude` says: what `session:sync` never sends.
-local ALWAYS_EXCLUDED = { ".env*", "*.pem", "id_*", ".git" }
+-- Never in the tarball, whatever `exclude` says: what `session:sync` never sends
+-- (matched ignoring case there, and here through tar's --ignore-case).
+local ALWAYS_EXCLUDED = ephrun.ssh.never_send()
 
 local q = ephrun.shell_quote
 
@@ -70,7 +71,7 @@ return ephrun.recipe {
     src = { type = "path", default = ".", doc = "local app directory" },
     dir = { type = "string", required = true, doc = "service directory on the server (absolute, or relative to the login home)" },
     exclude = { type = "list", default = { "node_modules" },
-      doc = "more patterns left out of the tarball (.env*, *.pem, id_*, .git always are)" },
+      doc = "more patterns left out of the tarball (.env*, *.pem, id_*, .git always are, in any case)" },
     preserve = { type = "list", default = { ".env" },
       doc = "paths in the current service directory copied into the new release (files that live only on the server)" },
     install = { default = "npm install --production", doc = "run in the new release before it goes live (empty: skip)" },
@@ -100,7 +101,10 @@ return ephrun.recipe {
     local tmp = assert(ephrun.fs.tempdir("ephrun-deploy-"))
     local tarball = tmp .. "/release.tar.gz"
     local argv = { "tar", "-czf", tarball }
-    for _, e in ipairs(excludes) do argv[#argv + 1] = "--exclude=" .. e end
+    argv[#argv + 1] = "--ignore-case"
+    for _, e in ipairs(ALWAYS_EXCLUDED) do argv[#argv + 1] = "--exclude=" .. e end
+    argv[#argv + 1] = "--no-ignore-case"
+    for _, e in ipairs(p.exclude) do argv[#argv + 1] = "--exclude=" .. e end
     argv[#argv + 1] = "-C"
     argv[#argv + 1] = p.src
     argv[#argv + 1] = "."

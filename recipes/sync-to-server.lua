@@ -1,6 +1,7 @@
 --- sync-to-server: make a directory on a permanent server (the static
 --- provider) hold a local directory. Only new or changed files are sent
---- (`session:sync`); `.env*`, `*.pem`, `id_*` and `.git` never leave, nor
+--- (`session:sync`); `.env*`, `*.pem`, `id_*` and `.git` never leave (in any
+--- case: `ephrun.ssh.never_send()`), nor
 --- whatever `exclude` names. Nothing is installed or restarted.
 local ephrun = require "ephrun"
 
@@ -25,7 +26,7 @@ return ephrun.recipe {
     src = { type = "path", default = ".", doc = "local directory" },
     dir = { type = "string", required = true, doc = "directory on the server (absolute, or relative to the login home)" },
     exclude = { type = "list", default = { "node_modules" },
-      doc = "more patterns not sent (.env*, *.pem, id_*, .git never are)" },
+      doc = "more patterns not sent (.env*, *.pem, id_*, .git never are, in any case)" },
     delete = { default = false, doc = "remove files on the server that are gone locally (excluded ones are kept)" },
   },
   run = function(p)

@@ -192,6 +192,22 @@ int l_ssh_scan_local(lua_State* L) {
   return 1;
 }
 
+// _ssh.never_send() -> {".env*", ...}: the patterns no sync or deploy ever sends.
+int l_ssh_never_send(lua_State* L) {
+  lua_createtable(L, static_cast<int>(ssh::kNeverSend.size()), 0);
+  for (std::size_t i = 0; i < ssh::kNeverSend.size(); ++i) {
+    lua_pushstring(L, ssh::kNeverSend[i].c_str());
+    lua_rawseti(L, -2, static_cast<lua_Integer>(i + 1));
+  }
+  return 1;
+}
+
+// _ssh.never_sent(path) -> bool (any component, ignoring case)
+int l_ssh_never_sent(lua_State* L) {
+  lua_pushboolean(L, ssh::never_sent(luaL_checkstring(L, 1)));
+  return 1;
+}
+
 // Runs `fn(session, tok)` on a worker thread with the session locked, turning
 // ssh::Error into (nil, msg, kind).
 template <class Fn>
@@ -212,8 +228,9 @@ int with_session(lua_State* L, std::string what, Fn fn) {
 int l_session_run(lua_State* L) {
   std::string cmd = luaL_checkstring(L, 2);
   ssh::ExecOptions o;
+  // Values that are secrets were registered where they came from (ephrun.secret,
+  // secret params); registering every env value would mask ordinary words.
   o.env = string_map(L, 3, "env");
-  for (const auto& [k, v] : o.env) Secrets::global().add("env " + k, v);
   o.cwd = lua::opt_string_field(L, 3, "cwd", "");
   o.stdin_data = lua::opt_string_field(L, 3, "stdin", "");
   o.timeout = opt_seconds(L, 3, "timeout", 0);
@@ -273,7 +290,6 @@ int l_session_run_detached(lua_State* L) {
   ssh::DetachedOptions o;
   o.log = lua::opt_string_field(L, 3, "log", "");
   o.env = string_map(L, 3, "env");
-  for (const auto& [k, v] : o.env) Secrets::global().add("env " + k, v);
   o.cwd = lua::opt_string_field(L, 3, "cwd", "");
   return with_session(L, "start `" + cmd + "`", [cmd, o](ssh::Session& s, const CancelToken& tok) {
     auto j = s.run_detached(cmd, o, tok);
@@ -618,6 +634,9 @@ const luaL_Reg kSshFns[] = {
     {"wait", lua::safe<l_ssh_wait>},
     {"scan_local", lua::safe<l_ssh_scan_local>},
     {"_known_host_entries", lua::safe<l_ssh_known_host_entries>},
+    // The never-send list, for plans and tarballs that do not go through sync.
+    {"never_send", lua::safe<l_ssh_never_send>},
+    {"never_sent", lua::safe<l_ssh_never_sent>},
     {nullptr, nullptr},
 };
 

@@ -1,10 +1,14 @@
 #include "runtime/log.hpp"
 
+#include <fcntl.h>
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/base_sink.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <mutex>
 
@@ -36,6 +40,28 @@ class RedactingSink final : public spdlog::sinks::base_sink<std::mutex> {
   bool own_;
 };
 
+// The debug log holds commands, hosts and paths: readable by its owner only,
+// also when it already existed with wider permissions.
+FILE* open_private(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) throw std::runtime_error("cannot open log file " + path + ": " + strerror(errno));
+  struct stat st {};
+  if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & 077) != 0 &&
+      fchmod(fd, st.st_mode & 0700) != 0) {
+    int e = errno;
+    ::close(fd);
+    throw std::runtime_error("log file " + path +
+                             " is readable by others and cannot be made private: " + strerror(e) +
+                             "; remove it or choose another --log-file");
+  }
+  FILE* f = fdopen(fd, "a");
+  if (!f) {
+    ::close(fd);
+    throw std::runtime_error("cannot open log file " + path + ": " + strerror(errno));
+  }
+  return f;
+}
+
 }  // namespace
 
 void init_logging(int verbosity, const std::string& log_file) {
@@ -48,8 +74,7 @@ void init_logging(int verbosity, const std::string& log_file) {
                                   : spdlog::level::trace);
   std::vector<spdlog::sink_ptr> sinks{err};
   if (!log_file.empty()) {
-    FILE* f = fopen(log_file.c_str(), "a");
-    if (!f) throw std::runtime_error("cannot open log file " + log_file);
+    FILE* f = open_private(log_file);
     auto file = std::make_shared<RedactingSink>(f, true);
     file->set_pattern("%Y-%m-%dT%H:%M:%S.%e %l %v");
     file->set_level(spdlog::level::trace);

@@ -5,8 +5,10 @@
 #include <cctype>
 #include <cstring>
 #include <ctime>
+#include <optional>
 #include <vector>
 
+#include "runtime/secrets.hpp"
 #include "ssh/session_impl.hpp"
 #include "ssh/util.hpp"
 
@@ -33,10 +35,12 @@ constexpr std::string_view kPgidTag = "EPHRUN-PGID ";
 
 // Splits a byte stream into lines for a callback and keeps a bounded tail.
 struct Sink {
-  std::function<void(std::string_view)> on_line;
+  Sink(std::function<void(std::string_view)> on_line, std::size_t max_capture) : max(max_capture) {
+    if (on_line) lines.emplace(std::move(on_line));
+  }
   std::size_t max;
   std::string captured;
-  std::string partial;
+  std::optional<LineSplitter> lines;
   bool truncated = false;
 
   void feed(std::string_view d) {
@@ -45,22 +49,10 @@ struct Sink {
       captured.erase(0, captured.size() - max);
       truncated = true;
     }
-    if (!on_line) return;
-    partial.append(d);
-    std::size_t start = 0;
-    for (;;) {
-      auto nl = partial.find('\n', start);
-      if (nl == std::string::npos) break;
-      std::string_view line(partial.data() + start, nl - start);
-      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      on_line(line);
-      start = nl + 1;
-    }
-    partial.erase(0, start);
+    if (lines) lines->feed(d);
   }
   void finish() {
-    if (on_line && !partial.empty()) on_line(partial);
-    partial.clear();
+    if (lines) lines->finish();
     if (captured.size() > max) {
       captured.erase(0, captured.size() - max);
       truncated = true;

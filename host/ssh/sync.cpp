@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -160,10 +161,36 @@ bool rule_matches(const Rule& r, const std::string& rel, bool is_dir) {
   return wild(r.pat.c_str(), name.c_str());
 }
 
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+}  // namespace
+
+bool never_sent(std::string_view path) {
+  static const std::vector<std::string> patterns = [] {
+    std::vector<std::string> v;
+    for (const auto& p : kNeverSend) v.push_back(lower(p));
+    return v;
+  }();
+  for (std::size_t b = 0; b <= path.size();) {
+    auto e = std::min(path.find('/', b), path.size());
+    std::string name = lower(path.substr(b, e - b));
+    if (!name.empty())
+      for (const auto& p : patterns)
+        if (wild(p.c_str(), name.c_str())) return true;
+    b = e + 1;
+  }
+  return false;
+}
+
+namespace {
+
 class Filter {
  public:
   Filter(const SyncOptions& o) {
-    for (auto& p : kDefaultSyncExcludes) add(defaults_, p, "");
     for (auto& p : o.exclude) add(user_, p, "");
     for (auto& p : o.include) {
       auto r = parse_rule(p, "");
@@ -179,9 +206,12 @@ class Filter {
   }
   bool excluded(const std::string& rel, bool is_dir) const {
     bool ex = false;
-    for (auto* set : {&defaults_, &git_, &user_})
-      for (auto& r : *set)
-        if (rule_matches(r, rel, is_dir)) ex = !r.negate;
+    for (auto& r : git_)
+      if (rule_matches(r, rel, is_dir)) ex = !r.negate;
+    // After .gitignore, whose `!` must not bring a secret back; only `include` can.
+    if (never_sent(rel)) ex = true;
+    for (auto& r : user_)
+      if (rule_matches(r, rel, is_dir)) ex = !r.negate;
     return ex;
   }
   // Excluded itself or under an excluded directory.
@@ -195,7 +225,7 @@ class Filter {
   static void add(std::vector<Rule>& v, const std::string& line, const std::string& base) {
     if (auto r = parse_rule(line, base)) v.push_back(*r);
   }
-  std::vector<Rule> defaults_, git_, user_;
+  std::vector<Rule> git_, user_;
 };
 
 // ---- local scan ------------------------------------------------------------------

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "runtime/cancel.hpp"
@@ -13,8 +14,14 @@
 
 namespace ephrun::ssh {
 
-/// Never sent unless an `include` pattern names them.
-inline const std::vector<std::string> kDefaultSyncExcludes = {".env*", "*.pem", "id_*", ".git"};
+/// Never sent unless an `include` pattern names them, matched against each path
+/// component ignoring case (`.ENV`, `ID_RSA` and `key.PEM` are secrets too). The one
+/// definition: the sync walk, the plan (`ephrun.ssh.never_send()`) and
+/// deploy-to-server's tarball all use it.
+inline const std::vector<std::string> kNeverSend = {".env*", "*.pem", "id_*", ".git"};
+
+/// Whether some component of `path` ('/'-separated) matches kNeverSend, ignoring case.
+bool never_sent(std::string_view path);
 
 struct SyncOptions {
   /// gitignore-style patterns (`*`, `**`, `?`, `[a-z]`, leading `/` anchors to the

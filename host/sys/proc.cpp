@@ -13,7 +13,10 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <set>
+
+#include "runtime/secrets.hpp"
 
 extern char** environ;
 
@@ -65,7 +68,7 @@ struct Stream {
   bool is_err = false;
   std::string captured;
   bool truncated = false;
-  std::string partial;
+  std::optional<LineSplitter> lines;
 
   void feed(const char* d, std::size_t n, const SpawnOptions& o) {
     if (o.capture) {
@@ -76,25 +79,11 @@ struct Stream {
       }
     }
     if (!o.on_line) return;
-    partial.append(d, n);
-    std::size_t start = 0;
-    for (;;) {
-      auto nl = partial.find('\n', start);
-      if (nl == std::string::npos) break;
-      std::string_view line(partial.data() + start, nl - start);
-      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      o.on_line(is_err, line);
-      start = nl + 1;
-    }
-    partial.erase(0, start);
-    if (partial.size() > 65536) {  // a very long line: pass it on in pieces
-      o.on_line(is_err, partial);
-      partial.clear();
-    }
+    if (!lines) lines.emplace([&o, err = is_err](std::string_view line) { o.on_line(err, line); });
+    lines->feed(std::string_view(d, n));
   }
   void finish(const SpawnOptions& o) {
-    if (o.on_line && !partial.empty()) o.on_line(is_err, partial);
-    partial.clear();
+    if (lines) lines->finish();
     if (captured.size() > o.max_capture) {
       captured.erase(0, captured.size() - o.max_capture);
       truncated = true;

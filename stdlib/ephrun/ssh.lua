@@ -122,6 +122,22 @@ function M.scan_local(dir, opts)
   return native.scan_local(dir, opts or {})
 end
 
+--- The patterns no sync (nor deploy-to-server's tarball) ever sends unless an
+--- `include` names them: `.env*`, `*.pem`, `id_*`, `.git`, matched against every
+--- path component, ignoring case. A fresh copy each call.
+---@return string[]
+function M.never_send()
+  return native.never_send()
+end
+
+--- Whether `path` (relative, '/'-separated) is never sent: some component of it
+--- matches `never_send()`, ignoring case (`.ENV`, `keys/ID_RSA`, `key.PEM`).
+---@param path string
+---@return boolean
+function M.never_sent(path)
+  return native.never_sent(path)
+end
+
 -- A session to a launched instance knows when its lifetime ends (`lifetime`,
 -- set by ephrun.cloud): a failure past that time says the timer ended the
 -- instance, instead of only `transport read`.
@@ -205,8 +221,9 @@ end
 M.human_bytes = human
 
 --- Makes `remote_dir` hold `local_dir`: only new or changed files are sent, as
---- one tar stream. `.env*`, `*.pem`, `id_*` and `.git` are never sent unless
---- `include` names them; `.gitignore` files are honoured. Prints a summary.
+--- one tar stream. `.env*`, `*.pem`, `id_*` and `.git` (`never_send()`, in any
+--- case) are never sent unless `include` names them; `.gitignore` files are
+--- honoured. Prints a summary.
 ---@param local_dir string
 ---@param remote_dir string
 ---@param opts? {exclude?: string[], include?: string[], delete?: boolean, gitignore?: boolean, progress?: boolean}
@@ -297,7 +314,7 @@ end
 planned.sync = function(_, local_dir, remote_dir, opts)
   opts = opts or {}
   local st = M.scan_local(local_dir, opts)
-  local ex = { ".env*", "*.pem", "id_*", ".git" }
+  local ex = M.never_send()
   for _, e in ipairs(opts.exclude or {}) do ex[#ex + 1] = e end
   st.files_sent, st.bytes_sent, st.deleted, st.duration, st.dry_run = st.files_total, st.bytes_total, 0, 0, true
   return { kind = "sync", what = local_dir .. " → " .. remote_dir, details = {
