@@ -19,6 +19,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "ssh/extract.hpp"
 #include "ssh/session_impl.hpp"
 #include "ssh/sftp.hpp"
 #include "ssh/tar.hpp"
@@ -653,19 +654,6 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
 
 // ---- fetch -------------------------------------------------------------------------
 
-namespace {
-
-bool safe_rel(const std::string& p) {
-  if (p.empty() || p[0] == '/') return false;
-  std::stringstream ss(p);
-  std::string part;
-  while (std::getline(ss, part, '/'))
-    if (part == "..") return false;
-  return true;
-}
-
-}  // namespace
-
 FetchStats fetch(Session& s, const std::string& remote, const std::string& local,
                  const SyncProgressFn& progress, const CancelToken& token) {
   auto start = Clock::now();
@@ -675,152 +663,59 @@ FetchStats fetch(Session& s, const std::string& remote, const std::string& local
   if (r.rfind("~/", 0) == 0) r = r.substr(2);
   std::string q = shell_quote(r);
   std::string dest = strip_slashes(local);
+  std::string what = "fetch " + s.label() + ":" + remote;
 
   // First byte: 'D' (directory contents follow) or 'F' (a single file).
-  bool got_kind = false, single = false;
-  std::string single_name;
-  std::unordered_set<std::string> safe_dirs;
-  std::vector<tar::Entry> dirs;
-  int fd = -1;
-  std::string cur_path;
-  tar::Entry cur;
+  bool got_kind = false;
+  std::unique_ptr<TarExtractor> x;
   SyncProgress p;
   Progress prog(progress, p);
-  struct FdCloser {
-    int& fd;
-    ~FdCloser() {
-      if (fd >= 0) ::close(fd);
-    }
-  } closer{fd};
-
-  auto ensure_parent_safe = [&](const std::string& rel) {
-    // Every parent inside dest must be a real directory, never a symlink the
-    // archive planted.
-    std::size_t pos = 0;
-    while ((pos = rel.find('/', pos)) != std::string::npos) {
-      std::string d = rel.substr(0, pos);
-      ++pos;
-      if (safe_dirs.count(d)) continue;
-      std::string abs = dest + "/" + d;
-      struct stat st {};
-      if (::lstat(abs.c_str(), &st) != 0) {
-        if (::mkdir(abs.c_str(), 0755) != 0 && errno != EEXIST)
-          throw Error(ErrorKind::other, "cannot create " + abs + ": " + std::strerror(errno));
-      } else if (!S_ISDIR(st.st_mode)) {
-        throw Error(ErrorKind::other,
-                    "fetch: refusing to write through " + abs + " (not a directory)");
-      }
-      safe_dirs.insert(d);
-    }
+  std::uint64_t seen_files = 0, seen_bytes = 0;
+  auto report = [&] {
+    auto f = x->counters().files.load(), b = x->counters().bytes.load();
+    prog.add(f - seen_files, b - seen_bytes);
+    seen_files = f;
+    seen_bytes = b;
   };
-
-  tar::Reader reader;
-  reader.on_entry = [&](const tar::Entry& e) {
-    std::string rel = e.path;
-    while (rel.rfind("./", 0) == 0) rel = rel.substr(2);
-    std::string target;
-    if (single) {
-      if (rel != single_name) throw Error(ErrorKind::other, "fetch: unexpected entry " + rel);
-      target = dest;
-    } else {
-      if (rel.empty() || rel == ".") {
-        if (e.type == tar::Type::dir) {
-          ::mkdir(dest.c_str(), 0755);
-          tar::Entry d = e;
-          d.path = "";
-          dirs.push_back(d);
-        }
-        return;
-      }
-      if (!safe_rel(rel)) throw Error(ErrorKind::other, "fetch: refusing unsafe path " + rel);
-      ensure_parent_safe(rel);
-      target = dest + "/" + rel;
-    }
-    cur = e;
-    cur_path = target;
-    switch (e.type) {
-      case tar::Type::dir: {
-        struct stat st {};
-        if (::lstat(target.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) ::unlink(target.c_str());
-        if (::mkdir(target.c_str(), 0700) != 0 && errno != EEXIST)
-          throw Error(ErrorKind::other, "cannot create " + target + ": " + std::strerror(errno));
-        if (!single) safe_dirs.insert(rel);
-        tar::Entry d = e;
-        d.path = target;
-        dirs.push_back(d);
-        break;
-      }
-      case tar::Type::symlink:
-        ::unlink(target.c_str());
-        if (::symlink(e.link.c_str(), target.c_str()) != 0)
-          throw Error(ErrorKind::other,
-                      "cannot create symlink " + target + ": " + std::strerror(errno));
-        ++fs.files;
-        break;
-      case tar::Type::hardlink: {
-        std::string lt = e.link;
-        while (lt.rfind("./", 0) == 0) lt = lt.substr(2);
-        if (!safe_rel(lt)) throw Error(ErrorKind::other, "fetch: refusing unsafe link " + lt);
-        ::unlink(target.c_str());
-        if (::link((dest + "/" + lt).c_str(), target.c_str()) != 0)
-          throw Error(ErrorKind::other,
-                      "cannot create hard link " + target + ": " + std::strerror(errno));
-        ++fs.files;
-        break;
-      }
-      case tar::Type::file:
-        ::unlink(target.c_str());
-        fd = ::open(target.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-          throw Error(ErrorKind::other, "cannot write " + target + ": " + std::strerror(errno));
-        break;
-      default:
-        break;
-    }
-  };
-  reader.on_data = [&](std::string_view d) {
-    if (fd < 0) return;
-    while (!d.empty()) {
-      ssize_t n = ::write(fd, d.data(), d.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0)
-        throw Error(ErrorKind::other, "cannot write " + cur_path + ": " + std::strerror(errno));
-      d.remove_prefix(static_cast<std::size_t>(n));
-      fs.bytes += static_cast<std::uint64_t>(n);
-      prog.add(0, static_cast<std::uint64_t>(n));
-    }
-  };
-  reader.on_end = [&]() {
-    if (fd < 0) return;
-    ::fchmod(fd, cur.mode);
-    timespec ts[2] = {{cur.mtime_sec, cur.mtime_nsec}, {cur.mtime_sec, cur.mtime_nsec}};
-    ::futimens(fd, ts);
-    ::close(fd);
-    fd = -1;
-    ++fs.files;
-    prog.add(1, 0);
+  auto open_dir = [&](const std::string& dir) {
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::create_directories(dir, ec);
+    int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+      throw Error(ErrorKind::other, "cannot create " + dir + ": " +
+                                        (ec ? ec.message() : std::string(std::strerror(errno))));
+    return fd;
   };
 
   std::string err;
   StreamIO io;
   io.on_out = [&](std::string_view d) {
+    if (d.empty()) return;
     if (!got_kind) {
       got_kind = true;
-      single = d[0] == 'F';
-      d.remove_prefix(1);
-      if (single) {
+      ExtractOptions o;
+      o.what = what;
+      o.dest = dest;
+      o.token = token;
+      int dirfd;
+      if (d[0] == 'F') {
         auto slash = r.rfind('/');
-        single_name = slash == std::string::npos ? r : r.substr(slash + 1);
-        auto parent = std::filesystem::path(dest).parent_path();
-        std::error_code ec;
-        if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+        o.only_file = slash == std::string::npos ? r : r.substr(slash + 1);
+        auto path = std::filesystem::path(dest);
+        o.rename_to = path.filename().string();
+        dirfd = open_dir(path.parent_path().string());
       } else {
-        std::error_code ec;
-        std::filesystem::create_directories(dest, ec);
-        if (ec) throw Error(ErrorKind::other, "cannot create " + dest + ": " + ec.message());
+        dirfd = open_dir(dest);
       }
+      struct FdCloser {
+        int fd;
+        ~FdCloser() { ::close(fd); }
+      } closer{dirfd};
+      x = std::make_unique<TarExtractor>(dirfd, std::move(o));
+      d.remove_prefix(1);
     }
-    reader.feed(d);
+    x->feed(d);
+    report();
   };
   io.on_err = [&](std::string_view d) {
     if (err.size() < 65536) err.append(d);
@@ -828,21 +723,18 @@ FetchStats fetch(Session& s, const std::string& remote, const std::string& local
   auto res = im.exec_stream("if [ -d " + q + " ]; then printf D; cd -- " + q +
                                 " && exec tar --format=pax -cf - .; " + "elif [ -e " + q +
                                 " ]; then printf F; cd -- \"$(dirname -- " + q +
-                                ")\" && exec tar --format=pax -cf - \"$(basename -- " + q +
+                                ")\" && exec tar --format=pax -chf - \"$(basename -- " + q +
                                 ")\"; " + "else echo \"no such file or directory\" >&2; exit 2; fi",
                             {}, {}, io, Clock::time_point::max(), token, true);
   if (res.code != 0) {
     while (!err.empty() && err.back() == '\n') err.pop_back();
-    throw Error(ErrorKind::other,
-                "fetch " + s.label() + ":" + remote + " failed" + (err.empty() ? "" : ": " + err));
+    throw Error(ErrorKind::other, what + " failed" + (err.empty() ? "" : ": " + err));
   }
-  // Directory modes and mtimes last, deepest first, so writing inside them worked.
-  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
-    std::string path = it->path.empty() ? dest : it->path;
-    ::chmod(path.c_str(), it->mode);
-    timespec ts[2] = {{it->mtime_sec, it->mtime_nsec}, {it->mtime_sec, it->mtime_nsec}};
-    ::utimensat(AT_FDCWD, path.c_str(), ts, AT_SYMLINK_NOFOLLOW);
-  }
+  if (!x) throw Error(ErrorKind::other, what + " failed: the remote sent nothing");
+  x->finish();
+  report();
+  fs.files = x->counters().files;
+  fs.bytes = x->counters().bytes;
   prog.done();
   fs.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   return fs;

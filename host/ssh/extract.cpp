@@ -1,0 +1,265 @@
+#include "ssh/extract.hpp"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <locale.h>
+#include <sched.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <memory>
+
+#include "ssh/error.hpp"
+
+namespace ephrun::ssh {
+namespace {
+
+// Not ARCHIVE_EXTRACT_PERM: without it libarchive drops setuid/setgid/sticky and
+// applies the umask to every mode. Not OWNER, ACL, XATTR, FFLAGS: a remote must not
+// choose owners, capabilities (security.capability) or immutable flags here.
+constexpr int kDiskFlags = ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_SECURE_SYMLINKS |
+                           ARCHIVE_EXTRACT_SECURE_NODOTDOT |
+                           ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS | ARCHIVE_EXTRACT_SPARSE;
+
+struct ArchiveFree {
+  void operator()(struct archive* a) const { archive_write_free(a); }
+};
+
+// The calling thread's cwd is dirfd until destruction; the previous one comes back.
+class PrivateCwd {
+ public:
+  PrivateCwd(int dirfd, const std::string& what) {
+    // Shares nothing with other threads from here on: not the cwd, not the umask that
+    // archive_write_disk reads by setting it to 0 and back.
+    if (::unshare(CLONE_FS) != 0)
+      throw Error(ErrorKind::other,
+                  what + ": cannot get a private working directory: " + std::strerror(errno));
+    old_ = ::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (::fchdir(dirfd) != 0) {
+      int e = errno;
+      if (old_ >= 0) ::close(old_);
+      throw Error(ErrorKind::other, what + ": cannot enter the destination: " + std::strerror(e));
+    }
+  }
+  PrivateCwd(const PrivateCwd&) = delete;
+  PrivateCwd& operator=(const PrivateCwd&) = delete;
+  ~PrivateCwd() {
+    if (old_ >= 0) {
+      [[maybe_unused]] int rc = ::fchdir(old_);
+      ::close(old_);
+    }
+  }
+
+ private:
+  int old_ = -1;
+};
+
+// Names from pax headers are UTF-8; with a UTF-8 locale libarchive keeps them as they
+// are instead of warning that they cannot be converted to "C".
+class Utf8Locale {
+ public:
+  Utf8Locale() {
+    loc_ = ::newlocale(LC_CTYPE_MASK, "C.UTF-8", nullptr);
+    if (loc_) old_ = ::uselocale(loc_);
+  }
+  Utf8Locale(const Utf8Locale&) = delete;
+  Utf8Locale& operator=(const Utf8Locale&) = delete;
+  ~Utf8Locale() {
+    if (!loc_) return;
+    ::uselocale(old_);
+    ::freelocale(loc_);
+  }
+
+ private:
+  locale_t loc_ = nullptr, old_ = nullptr;
+};
+
+std::string err_of(struct archive* a) {
+  const char* e = archive_error_string(a);
+  return e ? e : "unknown error";
+}
+
+// "./a/b/" -> "a/b"; "./" and "." -> "".
+std::string normal_name(const char* p) {
+  std::string n = p ? p : "";
+  while (n.rfind("./", 0) == 0) n.erase(0, 2);
+  while (!n.empty() && n.back() == '/') n.pop_back();
+  if (n == ".") n.clear();
+  return n;
+}
+
+void copy_data(struct archive* in, struct archive* out, const std::string& name,
+               const ExtractOptions& o, ExtractCounters& n) {
+  for (;;) {
+    if (o.token.cancelled()) throw Error(ErrorKind::cancelled, o.what + " was cancelled");
+    const void* buf = nullptr;
+    std::size_t size = 0;
+    la_int64_t off = 0;
+    int r = archive_read_data_block(in, &buf, &size, &off);
+    if (r == ARCHIVE_EOF) return;
+    if (r < ARCHIVE_WARN)
+      throw Error(ErrorKind::other, o.what + ": bad tar stream at " + name + ": " + err_of(in));
+    // The offset keeps the holes of a sparse entry as holes.
+    if (archive_write_data_block(out, buf, size, off) < ARCHIVE_WARN)
+      throw Error(ErrorKind::other, o.what + ": cannot write " + name + ": " + err_of(out));
+    n.bytes += size;
+  }
+}
+
+}  // namespace
+
+void extract_archive(struct archive* in, int dirfd, const ExtractOptions& o, ExtractCounters& n) {
+  PrivateCwd cwd(dirfd, o.what);
+  Utf8Locale utf8;
+  std::unique_ptr<struct archive, ArchiveFree> out(archive_write_disk_new());
+  if (!out) throw Error(ErrorKind::other, o.what + ": out of memory");
+  int flags = kDiskFlags;
+  if (!o.only_file.empty()) flags |= ARCHIVE_EXTRACT_SAFE_WRITES;
+  archive_write_disk_set_options(out.get(), flags);
+
+  bool seen_file = false;
+  for (;;) {
+    if (o.token.cancelled()) throw Error(ErrorKind::cancelled, o.what + " was cancelled");
+    struct archive_entry* e = nullptr;
+    int r = archive_read_next_header(in, &e);
+    if (r == ARCHIVE_EOF) break;
+    if (r < ARCHIVE_WARN) throw Error(ErrorKind::other, o.what + ": bad tar stream: " + err_of(in));
+    std::string name = normal_name(archive_entry_pathname(e));
+    if (r == ARCHIVE_WARN) spdlog::warn("{}: {}: {}", o.what, name, err_of(in));
+    auto type = archive_entry_filetype(e);
+    bool hardlink = archive_entry_hardlink(e) != nullptr;
+
+    if (!o.only_file.empty()) {
+      if (seen_file || name != o.only_file || type != AE_IFREG || hardlink)
+        throw Error(ErrorKind::other,
+                    o.what + ": expected only the regular file " + o.only_file + ", got " + name);
+      seen_file = true;
+      archive_entry_set_pathname(e, o.rename_to.c_str());
+    } else if (name.empty()) {
+      // The top directory: the destination keeps the mode and owner it has.
+      continue;
+    }
+    if (!hardlink && type != AE_IFREG && type != AE_IFDIR && type != AE_IFLNK) {
+      spdlog::warn("{}: skipped {}: not a file, directory or symlink", o.what, name);
+      continue;
+    }
+    archive_entry_set_perm(e, archive_entry_perm(e) & 0777);
+    archive_entry_acl_clear(e);
+    archive_entry_xattr_clear(e);
+    archive_entry_set_fflags(e, 0, 0);
+
+    r = archive_write_header(out.get(), e);
+    if (r < ARCHIVE_WARN)
+      throw Error(ErrorKind::other, o.what + ": refusing " + name + " (" + err_of(out.get()) +
+                                        "): the remote's tar stream points outside " + o.dest +
+                                        " or is broken; the fetch stopped there");
+    if (r == ARCHIVE_WARN) spdlog::warn("{}: {}: {}", o.what, name, err_of(out.get()));
+    if (archive_entry_size(e) > 0) copy_data(in, out.get(), name, o, n);
+    if (archive_write_finish_entry(out.get()) < ARCHIVE_WARN)
+      throw Error(ErrorKind::other, o.what + ": cannot finish " + name + ": " + err_of(out.get()));
+    if (type != AE_IFDIR) ++n.files;
+  }
+  if (!o.only_file.empty() && !seen_file)
+    throw Error(ErrorKind::other, o.what + ": the stream held no file " + o.only_file);
+  // Directory modes and times are set here, deepest first, without following symlinks.
+  if (archive_write_close(out.get()) < ARCHIVE_WARN)
+    throw Error(ErrorKind::other, o.what + ": " + err_of(out.get()));
+}
+
+// ---- TarExtractor ------------------------------------------------------------------
+
+TarExtractor::TarExtractor(int dirfd, ExtractOptions o) : o_(std::move(o)) {
+  dirfd_ = ::fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+  if (dirfd_ < 0) throw Error(ErrorKind::other, o_.what + ": " + std::strerror(errno));
+  worker_ = std::thread([this] { run(); });
+}
+
+TarExtractor::~TarExtractor() {
+  {
+    std::lock_guard lk(mu_);
+    abort_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+  ::close(dirfd_);
+}
+
+ssize_t TarExtractor::read_cb(struct archive* a, void* self, const void** buf) {
+  auto* t = static_cast<TarExtractor*>(self);
+  std::unique_lock lk(t->mu_);
+  t->cv_.wait(lk, [t] { return !t->q_.empty() || t->eof_ || t->abort_; });
+  if (t->abort_) {
+    archive_set_error(a, ECANCELED, "stopped");
+    return -1;
+  }
+  if (t->q_.empty()) return 0;
+  t->cur_ = std::move(t->q_.front());
+  t->q_.pop_front();
+  t->queued_ -= t->cur_.size();
+  lk.unlock();
+  t->cv_.notify_all();
+  *buf = t->cur_.data();
+  return static_cast<ssize_t>(t->cur_.size());
+}
+
+void TarExtractor::run() {
+  std::exception_ptr err;
+  try {
+    std::unique_ptr<struct archive, int (*)(struct archive*)> in(archive_read_new(),
+                                                                 &archive_read_free);
+    if (!in) throw Error(ErrorKind::other, o_.what + ": out of memory");
+    // Only tar (pax, ustar, GNU), no decompression: nothing else is expected.
+    archive_read_support_format_tar(in.get());
+    if (archive_read_open(in.get(), this, nullptr, &TarExtractor::read_cb, nullptr) != ARCHIVE_OK)
+      throw Error(ErrorKind::other, o_.what + ": bad tar stream: " + err_of(in.get()));
+    extract_archive(in.get(), dirfd_, o_, n_);
+  } catch (...) {
+    err = std::current_exception();
+  }
+  {
+    std::lock_guard lk(mu_);
+    err_ = err;
+    done_ = true;
+    q_.clear();
+    queued_ = 0;
+  }
+  cv_.notify_all();
+}
+
+void TarExtractor::feed(std::string_view d) {
+  if (d.empty()) return;
+  std::unique_lock lk(mu_);
+  cv_.wait(lk, [this] { return queued_ < kQueueLimit || done_; });
+  if (err_) std::rethrow_exception(err_);
+  if (done_) return;  // past the end-of-archive marker: padding, or junk
+  q_.emplace_back(d);
+  queued_ += d.size();
+  lk.unlock();
+  cv_.notify_all();
+}
+
+void TarExtractor::finish() {
+  {
+    std::lock_guard lk(mu_);
+    eof_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+  if (err_) std::rethrow_exception(err_);
+}
+
+unsigned current_umask() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("Umask:", 0) == 0)
+      return static_cast<unsigned>(std::stoul(line.substr(6), nullptr, 8));
+  return 022;
+}
+
+}  // namespace ephrun::ssh
