@@ -8,6 +8,7 @@
 #include "../support/sshd_fixture.hpp"
 #include "ssh/keys.hpp"
 #include "ssh/session.hpp"
+#include "ssh/sftp.hpp"
 #include "ssh/sync.hpp"
 #include "ssh/util.hpp"
 
@@ -296,4 +297,22 @@ TEST_CASE("ssh sync: a cancel stops the transfer and the remote tar", "[ssh][syn
   }
   CHECK(gone);
   CHECK(p.s.run("echo still usable").code == 0);
+}
+
+TEST_CASE("ssh download: setuid, setgid, sticky and world-writable bits stay behind",
+          "[ssh][sync]") {
+  SyncPeer p;
+  fs::create_directories(p.remote);
+  ::umask(022);
+  // Owned by root on the remote side, as a compromised box would serve it.
+  write_text(p.r("id"), "#!/bin/sh\nid -u\n", 04755);
+  write_text(p.r("wide"), "x", 02777);
+  write_text(p.r("plain"), "x", 0664);
+  for (auto [name, want] : {std::pair{"id", 0755}, {"wide", 0755}, {"plain", 0644}}) {
+    std::string local = p.local + "/" + name;
+    ssh::download(p.s, p.r(name), local);
+    struct stat st {};
+    REQUIRE(::stat(local.c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == static_cast<unsigned>(want));
+  }
 }
