@@ -210,27 +210,97 @@ struct LocalEntry {
   std::string link;
 };
 
-void scan_dir(const std::string& root, const std::string& rel, Filter& filter, bool gitignore,
-              std::vector<LocalEntry>& out, std::uint64_t& excluded) {
-  std::string abs = rel.empty() ? root : root + "/" + rel;
-  if (gitignore) {
-    std::string gi = abs + "/.gitignore";
-    if (::access(gi.c_str(), R_OK) == 0) filter.add_gitignore(gi, rel);
+// A directory fd that closes itself.
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f = -1) : fd(f) {}
+  Fd(Fd&& o) noexcept : fd(o.fd) { o.fd = -1; }
+  Fd& operator=(Fd&& o) noexcept {
+    std::swap(fd, o.fd);
+    return *this;
   }
-  DIR* d = ::opendir(abs.c_str());
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+constexpr int kDirFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+
+Fd open_root(const std::string& root) {
+  // The root itself may be a symlink the user chose; nothing below it may be.
+  Fd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.fd < 0)
+    throw Error(ErrorKind::other, "sync: cannot read " + root + ": " + std::strerror(errno));
+  return fd;
+}
+
+// A regular file `name` in `dir`, never through a symlink, never blocking on a fifo.
+int open_regular_at(int dir, const char* name) {
+  int fd = ::openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) return -1;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    errno = EINVAL;
+    return -1;
+  }
+  return fd;
+}
+
+// Opens files below the synced root one component at a time with O_NOFOLLOW, so a
+// directory swapped for a symlink while a sync runs is refused, not followed out of
+// the tree. Files come in walk order, so the chain of open directories is reused.
+class TreeFiles {
+ public:
+  explicit TreeFiles(int root) : root_(root) {}
+  /// A regular file's fd (the caller closes it), or -1 with errno set.
+  int open(const std::string& rel) {
+    std::size_t depth = 0, start = 0;
+    for (std::size_t slash; (slash = rel.find('/', start)) != std::string::npos;
+         start = slash + 1, ++depth) {
+      std::string_view comp(rel.data() + start, slash - start);
+      if (depth < chain_.size() && chain_[depth].first == comp) continue;
+      chain_.resize(depth);
+      int parent = depth == 0 ? root_ : chain_[depth - 1].second.fd;
+      Fd d(::openat(parent, std::string(comp).c_str(), kDirFlags));
+      if (d.fd < 0) return -1;
+      chain_.emplace_back(std::string(comp), std::move(d));
+    }
+    chain_.resize(depth);
+    return open_regular_at(depth == 0 ? root_ : chain_.back().second.fd, rel.c_str() + start);
+  }
+
+ private:
+  int root_;
+  std::vector<std::pair<std::string, Fd>> chain_;
+};
+
+void scan_dir(int dfd, const std::string& rel, Filter& filter, bool gitignore,
+              std::vector<LocalEntry>& out, std::uint64_t& excluded) {
+  if (gitignore) {
+    Fd gi(open_regular_at(dfd, ".gitignore"));
+    // Read through the fd, so it is the .gitignore of this very directory.
+    if (gi.fd >= 0) filter.add_gitignore("/proc/self/fd/" + std::to_string(gi.fd), rel);
+  }
+  DIR* d = ::fdopendir(::fcntl(dfd, F_DUPFD_CLOEXEC, 0));
   if (!d)
-    throw Error(ErrorKind::other, "cannot read directory " + abs + ": " + std::strerror(errno));
-  std::unique_ptr<DIR, int (*)(DIR*)> guard(d, &::closedir);
+    throw Error(ErrorKind::other,
+                "cannot read directory " + (rel.empty() ? "." : rel) + ": " + std::strerror(errno));
   std::vector<std::string> names;
-  while (dirent* de = ::readdir(d)) {
-    std::string n = de->d_name;
-    if (n != "." && n != "..") names.push_back(std::move(n));
+  {
+    std::unique_ptr<DIR, int (*)(DIR*)> guard(d, &::closedir);
+    while (dirent* de = ::readdir(d)) {
+      std::string n = de->d_name;
+      if (n != "." && n != "..") names.push_back(std::move(n));
+    }
   }
   std::sort(names.begin(), names.end());
   for (auto& n : names) {
     std::string r = rel.empty() ? n : rel + "/" + n;
     struct stat st {};
-    if (::fstatat(::dirfd(d), n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (::fstatat(dfd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
     LocalEntry e{r,
                  tar::Type::other,
                  static_cast<unsigned>(st.st_mode & 07777),
@@ -252,7 +322,7 @@ void scan_dir(const std::string& root, const std::string& rel, Filter& filter, b
     }
     if (e.type == tar::Type::symlink) {
       std::string target(static_cast<std::size_t>(st.st_size) + 256, '\0');
-      ssize_t len = ::readlinkat(::dirfd(d), n.c_str(), target.data(), target.size());
+      ssize_t len = ::readlinkat(dfd, n.c_str(), target.data(), target.size());
       if (len < 0) continue;
       target.resize(static_cast<std::size_t>(len));
       e.link = std::move(target);
@@ -261,7 +331,11 @@ void scan_dir(const std::string& root, const std::string& rel, Filter& filter, b
     if (e.type == tar::Type::dir) e.size = 0;
     bool is_dir = e.type == tar::Type::dir;
     out.push_back(std::move(e));
-    if (is_dir) scan_dir(root, r, filter, gitignore, out, excluded);
+    if (!is_dir) continue;
+    Fd sub(::openat(dfd, n.c_str(), kDirFlags));
+    if (sub.fd < 0)
+      throw Error(ErrorKind::other, "cannot read directory " + r + ": " + std::strerror(errno));
+    scan_dir(sub.fd, r, filter, gitignore, out, excluded);
   }
 }
 
@@ -279,8 +353,8 @@ std::string remote_dir_arg(std::string d) {
   return shell_quote(d);
 }
 
-std::string file_sha256(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+std::string file_sha256(TreeFiles& files, const std::string& rel) {
+  int fd = files.open(rel);
   if (fd < 0) return {};
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
   EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
@@ -338,7 +412,8 @@ SyncStats scan_local(const std::string& local_dir, const SyncOptions& opts) {
   SyncStats st;
   Filter filter(opts);
   std::vector<LocalEntry> entries;
-  scan_dir(strip_slashes(local_dir), "", filter, opts.gitignore, entries, st.excluded);
+  Fd root = open_root(strip_slashes(local_dir));
+  scan_dir(root.fd, "", filter, opts.gitignore, entries, st.excluded);
   for (auto& e : entries) {
     if (e.type == tar::Type::dir) continue;
     ++st.files_total;
@@ -359,7 +434,9 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
 
   Filter filter(opts);
   std::vector<LocalEntry> local;
-  scan_dir(root, "", filter, opts.gitignore, local, st.excluded);
+  Fd root_fd = open_root(root);
+  TreeFiles files(root_fd.fd);
+  scan_dir(root_fd.fd, "", filter, opts.gitignore, local, st.excluded);
   for (auto& e : local)
     if (e.type != tar::Type::dir) {
       ++st.files_total;
@@ -475,7 +552,7 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
       std::string remote_hash = out.substr(pos, 64);
       auto z = out.find('\0', pos);
       pos = z == std::string::npos ? out.size() : z + 1;
-      if (remote_hash == file_sha256(root + "/" + e->rel)) {
+      if (remote_hash == file_sha256(files, e->rel)) {
         char ts[48];
         std::snprintf(ts, sizeof ts, "@%lld.%09ld", static_cast<long long>(e->sec), e->nsec);
         touches += std::string(ts) + '\0' + "./" + e->rel + '\0';
@@ -525,7 +602,13 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
       if (e->type == tar::Type::dir) {
         mkdir_p(s, r, e->mode, token);
       } else if (e->type == tar::Type::file) {
-        upload(s, root + "/" + e->rel, r, token);
+        Fd f(files.open(e->rel));
+        if (f.fd < 0) {
+          spdlog::warn("sync to {}: cannot read {}: {}", s.label(), e->rel, std::strerror(errno));
+          continue;
+        }
+        // The path of the fd just opened: the file, not whatever the name points at now.
+        upload(s, "/proc/self/fd/" + std::to_string(f.fd), r, token);
         ++st.files_sent;
         st.bytes_sent += e->size;
         prog.add(1, e->size);
@@ -605,7 +688,7 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
       te.mtime_nsec = e.nsec;
       te.link = e.link;
       if (e.type == tar::Type::file) {
-        fd = ::open((root + "/" + e.rel).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        fd = files.open(e.rel);
         if (fd < 0) {
           warn = "cannot read " + e.rel + ": " + std::strerror(errno);
           continue;

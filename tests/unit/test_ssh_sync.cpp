@@ -316,3 +316,31 @@ TEST_CASE("ssh download: setuid, setgid, sticky and world-writable bits stay beh
     CHECK((st.st_mode & 07777) == static_cast<unsigned>(want));
   }
 }
+
+TEST_CASE("ssh sync: a directory swapped for a symlink mid-transfer is not followed",
+          "[ssh][sync]") {
+  SyncPeer p;
+  std::string outside = p.sshd.dir() + "/outside";
+  fs::create_directories(outside);
+  write_text(outside + "/x", "SECRET\n");
+  fs::create_directories(p.l("a/deeper"));
+  write_text(p.l("0first"), "first\n");
+  write_text(p.l("a/x"), "inside\n");
+  write_text(p.l("a/deeper/y"), "inside\n");
+  fs::create_directories(outside + "/deeper");
+  write_text(outside + "/deeper/y", "SECRET\n");
+  // The first progress report comes while 0first is read, before anything in a/ is
+  // opened: that is when the directory becomes a symlink out of the tree.
+  bool swapped = false;
+  auto st = ssh::sync(p.s, p.local, p.remote, {}, [&](const ssh::SyncProgress&) {
+    if (swapped) return;
+    swapped = true;
+    fs::rename(p.l("a"), p.l("a.moved"));
+    fs::create_symlink(outside, p.l("a"));
+  });
+  REQUIRE(swapped);
+  CHECK(test::read_text(p.r("0first")) == "first\n");
+  CHECK(test::read_text(p.r("a/x")).find("SECRET") == std::string::npos);
+  CHECK(test::read_text(p.r("a/deeper/y")).find("SECRET") == std::string::npos);
+  CHECK(st.files_sent < 3);
+}
