@@ -8,6 +8,7 @@ PKGS=(
   liblua5.4-dev lua5.4 libcurl4-openssl-dev nlohmann-json3-dev libpugixml-dev
   libssh2-1-dev libarchive-dev libssl-dev libspdlog-dev libcli11-dev libsqlite3-dev catch2
   openssh-server openssh-client rsync pssh lua-check clang-format strace time python3-yaml
+  clang libclang-rt-14-dev
 )
 
 missing=()
