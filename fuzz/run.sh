@@ -8,6 +8,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d /tmp/ephrun-fuzz-corpus-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 python3 "$here/make_seeds.py" "$work/corpus"
-exec "$bin" -max_total_time="$secs" -max_len=65536 -timeout=20 -rss_limit_mb=1024 \
+"$bin" -max_total_time="$secs" -max_len=65536 -timeout=20 -rss_limit_mb=1024 \
   -dict="$here/tar.dict" -print_final_stats=1 \
   -artifact_prefix="${FUZZ_ARTIFACTS:-/tmp}/extract_fuzz-" "$@" "$work/corpus"
