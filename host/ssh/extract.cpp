@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -30,33 +32,69 @@ struct ArchiveFree {
   void operator()(struct archive* a) const { archive_write_free(a); }
 };
 
-// The calling thread's cwd is dirfd until destruction; the previous one comes back.
-class PrivateCwd {
+// Where libarchive resolves paths: normally the calling thread's own cwd, set to dirfd
+// until destruction (the previous one comes back). Where unshare(CLONE_FS) is refused
+// (Docker's default seccomp profile allows it only with CAP_SYS_ADMIN), the process cwd
+// cannot be moved under other threads' feet: every path is then prefixed with the
+// destination's real absolute path instead, and the checks libarchive would make on
+// the relative path (absolute, too long) are made here.
+class PathBase {
  public:
-  PrivateCwd(int dirfd, const std::string& what) {
+  PathBase(int dirfd, const std::string& what) : what_(what) {
     // Shares nothing with other threads from here on: not the cwd, not the umask that
     // archive_write_disk reads by setting it to 0 and back.
-    if (::unshare(CLONE_FS) != 0)
-      throw Error(ErrorKind::other,
-                  what + ": cannot get a private working directory: " + std::strerror(errno));
-    old_ = ::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (::fchdir(dirfd) != 0) {
-      int e = errno;
-      if (old_ >= 0) ::close(old_);
-      throw Error(ErrorKind::other, what + ": cannot enter the destination: " + std::strerror(e));
+    // EPHRUN_EXTRACT_NO_UNSHARE=1 takes the fallback on purpose (the tests run both).
+    const char* no = std::getenv("EPHRUN_EXTRACT_NO_UNSHARE");
+    bool try_unshare = !no || !*no || std::string_view(no) == "0";
+    if (try_unshare && ::unshare(CLONE_FS) == 0) {
+      old_ = ::open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      if (::fchdir(dirfd) != 0) {
+        int e = errno;
+        if (old_ >= 0) ::close(old_);
+        throw Error(ErrorKind::other, what + ": cannot enter the destination: " + std::strerror(e));
+      }
+      private_ = true;
+      return;
     }
+    int why = errno;
+    char buf[PATH_MAX];
+    ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(dirfd)).c_str(), buf, sizeof buf);
+    if (n <= 0 || buf[0] != '/' || static_cast<std::size_t>(n) >= sizeof buf)
+      throw Error(ErrorKind::other, what + ": cannot find the destination's path");
+    prefix_.assign(buf, static_cast<std::size_t>(n));
+    if (prefix_ != "/") prefix_ += '/';
+    spdlog::debug("{}: extracting with absolute paths under {} (no private cwd: {})", what, prefix_,
+                  try_unshare ? std::strerror(why) : "EPHRUN_EXTRACT_NO_UNSHARE");
   }
-  PrivateCwd(const PrivateCwd&) = delete;
-  PrivateCwd& operator=(const PrivateCwd&) = delete;
-  ~PrivateCwd() {
+  PathBase(const PathBase&) = delete;
+  PathBase& operator=(const PathBase&) = delete;
+  ~PathBase() {
     if (old_ >= 0) {
       [[maybe_unused]] int rc = ::fchdir(old_);
       ::close(old_);
     }
   }
+  /// SECURE_NOABSOLUTEPATHS refuses every prefixed path, so it is checked here instead.
+  [[nodiscard]] int flags(int f) const {
+    return private_ ? f : f & ~ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS;
+  }
+  /// `rel` as archive_write_disk must see it.
+  [[nodiscard]] std::string path(const char* rel, const std::string& name) const {
+    std::string p = rel ? rel : "";
+    if (private_) return p;
+    if (!p.empty() && p[0] == '/')
+      throw Error(ErrorKind::other, what_ + ": refusing " + name + " (Path is absolute)");
+    // Past PATH_MAX libarchive would chdir, which here would move every thread.
+    if (prefix_.size() + p.size() >= PATH_MAX)
+      throw Error(ErrorKind::other, what_ + ": refusing " + name + " (path too long)");
+    return prefix_ + p;
+  }
+  [[nodiscard]] bool rewrites() const { return !private_; }
 
  private:
+  std::string what_, prefix_;
   int old_ = -1;
+  bool private_ = false;
 };
 
 // Names from pax headers are UTF-8; with a UTF-8 locale libarchive keeps them as they
@@ -114,13 +152,13 @@ void copy_data(struct archive* in, struct archive* out, const std::string& name,
 }  // namespace
 
 void extract_archive(struct archive* in, int dirfd, const ExtractOptions& o, ExtractCounters& n) {
-  PrivateCwd cwd(dirfd, o.what);
+  PathBase base(dirfd, o.what);
   Utf8Locale utf8;
   std::unique_ptr<struct archive, ArchiveFree> out(archive_write_disk_new());
   if (!out) throw Error(ErrorKind::other, o.what + ": out of memory");
   int flags = kDiskFlags;
   if (!o.only_file.empty()) flags |= ARCHIVE_EXTRACT_SAFE_WRITES;
-  archive_write_disk_set_options(out.get(), flags);
+  archive_write_disk_set_options(out.get(), base.flags(flags));
 
   bool seen_file = false;
   for (;;) {
@@ -152,6 +190,11 @@ void extract_archive(struct archive* in, int dirfd, const ExtractOptions& o, Ext
     archive_entry_acl_clear(e);
     archive_entry_xattr_clear(e);
     archive_entry_set_fflags(e, 0, 0);
+    if (base.rewrites()) {
+      archive_entry_copy_pathname(e, base.path(archive_entry_pathname(e), name).c_str());
+      if (hardlink)
+        archive_entry_copy_hardlink(e, base.path(archive_entry_hardlink(e), name).c_str());
+    }
 
     r = archive_write_header(out.get(), e);
     if (r < ARCHIVE_WARN)

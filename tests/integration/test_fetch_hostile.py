@@ -55,6 +55,8 @@ def snapshot(root):
 
 
 class HostileFetch(unittest.TestCase):
+    no_unshare = "0"  # the extractor gets a private cwd (unshare(CLONE_FS))
+
     @classmethod
     def setUpClass(cls):
         os.umask(0o022)
@@ -113,9 +115,15 @@ class HostileFetch(unittest.TestCase):
                 "user=" + self.sshd.user, "key_file=" + self.key,
                 "host_key=" + self.sshd.host_key_pub, "remote=" + (remote or self.serve),
                 "dest=" + (dest or self.dest), "op=" + op]
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env())
+        log = os.path.join(self.work, "debug.log")
+        p = subprocess.Popen(args + ["--log-file", log], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT,
+                             env=env(EPHRUN_EXTRACT_NO_UNSHARE=self.no_unshare))
         with p.stdout:
             out = p.stdout.read().decode(errors="replace")
+        with open(log, errors="replace") as f:
+            self.debug_log = f.read()
+        os.remove(log)
         _, status, ru = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
         return p.returncode, out, ru.ru_maxrss
@@ -141,6 +149,8 @@ class HostileFetch(unittest.TestCase):
         for w in words:
             self.assertIn(w, out)
         self.assertNotIn("traceback", out.lower())
+        self.assertEqual("extracting with absolute paths" in self.debug_log,
+                         self.no_unshare == "1", self.debug_log)
         self.assert_contained()
         if os.environ.get("EPHRUN_TEST_VERBOSE"):
             print(out)
@@ -274,6 +284,12 @@ while sent < size:
                 self.assertNotEqual(code, 0, out)
                 self.assertFalse(os.path.islink(self.dest + "/two.txt"), out)
                 self.assert_contained()
+
+
+class HostileFetchWithoutPrivateCwd(HostileFetch):
+    """The same streams where unshare(CLONE_FS) is refused (as under Docker's default
+    seccomp profile): paths are prefixed with the destination instead."""
+    no_unshare = "1"
 
 
 if __name__ == "__main__":
