@@ -164,7 +164,10 @@ void extract_archive(struct archive* in, int dirfd, const ExtractOptions& o, Ext
   for (;;) {
     if (o.token.cancelled()) throw Error(ErrorKind::cancelled, o.what + " was cancelled");
     struct archive_entry* e = nullptr;
+    n.in_header = true;
+    n.header_bytes = 0;
     int r = archive_read_next_header(in, &e);
+    n.in_header = false;
     if (r == ARCHIVE_EOF) break;
     if (r < ARCHIVE_WARN) throw Error(ErrorKind::other, o.what + ": bad tar stream: " + err_of(in));
     std::string name = normal_name(archive_entry_pathname(e));
@@ -246,6 +249,11 @@ ssize_t TarExtractor::read_cb(struct archive* a, void* self, const void** buf) {
   t->queued_ -= t->cur_.size();
   lk.unlock();
   t->cv_.notify_all();
+  if (t->n_.in_header && (t->n_.header_bytes += t->cur_.size()) > kHeaderBudget) {
+    archive_set_error(a, EFBIG, "an entry's headers (or sparse map) exceed %u MiB",
+                      static_cast<unsigned>(kHeaderBudget >> 20));
+    return -1;
+  }
   *buf = t->cur_.data();
   return static_cast<ssize_t>(t->cur_.size());
 }

@@ -36,6 +36,9 @@ struct ExtractOptions {
 struct ExtractCounters {
   std::atomic<std::uint64_t> files{0};  ///< entries written that are not directories
   std::atomic<std::uint64_t> bytes{0};  ///< file data bytes written
+  // Worker thread only: the stream read while libarchive parses one entry's headers.
+  bool in_header = false;
+  std::uint64_t header_bytes = 0;
 };
 
 /// Extracts every entry `in` (an opened libarchive reader) yields into the directory
@@ -52,6 +55,10 @@ void extract_archive(struct archive* in, int dirfd, const ExtractOptions& o, Ext
 class TarExtractor {
  public:
   static constexpr std::size_t kQueueLimit = 4u << 20;
+  /// The most stream one entry's headers may take. libarchive limits each pax or GNU
+  /// long-name header to 1 MiB but not a pax 1.0 sparse map, which heads the data and
+  /// costs ~12 bytes of memory per byte (a 48-byte region per "0\n0\n").
+  static constexpr std::uint64_t kHeaderBudget = 4u << 20;
 
   /// Starts the worker; `dirfd` is duplicated.
   TarExtractor(int dirfd, ExtractOptions o);

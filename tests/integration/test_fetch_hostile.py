@@ -125,6 +125,8 @@ class HostileFetch(unittest.TestCase):
             self.debug_log = f.read()
         os.remove(log)
         _, status, ru = os.wait4(p.pid, 0)
+        if os.environ.get("EPHRUN_TEST_VERBOSE"):
+            print("\n  peak RSS %d KiB: %s" % (ru.ru_maxrss, out.strip()[-300:]))
         p.returncode = os.waitstatus_to_exitcode(status)
         return p.returncode, out, ru.ru_maxrss
 
@@ -245,6 +247,32 @@ while sent < size:
         self.assertNotEqual(code, 0, out)
         self.assertIn("too large", out)
         # Generous: ephrun itself needs ~20 MiB; the header alone is 1.5 GB.
+        self.assertLess(maxrss_kib, 200 * 1024, "ephrun's peak RSS was %d KiB" % maxrss_kib)
+        self.assert_contained()
+
+    def test_huge_sparse_map_keeps_memory_bounded(self):
+        # pax sparse 1.0 keeps its map in the entry's data: libarchive makes a 48-byte
+        # region of every 4 bytes ("0\n0\n"). 200 MB of map would be 2.4 GB of memory.
+        gen = self.serve + "/stream.gen"
+        with open(gen, "w") as f:
+            f.write("""#!/usr/bin/env python3
+import sys, tarfile
+count = 50 * 1000 * 1000
+t = tarfile.TarInfo("GNUSparseFile.0/s")
+t.size = 4 * count + 64
+t.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                 "GNU.sparse.name": "s", "GNU.sparse.realsize": "1"}
+out = sys.stdout.buffer
+out.write(t.tobuf(tarfile.PAX_FORMAT))
+out.write(b"%d\\n" % count)
+chunk = b"0\\n0\\n" * (1 << 18)
+for _ in range(count // (1 << 18) + 1):
+    out.write(chunk)
+""")
+        os.chmod(gen, 0o755)
+        code, out, maxrss_kib = self.fetch()
+        self.assertNotEqual(code, 0, out)
+        self.assertIn("sparse map", out)
         self.assertLess(maxrss_kib, 200 * 1024, "ephrun's peak RSS was %d KiB" % maxrss_kib)
         self.assert_contained()
 
