@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -131,6 +132,22 @@ std::string normal_name(const char* p) {
   return n;
 }
 
+// A remote's name as it may appear in a message: control bytes (escape sequences,
+// newlines that fake log lines) are shown as \xNN.
+std::string shown(const std::string& name) {
+  std::string out;
+  for (unsigned char c : name) {
+    if (c >= 0x20 && c != 0x7f) {
+      out += static_cast<char>(c);
+      continue;
+    }
+    char buf[5];
+    std::snprintf(buf, sizeof buf, "\\x%02x", c);
+    out += buf;
+  }
+  return out;
+}
+
 void copy_data(struct archive* in, struct archive* out, const std::string& name,
                const ExtractOptions& o, ExtractCounters& n) {
   for (;;) {
@@ -170,18 +187,19 @@ void extract_archive(struct archive* in, int dirfd, const ExtractOptions& o, Ext
     n.in_header = false;
     if (r == ARCHIVE_EOF) break;
     if (r < ARCHIVE_WARN) throw Error(ErrorKind::other, o.what + ": bad tar stream: " + err_of(in));
-    std::string name = normal_name(archive_entry_pathname(e));
+    std::string name = shown(normal_name(archive_entry_pathname(e)));
     if (r == ARCHIVE_WARN) spdlog::warn("{}: {}: {}", o.what, name, err_of(in));
     auto type = archive_entry_filetype(e);
     bool hardlink = archive_entry_hardlink(e) != nullptr;
 
     if (!o.only_file.empty()) {
-      if (seen_file || name != o.only_file || type != AE_IFREG || hardlink)
+      if (seen_file || normal_name(archive_entry_pathname(e)) != o.only_file || type != AE_IFREG ||
+          hardlink)
         throw Error(ErrorKind::other,
                     o.what + ": expected only the regular file " + o.only_file + ", got " + name);
       seen_file = true;
       archive_entry_set_pathname(e, o.rename_to.c_str());
-    } else if (name.empty()) {
+    } else if (normal_name(archive_entry_pathname(e)).empty()) {
       // The top directory: the destination keeps the mode and owner it has.
       continue;
     }

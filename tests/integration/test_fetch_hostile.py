@@ -160,6 +160,10 @@ class HostileFetch(unittest.TestCase):
 
     def test_dot_dot(self):
         self.refused(stream([member("../outside/planted", data=b"x")]), "refusing")
+        # The refused name is shown with its control bytes escaped, not sent to the terminal.
+        out = self.refused(stream([member("../\x1b]0;owned\x07\nI fake log line", data=b"x")]),
+                           "refusing", "\\x1b]0;owned\\x07\\x0aI fake")
+        self.assertNotIn("\x1b", out)
 
     def test_absolute(self):
         self.refused(stream([member(self.outside + "/abs", data=b"x")]), "refusing")
