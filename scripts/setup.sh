@@ -6,9 +6,10 @@ set -euo pipefail
 PKGS=(
   build-essential cmake ninja-build pkg-config git
   liblua5.4-dev lua5.4 libcurl4-openssl-dev nlohmann-json3-dev libpugixml-dev
-  libssh2-1-dev libssl-dev libspdlog-dev libcli11-dev libsqlite3-dev catch2
+  libssh2-1-dev libarchive-dev libssl-dev libspdlog-dev libcli11-dev libsqlite3-dev catch2
   openssh-server openssh-client rsync pssh lua-check clang-format strace time python3-yaml
   cron  # the reaper's crontab path (tests/integration/test_reaper.py)
+  clang libclang-rt-14-dev
 )
 
 missing=()

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "ssh/extract.hpp"
 #include "ssh/session_impl.hpp"
 #include "ssh/util.hpp"
 
@@ -283,7 +284,10 @@ std::uint64_t download(Session& s, const std::string& remote, const std::string&
     ::unlink(tmp.c_str());
     throw;
   }
-  if (a.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS) ::fchmod(fd, a.permissions & 07777);
+  // The remote's mode is a hint, not an order: setuid/setgid/sticky never come along
+  // (a root-owned 4755 file would be a root shell here) and the umask applies.
+  if (a.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS)
+    ::fchmod(fd, static_cast<mode_t>(a.permissions & 0777 & ~current_umask()));
   if (a.flags & LIBSSH2_SFTP_ATTR_ACMODTIME) {
     timespec ts[2] = {{static_cast<time_t>(a.atime), 0}, {static_cast<time_t>(a.mtime), 0}};
     ::futimens(fd, ts);

@@ -24,7 +24,8 @@ struct RemoteStat {
 /// Returns the bytes sent. Throws ssh::Error.
 std::uint64_t upload(Session& s, const std::string& local, const std::string& remote,
                      const CancelToken& token = {});
-/// Copies a remote file to `local` (atomic), keeping its permission bits and mtime.
+/// Copies a remote file to `local` (atomic), keeping its mtime and its permission bits
+/// without setuid/setgid/sticky, less the umask.
 std::uint64_t download(Session& s, const std::string& remote, const std::string& local,
                        const CancelToken& token = {});
 /// Writes `data` to `remote` (atomic) with `mode`.

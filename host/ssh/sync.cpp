@@ -15,11 +15,11 @@
 #include <fstream>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
+#include "ssh/extract.hpp"
 #include "ssh/session_impl.hpp"
 #include "ssh/sftp.hpp"
 #include "ssh/tar.hpp"
@@ -240,27 +240,97 @@ struct LocalEntry {
   std::string link;
 };
 
-void scan_dir(const std::string& root, const std::string& rel, Filter& filter, bool gitignore,
-              std::vector<LocalEntry>& out, std::uint64_t& excluded) {
-  std::string abs = rel.empty() ? root : root + "/" + rel;
-  if (gitignore) {
-    std::string gi = abs + "/.gitignore";
-    if (::access(gi.c_str(), R_OK) == 0) filter.add_gitignore(gi, rel);
+// A directory fd that closes itself.
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f = -1) : fd(f) {}
+  Fd(Fd&& o) noexcept : fd(o.fd) { o.fd = -1; }
+  Fd& operator=(Fd&& o) noexcept {
+    std::swap(fd, o.fd);
+    return *this;
   }
-  DIR* d = ::opendir(abs.c_str());
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+constexpr int kDirFlags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+
+Fd open_root(const std::string& root) {
+  // The root itself may be a symlink the user chose; nothing below it may be.
+  Fd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (fd.fd < 0)
+    throw Error(ErrorKind::other, "sync: cannot read " + root + ": " + std::strerror(errno));
+  return fd;
+}
+
+// A regular file `name` in `dir`, never through a symlink, never blocking on a fifo.
+int open_regular_at(int dir, const char* name) {
+  int fd = ::openat(dir, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) return -1;
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    errno = EINVAL;
+    return -1;
+  }
+  return fd;
+}
+
+// Opens files below the synced root one component at a time with O_NOFOLLOW, so a
+// directory swapped for a symlink while a sync runs is refused, not followed out of
+// the tree. Files come in walk order, so the chain of open directories is reused.
+class TreeFiles {
+ public:
+  explicit TreeFiles(int root) : root_(root) {}
+  /// A regular file's fd (the caller closes it), or -1 with errno set.
+  int open(const std::string& rel) {
+    std::size_t depth = 0, start = 0;
+    for (std::size_t slash; (slash = rel.find('/', start)) != std::string::npos;
+         start = slash + 1, ++depth) {
+      std::string_view comp(rel.data() + start, slash - start);
+      if (depth < chain_.size() && chain_[depth].first == comp) continue;
+      chain_.resize(depth);
+      int parent = depth == 0 ? root_ : chain_[depth - 1].second.fd;
+      Fd d(::openat(parent, std::string(comp).c_str(), kDirFlags));
+      if (d.fd < 0) return -1;
+      chain_.emplace_back(std::string(comp), std::move(d));
+    }
+    chain_.resize(depth);
+    return open_regular_at(depth == 0 ? root_ : chain_.back().second.fd, rel.c_str() + start);
+  }
+
+ private:
+  int root_;
+  std::vector<std::pair<std::string, Fd>> chain_;
+};
+
+void scan_dir(int dfd, const std::string& rel, Filter& filter, bool gitignore,
+              std::vector<LocalEntry>& out, std::uint64_t& excluded) {
+  if (gitignore) {
+    Fd gi(open_regular_at(dfd, ".gitignore"));
+    // Read through the fd, so it is the .gitignore of this very directory.
+    if (gi.fd >= 0) filter.add_gitignore("/proc/self/fd/" + std::to_string(gi.fd), rel);
+  }
+  DIR* d = ::fdopendir(::fcntl(dfd, F_DUPFD_CLOEXEC, 0));
   if (!d)
-    throw Error(ErrorKind::other, "cannot read directory " + abs + ": " + std::strerror(errno));
-  std::unique_ptr<DIR, int (*)(DIR*)> guard(d, &::closedir);
+    throw Error(ErrorKind::other,
+                "cannot read directory " + (rel.empty() ? "." : rel) + ": " + std::strerror(errno));
   std::vector<std::string> names;
-  while (dirent* de = ::readdir(d)) {
-    std::string n = de->d_name;
-    if (n != "." && n != "..") names.push_back(std::move(n));
+  {
+    std::unique_ptr<DIR, int (*)(DIR*)> guard(d, &::closedir);
+    while (dirent* de = ::readdir(d)) {
+      std::string n = de->d_name;
+      if (n != "." && n != "..") names.push_back(std::move(n));
+    }
   }
   std::sort(names.begin(), names.end());
   for (auto& n : names) {
     std::string r = rel.empty() ? n : rel + "/" + n;
     struct stat st {};
-    if (::fstatat(::dirfd(d), n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+    if (::fstatat(dfd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
     LocalEntry e{r,
                  tar::Type::other,
                  static_cast<unsigned>(st.st_mode & 07777),
@@ -282,7 +352,7 @@ void scan_dir(const std::string& root, const std::string& rel, Filter& filter, b
     }
     if (e.type == tar::Type::symlink) {
       std::string target(static_cast<std::size_t>(st.st_size) + 256, '\0');
-      ssize_t len = ::readlinkat(::dirfd(d), n.c_str(), target.data(), target.size());
+      ssize_t len = ::readlinkat(dfd, n.c_str(), target.data(), target.size());
       if (len < 0) continue;
       target.resize(static_cast<std::size_t>(len));
       e.link = std::move(target);
@@ -291,7 +361,11 @@ void scan_dir(const std::string& root, const std::string& rel, Filter& filter, b
     if (e.type == tar::Type::dir) e.size = 0;
     bool is_dir = e.type == tar::Type::dir;
     out.push_back(std::move(e));
-    if (is_dir) scan_dir(root, r, filter, gitignore, out, excluded);
+    if (!is_dir) continue;
+    Fd sub(::openat(dfd, n.c_str(), kDirFlags));
+    if (sub.fd < 0)
+      throw Error(ErrorKind::other, "cannot read directory " + r + ": " + std::strerror(errno));
+    scan_dir(sub.fd, r, filter, gitignore, out, excluded);
   }
 }
 
@@ -309,8 +383,8 @@ std::string remote_dir_arg(std::string d) {
   return shell_quote(d);
 }
 
-std::string file_sha256(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+std::string file_sha256(TreeFiles& files, const std::string& rel) {
+  int fd = files.open(rel);
   if (fd < 0) return {};
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
   EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
@@ -368,7 +442,8 @@ SyncStats scan_local(const std::string& local_dir, const SyncOptions& opts) {
   SyncStats st;
   Filter filter(opts);
   std::vector<LocalEntry> entries;
-  scan_dir(strip_slashes(local_dir), "", filter, opts.gitignore, entries, st.excluded);
+  Fd root = open_root(strip_slashes(local_dir));
+  scan_dir(root.fd, "", filter, opts.gitignore, entries, st.excluded);
   for (auto& e : entries) {
     if (e.type == tar::Type::dir) continue;
     ++st.files_total;
@@ -389,7 +464,9 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
 
   Filter filter(opts);
   std::vector<LocalEntry> local;
-  scan_dir(root, "", filter, opts.gitignore, local, st.excluded);
+  Fd root_fd = open_root(root);
+  TreeFiles files(root_fd.fd);
+  scan_dir(root_fd.fd, "", filter, opts.gitignore, local, st.excluded);
   for (auto& e : local)
     if (e.type != tar::Type::dir) {
       ++st.files_total;
@@ -505,7 +582,7 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
       std::string remote_hash = out.substr(pos, 64);
       auto z = out.find('\0', pos);
       pos = z == std::string::npos ? out.size() : z + 1;
-      if (remote_hash == file_sha256(root + "/" + e->rel)) {
+      if (remote_hash == file_sha256(files, e->rel)) {
         char ts[48];
         std::snprintf(ts, sizeof ts, "@%lld.%09ld", static_cast<long long>(e->sec), e->nsec);
         touches += std::string(ts) + '\0' + "./" + e->rel + '\0';
@@ -555,7 +632,13 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
       if (e->type == tar::Type::dir) {
         mkdir_p(s, r, e->mode, token);
       } else if (e->type == tar::Type::file) {
-        upload(s, root + "/" + e->rel, r, token);
+        Fd f(files.open(e->rel));
+        if (f.fd < 0) {
+          spdlog::warn("sync to {}: cannot read {}: {}", s.label(), e->rel, std::strerror(errno));
+          continue;
+        }
+        // The path of the fd just opened: the file, not whatever the name points at now.
+        upload(s, "/proc/self/fd/" + std::to_string(f.fd), r, token);
         ++st.files_sent;
         st.bytes_sent += e->size;
         prog.add(1, e->size);
@@ -635,7 +718,7 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
       te.mtime_nsec = e.nsec;
       te.link = e.link;
       if (e.type == tar::Type::file) {
-        fd = ::open((root + "/" + e.rel).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        fd = files.open(e.rel);
         if (fd < 0) {
           warn = "cannot read " + e.rel + ": " + std::strerror(errno);
           continue;
@@ -683,19 +766,6 @@ SyncStats sync(Session& s, const std::string& local_dir, const std::string& remo
 
 // ---- fetch -------------------------------------------------------------------------
 
-namespace {
-
-bool safe_rel(const std::string& p) {
-  if (p.empty() || p[0] == '/') return false;
-  std::stringstream ss(p);
-  std::string part;
-  while (std::getline(ss, part, '/'))
-    if (part == "..") return false;
-  return true;
-}
-
-}  // namespace
-
 FetchStats fetch(Session& s, const std::string& remote, const std::string& local,
                  const SyncProgressFn& progress, const CancelToken& token) {
   auto start = Clock::now();
@@ -705,152 +775,59 @@ FetchStats fetch(Session& s, const std::string& remote, const std::string& local
   if (r.rfind("~/", 0) == 0) r = r.substr(2);
   std::string q = shell_quote(r);
   std::string dest = strip_slashes(local);
+  std::string what = "fetch " + s.label() + ":" + remote;
 
   // First byte: 'D' (directory contents follow) or 'F' (a single file).
-  bool got_kind = false, single = false;
-  std::string single_name;
-  std::unordered_set<std::string> safe_dirs;
-  std::vector<tar::Entry> dirs;
-  int fd = -1;
-  std::string cur_path;
-  tar::Entry cur;
+  bool got_kind = false;
+  std::unique_ptr<TarExtractor> x;
   SyncProgress p;
   Progress prog(progress, p);
-  struct FdCloser {
-    int& fd;
-    ~FdCloser() {
-      if (fd >= 0) ::close(fd);
-    }
-  } closer{fd};
-
-  auto ensure_parent_safe = [&](const std::string& rel) {
-    // Every parent inside dest must be a real directory, never a symlink the
-    // archive planted.
-    std::size_t pos = 0;
-    while ((pos = rel.find('/', pos)) != std::string::npos) {
-      std::string d = rel.substr(0, pos);
-      ++pos;
-      if (safe_dirs.count(d)) continue;
-      std::string abs = dest + "/" + d;
-      struct stat st {};
-      if (::lstat(abs.c_str(), &st) != 0) {
-        if (::mkdir(abs.c_str(), 0755) != 0 && errno != EEXIST)
-          throw Error(ErrorKind::other, "cannot create " + abs + ": " + std::strerror(errno));
-      } else if (!S_ISDIR(st.st_mode)) {
-        throw Error(ErrorKind::other,
-                    "fetch: refusing to write through " + abs + " (not a directory)");
-      }
-      safe_dirs.insert(d);
-    }
+  std::uint64_t seen_files = 0, seen_bytes = 0;
+  auto report = [&] {
+    auto f = x->counters().files.load(), b = x->counters().bytes.load();
+    prog.add(f - seen_files, b - seen_bytes);
+    seen_files = f;
+    seen_bytes = b;
   };
-
-  tar::Reader reader;
-  reader.on_entry = [&](const tar::Entry& e) {
-    std::string rel = e.path;
-    while (rel.rfind("./", 0) == 0) rel = rel.substr(2);
-    std::string target;
-    if (single) {
-      if (rel != single_name) throw Error(ErrorKind::other, "fetch: unexpected entry " + rel);
-      target = dest;
-    } else {
-      if (rel.empty() || rel == ".") {
-        if (e.type == tar::Type::dir) {
-          ::mkdir(dest.c_str(), 0755);
-          tar::Entry d = e;
-          d.path = "";
-          dirs.push_back(d);
-        }
-        return;
-      }
-      if (!safe_rel(rel)) throw Error(ErrorKind::other, "fetch: refusing unsafe path " + rel);
-      ensure_parent_safe(rel);
-      target = dest + "/" + rel;
-    }
-    cur = e;
-    cur_path = target;
-    switch (e.type) {
-      case tar::Type::dir: {
-        struct stat st {};
-        if (::lstat(target.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) ::unlink(target.c_str());
-        if (::mkdir(target.c_str(), 0700) != 0 && errno != EEXIST)
-          throw Error(ErrorKind::other, "cannot create " + target + ": " + std::strerror(errno));
-        if (!single) safe_dirs.insert(rel);
-        tar::Entry d = e;
-        d.path = target;
-        dirs.push_back(d);
-        break;
-      }
-      case tar::Type::symlink:
-        ::unlink(target.c_str());
-        if (::symlink(e.link.c_str(), target.c_str()) != 0)
-          throw Error(ErrorKind::other,
-                      "cannot create symlink " + target + ": " + std::strerror(errno));
-        ++fs.files;
-        break;
-      case tar::Type::hardlink: {
-        std::string lt = e.link;
-        while (lt.rfind("./", 0) == 0) lt = lt.substr(2);
-        if (!safe_rel(lt)) throw Error(ErrorKind::other, "fetch: refusing unsafe link " + lt);
-        ::unlink(target.c_str());
-        if (::link((dest + "/" + lt).c_str(), target.c_str()) != 0)
-          throw Error(ErrorKind::other,
-                      "cannot create hard link " + target + ": " + std::strerror(errno));
-        ++fs.files;
-        break;
-      }
-      case tar::Type::file:
-        ::unlink(target.c_str());
-        fd = ::open(target.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-          throw Error(ErrorKind::other, "cannot write " + target + ": " + std::strerror(errno));
-        break;
-      default:
-        break;
-    }
-  };
-  reader.on_data = [&](std::string_view d) {
-    if (fd < 0) return;
-    while (!d.empty()) {
-      ssize_t n = ::write(fd, d.data(), d.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0)
-        throw Error(ErrorKind::other, "cannot write " + cur_path + ": " + std::strerror(errno));
-      d.remove_prefix(static_cast<std::size_t>(n));
-      fs.bytes += static_cast<std::uint64_t>(n);
-      prog.add(0, static_cast<std::uint64_t>(n));
-    }
-  };
-  reader.on_end = [&]() {
-    if (fd < 0) return;
-    ::fchmod(fd, cur.mode);
-    timespec ts[2] = {{cur.mtime_sec, cur.mtime_nsec}, {cur.mtime_sec, cur.mtime_nsec}};
-    ::futimens(fd, ts);
-    ::close(fd);
-    fd = -1;
-    ++fs.files;
-    prog.add(1, 0);
+  auto open_dir = [&](const std::string& dir) {
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::create_directories(dir, ec);
+    int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+      throw Error(ErrorKind::other, "cannot create " + dir + ": " +
+                                        (ec ? ec.message() : std::string(std::strerror(errno))));
+    return fd;
   };
 
   std::string err;
   StreamIO io;
   io.on_out = [&](std::string_view d) {
+    if (d.empty()) return;
     if (!got_kind) {
       got_kind = true;
-      single = d[0] == 'F';
-      d.remove_prefix(1);
-      if (single) {
+      ExtractOptions o;
+      o.what = what;
+      o.dest = dest;
+      o.token = token;
+      int dirfd;
+      if (d[0] == 'F') {
         auto slash = r.rfind('/');
-        single_name = slash == std::string::npos ? r : r.substr(slash + 1);
-        auto parent = std::filesystem::path(dest).parent_path();
-        std::error_code ec;
-        if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+        o.only_file = slash == std::string::npos ? r : r.substr(slash + 1);
+        auto path = std::filesystem::path(dest);
+        o.rename_to = path.filename().string();
+        dirfd = open_dir(path.parent_path().string());
       } else {
-        std::error_code ec;
-        std::filesystem::create_directories(dest, ec);
-        if (ec) throw Error(ErrorKind::other, "cannot create " + dest + ": " + ec.message());
+        dirfd = open_dir(dest);
       }
+      struct FdCloser {
+        int fd;
+        ~FdCloser() { ::close(fd); }
+      } closer{dirfd};
+      x = std::make_unique<TarExtractor>(dirfd, std::move(o));
+      d.remove_prefix(1);
     }
-    reader.feed(d);
+    x->feed(d);
+    report();
   };
   io.on_err = [&](std::string_view d) {
     if (err.size() < 65536) err.append(d);
@@ -858,21 +835,18 @@ FetchStats fetch(Session& s, const std::string& remote, const std::string& local
   auto res = im.exec_stream("if [ -d " + q + " ]; then printf D; cd -- " + q +
                                 " && exec tar --format=pax -cf - .; " + "elif [ -e " + q +
                                 " ]; then printf F; cd -- \"$(dirname -- " + q +
-                                ")\" && exec tar --format=pax -cf - \"$(basename -- " + q +
+                                ")\" && exec tar --format=pax -chf - \"$(basename -- " + q +
                                 ")\"; " + "else echo \"no such file or directory\" >&2; exit 2; fi",
                             {}, {}, io, Clock::time_point::max(), token, true);
   if (res.code != 0) {
     while (!err.empty() && err.back() == '\n') err.pop_back();
-    throw Error(ErrorKind::other,
-                "fetch " + s.label() + ":" + remote + " failed" + (err.empty() ? "" : ": " + err));
+    throw Error(ErrorKind::other, what + " failed" + (err.empty() ? "" : ": " + err));
   }
-  // Directory modes and mtimes last, deepest first, so writing inside them worked.
-  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
-    std::string path = it->path.empty() ? dest : it->path;
-    ::chmod(path.c_str(), it->mode);
-    timespec ts[2] = {{it->mtime_sec, it->mtime_nsec}, {it->mtime_sec, it->mtime_nsec}};
-    ::utimensat(AT_FDCWD, path.c_str(), ts, AT_SYMLINK_NOFOLLOW);
-  }
+  if (!x) throw Error(ErrorKind::other, what + " failed: the remote sent nothing");
+  x->finish();
+  report();
+  fs.files = x->counters().files;
+  fs.bytes = x->counters().bytes;
   prog.done();
   fs.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
   return fs;

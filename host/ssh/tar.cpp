@@ -4,8 +4,6 @@
 #include <cstdio>
 #include <cstring>
 
-#include "ssh/error.hpp"
-
 namespace ephrun::ssh::tar {
 namespace {
 
@@ -78,21 +76,6 @@ bool ustar_split(const std::string& name, std::string_view& prefix, std::string_
   return false;
 }
 
-std::uint64_t parse_num(const char* f, std::size_t n) {
-  if (static_cast<unsigned char>(f[0]) & 0x80) {  // GNU base-256
-    std::uint64_t v = static_cast<unsigned char>(f[0]) & 0x7f;
-    for (std::size_t i = 1; i < n; ++i) v = (v << 8) | static_cast<unsigned char>(f[i]);
-    return v;
-  }
-  std::uint64_t v = 0;
-  std::size_t i = 0;
-  while (i < n && (f[i] == ' ' || f[i] == '\0')) ++i;
-  for (; i < n && f[i] >= '0' && f[i] <= '7'; ++i) v = v * 8 + static_cast<unsigned>(f[i] - '0');
-  return v;
-}
-
-std::string field_str(const char* f, std::size_t n) { return std::string(f, strnlen(f, n)); }
-
 }  // namespace
 
 void write_header(std::string& out, const Entry& e) {
@@ -131,160 +114,6 @@ void write_padding(std::string& out, std::uint64_t size) {
 }
 
 void write_end(std::string& out) { out.append(2 * kBlock, '\0'); }
-
-void Reader::feed(std::string_view d) {
-  while (!d.empty()) {
-    if (state_ == State::header) {
-      std::size_t take = std::min(kBlock - block_.size(), d.size());
-      block_.append(d.substr(0, take));
-      d.remove_prefix(take);
-      if (block_.size() == kBlock) {
-        header(block_.data());
-        block_.clear();
-      }
-      continue;
-    }
-    if (left_ > 0) {
-      std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(left_, d.size()));
-      auto piece = d.substr(0, take);
-      if (state_ == State::data) {
-        if (on_data) on_data(piece);
-      } else if (state_ != State::skip) {
-        meta_.append(piece);
-      }
-      left_ -= take;
-      d.remove_prefix(take);
-      if (left_ > 0) continue;
-    }
-    if (pad_ > 0) {
-      std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(pad_, d.size()));
-      pad_ -= take;
-      d.remove_prefix(take);
-      if (pad_ > 0) continue;
-    }
-    finish_entry();
-  }
-  if (state_ != State::header && left_ == 0 && pad_ == 0) finish_entry();
-}
-
-void Reader::finish_entry() {
-  switch (state_) {
-    case State::data:
-      if (on_end) on_end();
-      break;
-    case State::pax: {
-      std::string_view m(meta_);
-      while (!m.empty()) {
-        auto sp = m.find(' ');
-        if (sp == std::string_view::npos) break;
-        std::size_t len = std::strtoul(std::string(m.substr(0, sp)).c_str(), nullptr, 10);
-        if (len <= sp + 1 || len > m.size()) break;
-        auto rec = m.substr(sp + 1, len - sp - 2);
-        auto eq = rec.find('=');
-        if (eq != std::string_view::npos) {
-          auto k = rec.substr(0, eq), v = rec.substr(eq + 1);
-          if (k == "path")
-            next_path_ = std::string(v);
-          else if (k == "linkpath")
-            next_link_ = std::string(v);
-          else if (k == "size") {
-            next_size_ = std::strtoull(std::string(v).c_str(), nullptr, 10);
-            has_next_size_ = true;
-          } else if (k == "mtime") {
-            parse_time(v, next_mtime_sec_, next_mtime_nsec_);
-            has_next_mtime_ = true;
-          }
-        }
-        m.remove_prefix(len);
-      }
-      break;
-    }
-    case State::longname:
-      next_path_ = std::string(meta_.c_str());
-      break;
-    case State::longlink:
-      next_link_ = std::string(meta_.c_str());
-      break;
-    default:
-      break;
-  }
-  meta_.clear();
-  state_ = State::header;
-}
-
-void Reader::header(const char* h) {
-  bool zero = std::all_of(h, h + kBlock, [](char c) { return c == 0; });
-  if (zero) {
-    ++zero_blocks_;
-    return;
-  }
-  zero_blocks_ = 0;
-  unsigned sum = 0;
-  for (std::size_t i = 0; i < kBlock; ++i)
-    sum += (i >= 148 && i < 156) ? ' ' : static_cast<unsigned char>(h[i]);
-  if (sum != parse_num(h + 148, 8)) throw Error(ErrorKind::other, "corrupt tar stream (checksum)");
-  char type = h[156];
-  std::uint64_t size = parse_num(h + 124, 12);
-  Entry e;
-  std::string name = field_str(h, 100);
-  if (std::memcmp(h + 257, "ustar", 5) == 0) {
-    std::string prefix = field_str(h + 345, 155);
-    if (!prefix.empty() && h[263] == '0') name = prefix + "/" + name;  // POSIX, not GNU
-  }
-  e.link = field_str(h + 157, 100);
-  e.mode = static_cast<unsigned>(parse_num(h + 100, 8) & 07777);
-  e.mtime_sec = static_cast<std::int64_t>(parse_num(h + 136, 12));
-  if (type == 'x' || type == 'g' || type == 'L' || type == 'K') {
-    state_ = type == 'x'   ? State::pax
-             : type == 'L' ? State::longname
-             : type == 'K' ? State::longlink
-                           : State::skip;
-    left_ = size;
-    pad_ = (kBlock - size % kBlock) % kBlock;
-    meta_.clear();
-    return;
-  }
-  if (!next_path_.empty()) name = next_path_;
-  if (!next_link_.empty()) e.link = next_link_;
-  if (has_next_size_) size = next_size_;
-  if (has_next_mtime_) {
-    e.mtime_sec = next_mtime_sec_;
-    e.mtime_nsec = next_mtime_nsec_;
-  }
-  next_path_.clear();
-  next_link_.clear();
-  has_next_size_ = has_next_mtime_ = false;
-  while (name.size() > 1 && name.back() == '/') name.pop_back();
-  e.path = name;
-  switch (type) {
-    case '0':
-    case '\0':
-    case '7':
-      e.type = Type::file;
-      break;
-    case '1':
-      e.type = Type::hardlink;
-      size = 0;
-      break;
-    case '2':
-      e.type = Type::symlink;
-      size = 0;
-      break;
-    case '5':
-      e.type = Type::dir;
-      size = 0;
-      break;
-    default:
-      e.type = Type::other;
-      break;
-  }
-  e.size = size;
-  left_ = size;
-  pad_ = (kBlock - size % kBlock) % kBlock;
-  state_ = e.type == Type::other ? State::skip : State::data;
-  if (e.type != Type::other && on_entry) on_entry(e);
-  cur_ = std::move(e);
-}
 
 void parse_time(std::string_view v, std::int64_t& sec, long& nsec) {
   auto dot = v.find('.');

@@ -8,6 +8,7 @@
 #include "../support/sshd_fixture.hpp"
 #include "ssh/keys.hpp"
 #include "ssh/session.hpp"
+#include "ssh/sftp.hpp"
 #include "ssh/sync.hpp"
 #include "ssh/util.hpp"
 
@@ -296,4 +297,50 @@ TEST_CASE("ssh sync: a cancel stops the transfer and the remote tar", "[ssh][syn
   }
   CHECK(gone);
   CHECK(p.s.run("echo still usable").code == 0);
+}
+
+TEST_CASE("ssh download: setuid, setgid, sticky and world-writable bits stay behind",
+          "[ssh][sync]") {
+  SyncPeer p;
+  fs::create_directories(p.remote);
+  ::umask(022);
+  // Owned by root on the remote side, as a compromised box would serve it.
+  write_text(p.r("id"), "#!/bin/sh\nid -u\n", 04755);
+  write_text(p.r("wide"), "x", 02777);
+  write_text(p.r("plain"), "x", 0664);
+  for (auto [name, want] : {std::pair{"id", 0755}, {"wide", 0755}, {"plain", 0644}}) {
+    std::string local = p.local + "/" + name;
+    ssh::download(p.s, p.r(name), local);
+    struct stat st {};
+    REQUIRE(::stat(local.c_str(), &st) == 0);
+    CHECK((st.st_mode & 07777) == static_cast<unsigned>(want));
+  }
+}
+
+TEST_CASE("ssh sync: a directory swapped for a symlink mid-transfer is not followed",
+          "[ssh][sync]") {
+  SyncPeer p;
+  std::string outside = p.sshd.dir() + "/outside";
+  fs::create_directories(outside);
+  write_text(outside + "/x", "SECRET\n");
+  fs::create_directories(p.l("a/deeper"));
+  write_text(p.l("0first"), "first\n");
+  write_text(p.l("a/x"), "inside\n");
+  write_text(p.l("a/deeper/y"), "inside\n");
+  fs::create_directories(outside + "/deeper");
+  write_text(outside + "/deeper/y", "SECRET\n");
+  // The first progress report comes while 0first is read, before anything in a/ is
+  // opened: that is when the directory becomes a symlink out of the tree.
+  bool swapped = false;
+  auto st = ssh::sync(p.s, p.local, p.remote, {}, [&](const ssh::SyncProgress&) {
+    if (swapped) return;
+    swapped = true;
+    fs::rename(p.l("a"), p.l("a.moved"));
+    fs::create_symlink(outside, p.l("a"));
+  });
+  REQUIRE(swapped);
+  CHECK(test::read_text(p.r("0first")) == "first\n");
+  CHECK(test::read_text(p.r("a/x")).find("SECRET") == std::string::npos);
+  CHECK(test::read_text(p.r("a/deeper/y")).find("SECRET") == std::string::npos);
+  CHECK(st.files_sent < 3);
 }
