@@ -107,8 +107,11 @@ std::string make_run_id() {
   std::tm tm{};
   gmtime_r(&t, &tm);
   std::random_device rd;
-  return fmt::format("{:04}{:02}{:02}-{:02}{:02}{:02}-{:04x}", tm.tm_year + 1900, tm.tm_mon + 1,
-                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, rd() & 0xffff);
+  // 32 random bits: with 16, runs started in the same second collided about
+  // once in 250 batches of 16.
+  return fmt::format("{:04}{:02}{:02}-{:02}{:02}{:02}-{:08x}", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     static_cast<std::uint32_t>(rd()));
 }
 
 int traceback_handler(lua_State* L) {
@@ -342,14 +345,28 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
   // The journal records the run (not dry runs, not built-in commands) with
   // this process's identity, so `ephrun reap` can tell a run killed by
   // SIGKILL from one still going.
+  // No journal, no resource: a run that cannot record itself stops here,
+  // before its body can create anything billable.
   std::unique_ptr<journal::Journal> jrn;
   if (!opts_.dry_run && !command) {
     try {
       jrn = std::make_unique<journal::Journal>();
       jrn->run_started(run_id_, label, journal::sha256_hex(bound_params).substr(0, 16));
     } catch (const std::exception& e) {
-      spdlog::warn("{}; this run is not journalled", e.what());
-      jrn.reset();
+      std::string where;
+      try {
+        where = journal::default_path();
+      } catch (const std::exception&) {
+        where = "the journal";
+      }
+      report(fmt::format(
+          "ephrun: cannot record this run in the journal ({}): {}\n"
+          "Nothing was started or created. If another ephrun holds the journal, retry when it "
+          "is done (EPHRUN_JOURNAL_TIMEOUT=SECONDS waits longer); if the file is damaged, move "
+          "it aside (`ephrun reap providers=...` still finds instances by their tags).",
+          where, e.what()));
+      lua_settop(L, top);
+      return kFailed;
     }
   }
 

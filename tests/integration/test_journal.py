@@ -242,16 +242,43 @@ class Journal(unittest.TestCase):
         [res] = self.ls_json("all=true")["resources"]
         self.assertEqual(res["status"], "failed")
 
-    def test_parallel_runs_all_journalled(self):
-        procs = [subprocess.Popen([BIN, LAUNCH, "provider=fake", "via=direct"], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True, env=self.env) for _ in range(6)]
-        for p in procs:
-            _, err = p.communicate(timeout=60)
-            self.assertEqual(p.returncode, 0, err)
-        runs = json.loads(self.ok("history", "--json", "limit=0").stdout)["runs"]
-        self.assertEqual(len(runs), 6)
-        self.assertTrue(all(x["status"] == "ok" for x in runs))
-        self.assertEqual(len(self.ls_json("all=true")["resources"]), 6)
+    def test_parallel_first_runs_all_journalled(self):
+        """8 runs started together on a fresh EPHRUN_HOME, 20 times: every one is journalled
+        (SQLite could refuse a second process switching a new file to WAL, and 16-bit run ids
+        collided)."""
+        for trial in range(20):
+            home = os.path.join(self.home, "p%d" % trial)
+            cloud = os.path.join(home, "cloud")
+            os.makedirs(cloud)
+            e = dict(self.env, EPHRUN_HOME=os.path.join(home, "state"), FAKE_CLOUD_DIR=cloud)
+            procs = [subprocess.Popen([BIN, LAUNCH, "provider=fake", "via=direct"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True, env=e) for _ in range(8)]
+            for p in procs:
+                _, err = p.communicate(timeout=60)
+                self.assertEqual(p.returncode, 0, "trial %d: %s" % (trial, err))
+                self.assertNotIn("journal", err, "trial %d" % trial)
+            r = subprocess.run([BIN, "history", "--json", "limit=0"], capture_output=True, text=True, env=e)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            runs = json.loads(r.stdout)["runs"]
+            self.assertEqual(len(runs), 8, "trial %d" % trial)
+            self.assertEqual([x["status"] for x in runs], ["ok"] * 8, "trial %d: %s" % (trial, runs))
+            self.assertEqual(os.listdir(cloud), [])
+
+    def test_a_run_that_cannot_journal_does_nothing(self):
+        state = os.path.join(self.home, "state")
+        os.makedirs(state)
+        with open(os.path.join(state, "journal.sqlite"), "w") as f:
+            f.write("this is not a database\n" * 100)
+        marker = os.path.join(self.home, "m")
+        r = self.ephrun(os.path.join(RECIPES, "failing.lua"), "marker=" + marker)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cannot record this run in the journal", r.stderr)
+        self.assertIn("Nothing was started", r.stderr)
+        self.assertFalse(os.path.exists(marker), "the recipe's body ran without a journal")
+        r = self.ephrun(LAUNCH, "provider=fake", "via=cloud")
+        self.assertEqual(r.returncode, 1)
+        self.assertNotIn("READY", r.stdout)
+        self.assertEqual(self.fake_instances(), [])
 
     def test_a_file_named_like_a_command_wins(self):
         d = tempfile.mkdtemp(dir=self.home)
