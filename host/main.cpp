@@ -33,7 +33,8 @@ Options:
   -h, --help       this help, or the recipe's with RECIPE
 
 Exit codes: 0 success, 1 recipe failed, 2 usage or parameter error,
-            130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hangup (SIGHUP).
+            130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hangup (SIGHUP),
+            141 output closed (SIGPIPE); os.exit(n) in a recipe: n, after the cleanups.
 )";
 
 void list_builtins() {
@@ -47,6 +48,7 @@ void list_builtins() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ephrun::install_sigpipe_handling();
   CLI::App app{"ephrun"};
   app.set_help_flag();
   ephrun::Options opts;

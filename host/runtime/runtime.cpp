@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -114,6 +116,23 @@ std::string make_run_id() {
                      static_cast<std::uint32_t>(rd()));
 }
 
+std::atomic<bool> g_output_closed{false};
+std::atomic<bool> g_stop_on_closed_output{false};
+
+// Async-signal-safe: atomics and kill(). A run stops through the scheduler's
+// own signal path (it waits for SIGHUP, the "terminal went away" signal,
+// which this is a case of); run() then reports it as the closed pipe it was.
+// Raised once: the cleanup's own writes to the closed pipe only fail.
+void on_sigpipe(int /*sig*/) {
+  if (!g_output_closed.exchange(true) && g_stop_on_closed_output.load()) kill(getpid(), SIGHUP);
+}
+
+// The signal that stopped the run, as a person reads it.
+std::string signal_text(int sig) {
+  if (sig == SIGHUP && g_output_closed.load()) return "SIGPIPE";
+  return std::string("SIG") + sigabbrev_np(sig);
+}
+
 int traceback_handler(lua_State* L) {
   const char* msg = lua_tostring(L, 1);
   if (!msg) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
@@ -122,6 +141,18 @@ int traceback_handler(lua_State* L) {
 }
 
 }  // namespace
+
+void install_sigpipe_handling() {
+  // A handler, not SIG_IGN: an ignored SIGPIPE would be inherited by every
+  // child (ssh, tar, shells), where `yes | head` must still end.
+  struct sigaction sa {};
+  sa.sa_handler = on_sigpipe;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGPIPE, &sa, nullptr);
+}
+
+bool output_closed() { return g_output_closed.load(); }
 
 Runtime::Runtime(Options opts) : opts_(std::move(opts)), run_id_(make_run_id()) { open_state(); }
 
@@ -250,7 +281,7 @@ int Runtime::run_cleanups() {
 
 void Runtime::print_still_cleaning(int sig) {
   std::string msg =
-      fmt::format("received SIG{} again; still cleaning up, please wait:", sigabbrev_np(sig));
+      fmt::format("received {} again; still cleaning up, please wait:", signal_text(sig));
   auto pending = pending_cleanups();
   for (const auto& p : pending) msg += "\n  - " + p;
   for (const auto& j : sched_->in_flight()) msg += "\n  … " + j;
@@ -261,11 +292,13 @@ void Runtime::print_still_cleaning(int sig) {
 int Runtime::run(const std::string& recipe, const std::vector<std::string>& args) {
   lua_State* L = L_;
   sched_->install_signal_handling();
+  g_stop_on_closed_output = true;
+  install_os_exit();
   sched_->on_first_signal = [this](int sig) {
     report(
-        fmt::format("ephrun: received SIG{} during phase '{}'; stopping and cleaning up "
+        fmt::format("ephrun: received {}{} during phase '{}'; stopping and cleaning up "
                     "(press Ctrl-C again to see what is left)",
-                    sigabbrev_np(sig), phase));
+                    signal_text(sig), output_closed() ? " (the output was closed)" : "", phase));
   };
   sched_->on_repeat_signal = [this](int sig) { print_still_cleaning(sig); };
 
@@ -330,6 +363,7 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
   }
   lua_pushboolean(L, opts_.help);
   if (lua_pcall(L, 4, 3, msgh) != LUA_OK) {
+    if (exit_code_) return *exit_code_;  // os.exit while loading: nothing to clean up yet
     report(fmt::format("ephrun: error: {}", redact(lua_tostring(L, -1))));
     return kFailed;
   }
@@ -384,43 +418,12 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
   int cleanup_failures = run_cleanups() + scope_cleanup_failures_;
   sched_->drain();
 
-  int sig = sched_->signal_received();
-  int code = kOk;
-  if (!root->ok) {
-    if (sig == 0 || opts_.verbosity > 0) {
-      report(fmt::format("ephrun: error in phase '{}': {}", failed_phase, root->error));
-      if (opts_.verbosity > 0 && !root->traceback.empty()) report(root->traceback);
-    } else {
-      report(fmt::format("ephrun: interrupted by SIG{} in phase '{}'", sigabbrev_np(sig),
-                         failed_phase));
-    }
-    code = kFailed;
-  }
-  if (cleanup_failures) {
-    report(
-        fmt::format("ephrun: {} cleanup step{} failed; see the messages above for what is left "
-                    "and how to remove it",
-                    cleanup_failures, cleanup_failures == 1 ? "" : "s"));
-    code = kFailed;
-  }
-  if (sig) code = 128 + sig;
-
+  Ending e = ending(*root, failed_phase, cleanup_failures);
   if (jrn) {
-    std::string status = "ok", detail;
-    if (sig) {
-      status = "interrupted";
-      detail = fmt::format("SIG{} in phase '{}'", sigabbrev_np(sig), failed_phase);
-    } else if (!root->ok) {
-      status = "failed";
-      detail = redact(fmt::format("phase '{}': {}", failed_phase, root->error));
-    } else if (cleanup_failures) {
-      status = "failed";
-      detail = fmt::format("{} cleanup step(s) failed", cleanup_failures);
-    }
     try {
-      jrn->run_ended(run_id_, status, detail);
-    } catch (const std::exception& e) {
-      spdlog::warn("{}", e.what());
+      jrn->run_ended(run_id_, e.status, e.detail);
+    } catch (const std::exception& ex) {
+      spdlog::warn("{}", ex.what());
     }
   }
 
@@ -437,7 +440,91 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
     fflush(stdout);
   }
   lua_settop(L, top);
-  return code;
+  return e.code;
+}
+
+// How the run ended, in order of precedence: a signal (or the closed output
+// pipe), os.exit(n), an error, a failed cleanup. Reports it on stderr.
+Runtime::Ending Runtime::ending(const Task& root, const std::string& failed_phase,
+                                int cleanup_failures) const {
+  Ending e;
+  const int sig = sched_->signal_received();
+  if (!root.ok && exit_code_) {
+    if (*exit_code_ != 0 || opts_.verbosity > 0)
+      report(fmt::format("ephrun: the recipe called os.exit({}) in phase '{}'; its cleanups ran",
+                         *exit_code_, exit_phase_));
+  } else if (!root.ok && (sig == 0 || opts_.verbosity > 0)) {
+    report(fmt::format("ephrun: error in phase '{}': {}", failed_phase, root.error));
+    if (opts_.verbosity > 0 && !root.traceback.empty()) report(root.traceback);
+  } else if (!root.ok) {
+    report(fmt::format("ephrun: interrupted by {} in phase '{}'", signal_text(sig), failed_phase));
+  }
+  if (cleanup_failures)
+    report(
+        fmt::format("ephrun: {} cleanup step{} failed; see the messages above for what is left "
+                    "and how to remove it",
+                    cleanup_failures, cleanup_failures == 1 ? "" : "s"));
+
+  if (sig) {
+    e.code = sig == SIGHUP && g_output_closed ? kOutputClosed : 128 + sig;
+    e.status = "interrupted";
+    e.detail = fmt::format("{} in phase '{}'", signal_text(sig), failed_phase);
+  } else if (!root.ok && exit_code_) {
+    e.code = *exit_code_ == 0 && cleanup_failures ? kFailed : *exit_code_;
+    e.status = e.code == 0 ? "ok" : "failed";
+    e.detail = fmt::format("os.exit({}) in phase '{}'", *exit_code_, exit_phase_);
+    if (cleanup_failures) e.detail += fmt::format("; {} cleanup step(s) failed", cleanup_failures);
+  } else if (!root.ok) {
+    e.code = kFailed;
+    e.status = "failed";
+    e.detail = redact(fmt::format("phase '{}': {}", failed_phase, root.error));
+  } else if (cleanup_failures) {
+    e.code = kFailed;
+    e.status = "failed";
+    e.detail = fmt::format("{} cleanup step(s) failed", cleanup_failures);
+  }
+  return e;
+}
+
+// os.exit(n) from a recipe: stops the run like a signal (every task is
+// cancelled, the cleanups run), then ephrun exits n. Lua's own os.exit would
+// end the process on the spot and leave every resource behind.
+int Runtime::request_exit(lua_State* L, int code) {
+  if (!exit_code_) {
+    exit_code_ = code;
+    exit_phase_ = phase;
+  }
+  std::string why = fmt::format("os.exit({}) called", *exit_code_);
+  if (phase != "cleanup") {
+    sched_->cancel_all(why);
+    // In a task the cancel itself raises at the caller's next instruction:
+    // raising here too would make the cancel fire again inside the first
+    // `<close>` handler the error runs, and skip it.
+    Task* t = sched_->current();
+    if (t && t->co == L) return 0;
+  }
+  lua_pushlstring(L, why.data(), why.size());
+  return lua_error(L);
+}
+
+namespace {
+
+int l_os_exit(lua_State* L) {
+  int code = EXIT_SUCCESS;
+  if (lua_isboolean(L, 1))
+    code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else
+    code = static_cast<int>(luaL_optinteger(L, 1, EXIT_SUCCESS));
+  return Runtime::of(L).request_exit(L, code);
+}
+
+}  // namespace
+
+void Runtime::install_os_exit() {
+  lua_getglobal(L_, "os");
+  lua_pushcfunction(L_, l_os_exit);
+  lua_setfield(L_, -2, "exit");
+  lua_pop(L_, 1);
 }
 
 }  // namespace ephrun

@@ -3,6 +3,7 @@
 
 #include <lua.hpp>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,7 +22,14 @@ struct Options {
 };
 
 /// Exit codes, as documented in docs/cli.md.
-enum Exit : int { kOk = 0, kFailed = 1, kUsage = 2 };
+enum Exit : int { kOk = 0, kFailed = 1, kUsage = 2, kOutputClosed = 128 + 13 };
+
+/// Makes a write to a closed pipe (`| head`, a pager quit early) fail with
+/// EPIPE instead of killing the process; during a run it then stops the run
+/// like a signal, so every cleanup still runs. Call once, first thing in main.
+void install_sigpipe_handling();
+/// True once a write hit a closed pipe.
+bool output_closed();
 
 class Runtime {
  public:
@@ -77,7 +85,18 @@ class Runtime {
   void finish_cleanup(int id, bool ok, const std::string& error);
   [[nodiscard]] std::vector<std::string> pending_cleanups() const;
 
+  /// os.exit(code) from Lua: records the code, cancels every task and raises,
+  /// so the run unwinds and its cleanups run before ephrun exits `code`.
+  int request_exit(lua_State* L, int code);
+
  private:
+  struct Ending {
+    int code = kOk;
+    std::string status = "ok";  // for the journal's run row
+    std::string detail;
+  };
+  Ending ending(const Task& root, const std::string& failed_phase, int cleanup_failures) const;
+  void install_os_exit();
   void open_state();
   int run_cleanups();
   void print_still_cleaning(int sig);
@@ -90,6 +109,8 @@ class Runtime {
   std::vector<Cleanup> cleanups_;
   int next_cleanup_ = 1;
   int scope_cleanup_failures_ = 0;
+  std::optional<int> exit_code_;  // set by os.exit
+  std::string exit_phase_;
 };
 
 }  // namespace ephrun
