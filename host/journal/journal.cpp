@@ -443,6 +443,14 @@ void Journal::created(std::int64_t key, const std::string& resource_id,
     throw std::invalid_argument("journal: no resource with key " + std::to_string(key));
 }
 
+void Journal::kept(std::int64_t key) {
+  update_resource(key,
+                  "UPDATE resources SET created = COALESCE(created, ?),"
+                  " status = CASE WHEN status IN ('pending', 'live') THEN 'kept' ELSE status END,"
+                  " error = COALESCE(NULLIF(?, ''), error) WHERE key = ?",
+                  "", now());
+}
+
 void Journal::destroyed(std::int64_t key) {
   update_resource(key,
                   "UPDATE resources SET destroyed = COALESCE(destroyed, ?), status = 'destroyed',"
@@ -462,7 +470,7 @@ std::vector<Resource> Journal::resources(bool live_only, const std::optional<std
   if (!db_) return out;
   std::string sql = std::string("SELECT ") + kResourceCols +
                     " FROM resources r LEFT JOIN runs u ON u.id = r.run_id WHERE 1";
-  if (live_only) sql += " AND r.status IN ('pending', 'live')";
+  if (live_only) sql += " AND r.status IN ('pending', 'live', 'kept')";
   if (run_id) sql += " AND r.run_id = ?";
   sql += " ORDER BY r.key";
   Stmt s(db_, sql.c_str());

@@ -241,6 +241,13 @@ int l_journal_created(lua_State* L) {
   return 0;
 }
 
+int l_journal_kept(lua_State* L) {
+  lua_Integer key = luaL_checkinteger(L, 1);
+  if (dry_run(L) || key == 0) return 0;
+  writer(L).kept(key);
+  return 0;
+}
+
 int l_journal_destroyed(lua_State* L) {
   lua_Integer key = luaL_checkinteger(L, 1);
   if (dry_run(L) || key == 0) return 0;
@@ -314,15 +321,11 @@ int l_journal_path(lua_State* L) {
 }
 
 const luaL_Reg kJournalFns[] = {
-    {"intent", lua::safe<l_journal_intent>},
-    {"created", lua::safe<l_journal_created>},
-    {"destroyed", lua::safe<l_journal_destroyed>},
-    {"failed", lua::safe<l_journal_failed>},
-    {"resources", lua::safe<l_journal_resources>},
-    {"runs", lua::safe<l_journal_runs>},
-    {"run", lua::safe<l_journal_run>},
-    {"path", lua::safe<l_journal_path>},
-    {nullptr, nullptr},
+    {"intent", lua::safe<l_journal_intent>}, {"created", lua::safe<l_journal_created>},
+    {"kept", lua::safe<l_journal_kept>},     {"destroyed", lua::safe<l_journal_destroyed>},
+    {"failed", lua::safe<l_journal_failed>}, {"resources", lua::safe<l_journal_resources>},
+    {"runs", lua::safe<l_journal_runs>},     {"run", lua::safe<l_journal_run>},
+    {"path", lua::safe<l_journal_path>},     {nullptr, nullptr},
 };
 
 const luaL_Reg kHandleMeta[] = {{"__gc", lua::destroy<Handle>}, {nullptr, nullptr}};

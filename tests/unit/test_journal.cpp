@@ -93,6 +93,25 @@ TEST_CASE("journal: the resource lifecycle intent → created → destroyed", "[
   j.destroyed(key);  // idempotent
 }
 
+TEST_CASE("journal: a kept resource stays listed as kept until destroyed", "[journal]") {
+  TempHome h;
+  Journal j(h.file());
+  j.run_started("r1", "deploy-fast", "hash");
+  auto key = j.intent(sample("r1"));
+  j.created(key, "inst-7", "{}");
+  j.kept(key);
+  j.run_ended("r1", "ok", "");
+  auto live = j.resources(true, std::nullopt);
+  REQUIRE(live.size() == 1);
+  CHECK(live[0].status == "kept");
+  CHECK(live[0].expires_at == 2e9);
+  j.created(key, "inst-7", "{}");  // a later write does not make it live again
+  CHECK(j.resource(key)->status == "kept");
+  j.destroyed(key);
+  CHECK(j.resources(true, std::nullopt).empty());
+  CHECK_THROWS(j.kept(999));
+}
+
 TEST_CASE("journal: a failed create is not live; unknown keys are errors", "[journal]") {
   TempHome h;
   Journal j(h.file());
