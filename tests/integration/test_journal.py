@@ -175,6 +175,24 @@ class Journal(unittest.TestCase):
         self.assertIn("destroyed fake expired-one (expired)", r.stdout)
         self.assertEqual(self.fake_instances(), ["not-ours", "unknown-run"])
 
+    def test_reap_says_what_it_waits_for(self):
+        """Issue 10: a provider whose API does not answer is named while reap waits for it."""
+        go = os.path.join(self.home, "go")
+        p = subprocess.Popen([BIN, "reap", "--dry-run", "providers=fake"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=dict(self.env, FAKE_LIST_WAIT=go))
+        try:
+            for token in ("asking fake for its instances", "still waiting for fake's instance list"):
+                for line in p.stderr:
+                    if token in line:
+                        break
+                else:
+                    self.fail("reap never said %r" % token)
+        finally:
+            open(go, "w").close()
+        out, _ = p.communicate(timeout=30)
+        self.assertEqual(p.returncode, 0)
+        self.assertIn("Nothing to reap", out)
+
     def test_sigkill_leaves_an_orphan_that_ls_shows_and_reap_removes(self):
         if not shutil.which("sshd") and not os.path.exists("/usr/sbin/sshd"):
             self.skipTest("no sshd for the local provider")

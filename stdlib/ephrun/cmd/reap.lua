@@ -74,11 +74,13 @@ end
 local function list_instances(name, cloud)
   ephrun.log.info("reap: asking %s for its instances (looking for ephrun tags)…", name)
   local started = ephrun.time.monotonic()
-  local ticker = ephrun.spawn("reap: waiting for " .. name, function()
+  local ticker = ephrun.spawn("reap", function()
+    local every = 5
     while true do
-      ephrun.time.sleep(5)
-      ephrun.log.info("reap: still waiting for %s to list its instances (%ds; its API may be "
-        .. "unreachable or rate-limiting; Ctrl-C stops)", name, math.floor(ephrun.time.monotonic() - started))
+      ephrun.time.sleep(every)
+      every = 10
+      ephrun.log.info("still waiting for %s's instance list (%ds; its API may be unreachable or "
+        .. "rate-limiting, and is retried; Ctrl-C stops)", name, math.floor(ephrun.time.monotonic() - started))
     end
   end)
   local ok, list = pcall(cloud.impl.list, { tags = {} }, cloud.opts)

@@ -26,6 +26,9 @@ function M.launch(spec)
   return inst
 end
 function M.list(filter)
+  -- FAKE_LIST_WAIT=FILE: the listing answers once FILE exists (an API that does not answer).
+  local wait_for = os.getenv("FAKE_LIST_WAIT")
+  while wait_for and not ephrun.fs.exists(wait_for) do ephrun.time.sleep(0.05) end
   local out = {}
   for _, name in ipairs(ephrun.fs.list(dir()) or {}) do
     if name:match("%.json$") then
