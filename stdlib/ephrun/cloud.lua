@@ -171,11 +171,10 @@ local function client_keys(keep)
   local pair = ephrun.keys.generate("ephrun-run-" .. run_id)
   ephrun.keys.write(pair, dir .. "/id_ed25519")
   run_keys = { pair = pair, dir = dir, keep = keep }
-  if not keep then
-    run_keys.cleanup = ephrun.defer(function()
-      ephrun.fs.remove(dir, { recursive = true })
-    end, "remove this run's keys in " .. dir, "rm -rf " .. q(dir))
-  end
+  -- Decided when the run ends: a later launch with keep=true still needs the key.
+  run_keys.cleanup = ephrun.defer(function()
+    if not run_keys.keep then ephrun.fs.remove(dir, { recursive = true }) end
+  end, "remove this run's keys in " .. dir, "rm -rf " .. q(dir))
   return run_keys
 end
 
@@ -264,8 +263,9 @@ function Cloud:launch(spec)
         hourly = hourly, started = started, expires = expires }, Instance)
       -- The undo is on the cleanup stack before anything else can fail, the journal write
       -- included. A kept instance has it too until its launch is complete.
+      local hinted, hint = pcall(o.destroy_hint, o)
       o._destroy = ephrun.defer(function() o:destroy() end, "destroy " .. self.name .. " instance " .. tostring(o.id),
-        o:destroy_hint())
+        hinted and hint or nil)
       local recorded, jerr = pcall(j.created, jkey, inst.id, journal_extra(inst))
       if not recorded then
         error(("journal: cannot record %s instance %s (%s); it is being destroyed"):format(self.name,
@@ -353,6 +353,7 @@ function Instance:_keep()
     local who = (self.port and self.port ~= 22) and ("[" .. self.host .. "]:" .. self.port) or self.host
     assert(ephrun.fs.write(self.key_dir .. "/known_hosts", who .. " " .. self.host_key .. "\n", { mode = "0600" }))
   end
+  if run_keys and run_keys.dir == self.key_dir then run_keys.keep = true end
   if self.journal_key then journal().kept(self.journal_key) end
   if self._destroy then self._destroy:cancel() end
   self._destroy = nil

@@ -347,6 +347,26 @@ class Journal(unittest.TestCase):
         self.assertEqual(self.fake_instances(), [])
         self.assertEqual(os.listdir(runs), [], "reap leaves the run's key directory")
 
+    def test_a_kept_instance_launched_second_keeps_the_runs_key(self):
+        recipe = os.path.join(self.home, "two.lua")
+        with open(recipe, "w") as f:
+            f.write('local ephrun = require "ephrun"\n'
+                    'return ephrun.recipe { name = "two", run = function()\n'
+                    '  local cloud = ephrun.provider("fake")\n'
+                    '  local a <close> = cloud:launch { ttl = "1h" }\n'
+                    '  local b = cloud:launch { ttl = "1h", keep = true }\n'
+                    '  print("KEPT-ID " .. b.id)\n'
+                    'end }\n')
+        r = self.ok(recipe)
+        kept = r.stdout.split("KEPT-ID ", 1)[1].split()[0]
+        self.assertEqual(self.fake_instances(), [kept])
+        runs = os.path.join(self.home, "state", "runs")
+        [run] = os.listdir(runs)
+        self.assertTrue(os.path.exists(os.path.join(runs, run, "id_ed25519")), "the kept instance's key is gone")
+        self.ok("reap", "--yes", "kept=true")
+        self.assertEqual(self.fake_instances(), [])
+        self.assertEqual(os.listdir(runs), [])
+
     def test_an_expired_kept_instance_is_reaped(self):
         r = self.ok(LAUNCH, "provider=fake", "via=cloud", "keep=true", "ttl=1s")
         inst = r.stdout.split("READY ", 1)[1].split()[0]
