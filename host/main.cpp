@@ -17,8 +17,9 @@ RECIPE is a path to a recipe file or the name of a built-in recipe.
 
 Commands (used when no file of that name exists in the current directory):
   ephrun ls [--json]                          live resources, age, TTL left, cost so far
-  ephrun reap [--dry-run] [--older-than 2h] [--yes]
+  ephrun reap [--dry-run] [--older-than 2h] [--yes] [--kept]
                                               destroy expired and orphaned resources
+                                              (--kept: kept ones too, before their TTL)
   ephrun history [--json]                     past runs
 
 Options:
@@ -69,6 +70,8 @@ int main(int argc, char** argv) {
   app.add_flag("--list", list);
   std::string older_than;
   app.add_option("--older-than", older_than);
+  bool kept = false;
+  app.add_flag("--kept", kept);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -98,6 +101,13 @@ int main(int argc, char** argv) {
       return ephrun::kUsage;
     }
     args.push_back("older_than=" + older_than);
+  }
+  if (kept) {
+    if (recipe != "ephrun:reap") {
+      std::cerr << "ephrun: --kept only applies to `ephrun reap`\n";
+      return ephrun::kUsage;
+    }
+    args.emplace_back("kept=true");
   }
   opts.verbosity = quiet ? -1 : verbose;
   try {
