@@ -1,6 +1,9 @@
 #include "runtime/runtime.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <poll.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -11,6 +14,7 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "journal/journal.hpp"
 #include "lua/bind.hpp"
@@ -126,6 +130,53 @@ std::atomic<bool> g_stop_on_closed_output{false};
 void on_sigpipe(int /*sig*/) {
   if (!g_output_closed.exchange(true) && g_stop_on_closed_output.load()) kill(getpid(), SIGHUP);
 }
+
+// Notices the reader of stdout or stderr going away (a pager quit while the
+// build is silent) without waiting for the next write: poll() reports POLLERR
+// on a pipe's write end once it has no reader. Runs while the run does; must
+// be started after the scheduler blocked the signals, so that the SIGHUP it
+// may raise goes to the scheduler's signal thread and not to this one.
+class OutputWatch {
+ public:
+  OutputWatch() {
+    for (int fd : {STDOUT_FILENO, STDERR_FILENO}) {
+      struct stat st {};
+      if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode)) fds_.push_back({fd, 0, 0});
+    }
+    if (fds_.empty() || pipe2(wake_, O_CLOEXEC) != 0) return;
+    fds_.push_back({wake_[0], POLLIN, 0});
+    thread_ = std::thread([this] { watch(); });
+  }
+  ~OutputWatch() {
+    if (!thread_.joinable()) return;
+    (void)!::write(wake_[1], "x", 1);
+    thread_.join();
+    ::close(wake_[0]);
+    ::close(wake_[1]);
+  }
+  OutputWatch(const OutputWatch&) = delete;
+  OutputWatch& operator=(const OutputWatch&) = delete;
+
+ private:
+  void watch() {
+    for (;;) {
+      if (poll(fds_.data(), fds_.size(), -1) < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
+      if (fds_.back().revents) return;  // the run is over
+      for (size_t i = 0; i + 1 < fds_.size(); ++i)
+        if (fds_[i].revents & (POLLERR | POLLHUP)) {
+          on_sigpipe(SIGPIPE);
+          return;
+        }
+    }
+  }
+
+  std::vector<pollfd> fds_;
+  int wake_[2] = {-1, -1};
+  std::thread thread_;
+};
 
 // The signal that stopped the run, as a person reads it.
 std::string signal_text(int sig) {
@@ -293,6 +344,7 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
   lua_State* L = L_;
   sched_->install_signal_handling();
   g_stop_on_closed_output = true;
+  OutputWatch output_watch;
   install_os_exit();
   sched_->on_first_signal = [this](int sig) {
     report(

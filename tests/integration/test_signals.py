@@ -121,6 +121,16 @@ class ClosedOutput(unittest.TestCase):
         self.assertIn("SIGPIPE", err)
         self.assertIn("phase 'run'", err)
 
+    def test_a_reader_gone_while_the_run_is_silent_stops_it(self):
+        """A pager quit during a quiet step: no write has to fail for the run to stop."""
+        p = start([SIGNALS, "marker=" + self.marker, "mode=sleep"])  # READY, then sleeps 60 s
+        wait_ready(p)
+        p.stdout.close()
+        err = p.stderr.read()
+        p.wait(timeout=30)
+        self.assertEqual(p.returncode, 141, err)
+        self.assertEqual(marks(self.marker), ["scope closed", "inner cleanup", "outer cleanup"])
+
     def test_closed_stderr_log_writes_do_not_kill_the_cleanup(self):
         p = start([SIGNALS, "marker=" + self.marker, "mode=log"])
         wait_ready(p)
