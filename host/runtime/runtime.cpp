@@ -428,38 +428,67 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
   label = lua_tostring(L, -2) ? lua_tostring(L, -2) : recipe;
   lua_pop(L, 2);  // leave the run function on top
 
-  // The journal records the run (not dry runs, not built-in commands) with
-  // this process's identity, so `ephrun reap` can tell a run killed by
-  // SIGKILL from one still going.
-  // No journal, no resource: a run that cannot record itself stops here,
-  // before its body can create anything billable.
+  // Dry runs and the built-in commands are not journalled.
   std::unique_ptr<journal::Journal> jrn;
   if (!opts_.dry_run && !command) {
-    try {
-      jrn = std::make_unique<journal::Journal>();
-      jrn->run_started(run_id_, label, journal::sha256_hex(bound_params).substr(0, 16));
-    } catch (const std::exception& e) {
-      std::string where;
-      try {
-        where = journal::default_path();
-      } catch (const std::exception&) {
-        where = "the journal";
-      }
-      report(fmt::format(
-          "ephrun: cannot record this run in the journal ({}): {}\n"
-          "Nothing was started or created. If another ephrun holds the journal, retry when it "
-          "is done (EPHRUN_JOURNAL_TIMEOUT=SECONDS waits longer); if the file is damaged, move "
-          "it aside (`ephrun reap providers=...` still finds instances by their tags).",
-          where, e.what()));
+    jrn = start_journal(label, bound_params);
+    if (!jrn) {
       lua_settop(L, top);
       return kFailed;
     }
   }
+  Task* root = nullptr;
+  Ending e = run_body(label, jrn.get(), root);
 
-  // The recipe's body is the root task.
+  if (opts_.dry_run) {
+    if (opts_.json) {
+      auto j = plan_.render_json(label);
+      j["ok"] = root->ok;
+      std::string s = j.dump(2) + "\n";
+      fwrite(s.data(), 1, s.size(), stdout);
+    } else {
+      std::string s = plan_.render_text(label);
+      fwrite(s.data(), 1, s.size(), stdout);
+    }
+    fflush(stdout);
+  }
+  lua_settop(L, top);
+  return e.code;
+}
+
+// No journal, no resource: a run that cannot record itself stops before its
+// body can create anything billable. Records the run with this process's
+// identity, so `ephrun reap` can tell a run killed by SIGKILL from one still
+// going. Returns null (having said why) when it cannot.
+std::unique_ptr<journal::Journal> Runtime::start_journal(const std::string& label,
+                                                         const std::string& bound_params) {
+  try {
+    auto jrn = std::make_unique<journal::Journal>();
+    jrn->run_started(run_id_, label, journal::sha256_hex(bound_params).substr(0, 16));
+    return jrn;
+  } catch (const std::exception& e) {
+    std::string where;
+    try {
+      where = journal::default_path();
+    } catch (const std::exception&) {
+      where = "the journal";
+    }
+    report(fmt::format(
+        "ephrun: cannot record this run in the journal ({}): {}\n"
+        "Nothing was started or created. If another ephrun holds the journal, retry when it "
+        "is done (EPHRUN_JOURNAL_TIMEOUT=SECONDS waits longer); if the file is damaged, move "
+        "it aside (`ephrun reap providers=...` still finds instances by their tags).",
+        where, e.what()));
+    return nullptr;
+  }
+}
+
+// The recipe's body as the root task (left on the stack by prepare), then
+// every cleanup, however the body ended; records the end in the journal.
+Runtime::Ending Runtime::run_body(const std::string& label, journal::Journal* jrn, Task*& root) {
   phase = "run";
   spdlog::debug("run {} of {}", run_id_, label);
-  Task* root = sched_->spawn(L, 0, "main", nullptr);
+  root = sched_->spawn(L_, 0, "main", nullptr);
   sched_->run_until(root);
   sched_->cancel_all("cancelled: the run has finished");
   sched_->drain();
@@ -478,21 +507,7 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
       spdlog::warn("{}", ex.what());
     }
   }
-
-  if (opts_.dry_run) {
-    if (opts_.json) {
-      auto j = plan_.render_json(label);
-      j["ok"] = root->ok;
-      std::string s = j.dump(2) + "\n";
-      fwrite(s.data(), 1, s.size(), stdout);
-    } else {
-      std::string s = plan_.render_text(label);
-      fwrite(s.data(), 1, s.size(), stdout);
-    }
-    fflush(stdout);
-  }
-  lua_settop(L, top);
-  return e.code;
+  return e;
 }
 
 // How the run ended, in order of precedence: a signal (or the closed output

@@ -12,6 +12,10 @@
 
 namespace ephrun {
 
+namespace journal {
+class Journal;
+}
+
 struct Options {
   bool dry_run = false;
   bool json = false;
@@ -95,6 +99,9 @@ class Runtime {
     std::string status = "ok";  // for the journal's run row
     std::string detail;
   };
+  std::unique_ptr<journal::Journal> start_journal(const std::string& label,
+                                                  const std::string& bound_params);
+  Ending run_body(const std::string& label, journal::Journal* jrn, Task*& root);
   Ending ending(const Task& root, const std::string& failed_phase, int cleanup_failures) const;
   void install_os_exit();
   void open_state();
