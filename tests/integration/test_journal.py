@@ -193,6 +193,21 @@ class Journal(unittest.TestCase):
         self.assertEqual(p.returncode, 0)
         self.assertIn("Nothing to reap", out)
 
+    def test_ctrl_c_while_reap_waits_for_a_provider_stops_it(self):
+        inst = self.launch_fake("keep=true")  # journalled, its run over: an orphan to reap
+        go = os.path.join(self.home, "go")
+        p = subprocess.Popen([BIN, "reap", "--yes", "providers=fake"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=dict(self.env, FAKE_LIST_WAIT=go))
+        for line in p.stderr:
+            if "asking fake for its instances" in line:
+                break
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+        open(go, "w").close()
+        self.assertEqual(p.returncode, 130, err)
+        self.assertNotIn("destroyed", out)
+        self.assertEqual(self.fake_instances(), [inst], "reap went on destroying after Ctrl-C")
+
     def test_sigkill_leaves_an_orphan_that_ls_shows_and_reap_removes(self):
         if not shutil.which("sshd") and not os.path.exists("/usr/sbin/sshd"):
             self.skipTest("no sshd for the local provider")

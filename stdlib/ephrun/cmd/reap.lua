@@ -15,6 +15,14 @@
 local ephrun = require "ephrun"
 local common = require "ephrun.cmd.common"
 local cloudlib = require "ephrun.cloud"
+local core = require "ephrun._core"
+
+-- After a pcall: a Ctrl-C (or SIGTERM, SIGHUP) stops the reap instead of being
+-- taken for one provider's failure and going on to destroy things.
+local function unless_interrupted(ok, ...)
+  if not ok and core.signal() ~= 0 then error((...), 0) end
+  return ok, ...
+end
 
 local function sorted_keys(t)
   local out = {}
@@ -85,7 +93,7 @@ local function list_instances(name, cloud)
   end)
   local ok, list = pcall(cloud.impl.list, { tags = {} }, cloud.opts)
   ticker:cancel("listed")
-  return ok, list
+  return unless_interrupted(ok, list)
 end
 
 -- Why an instance found by its tags may be reaped, or nil.
@@ -256,13 +264,13 @@ return ephrun.recipe {
         if lok then cloud = loaded else ok, err = false, loaded end
       end
       if ok then
-        ok, err = pcall(ephrun.effect, {
+        ok, err = unless_interrupted(pcall(ephrun.effect, {
           kind = "destroy", what = ("%s %s %s (%s, run %s)"):format(c.provider, (c.inst or {}).kind or "instance",
             c.id, c.why, c.run_id),
           where = c.provider,
           -- retries a locked or rate-limited instance, as the run's own cleanup would
           run = function() cloud:destroy(c.inst) end,
-        })
+        }))
       end
       if ok then
         for _, r in ipairs(c.rows) do
