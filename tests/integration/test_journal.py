@@ -426,6 +426,21 @@ class Journal(unittest.TestCase):
         self.assertEqual(r.returncode, 1, "a reap that could not read the journal says so in its exit code")
         self.assertNotIn("stack traceback", r.stderr)
 
+    def test_reap_destroys_even_when_it_cannot_write_the_journal(self):
+        inst = self.launch_fake("keep=true")  # journalled, its run over: an orphan
+        db = sqlite3.connect(self.journal_file(), timeout=30, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")  # nobody else can write
+        try:
+            r = subprocess.run([BIN, "reap", "--yes"], capture_output=True, text=True, timeout=60,
+                               env=dict(self.env, EPHRUN_JOURNAL_TIMEOUT="1"), stdin=subprocess.DEVNULL)
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        self.assertIn("destroyed fake " + inst, r.stdout)
+        self.assertEqual(self.fake_instances(), [])
+        self.assertIn("could not record in the journal", r.stderr)
+        self.assertEqual(r.returncode, 1)
+
     def test_read_only_commands_do_not_wait_behind_a_writer(self):
         self.launch_fake()
         db = sqlite3.connect(self.journal_file(), timeout=30, isolation_level=None)
