@@ -17,9 +17,10 @@ RECIPE is a path to a recipe file or the name of a built-in recipe.
 
 Commands (a Lua file of that name in the current directory runs instead):
   ephrun ls [--json]                          live resources, age, TTL left, cost so far
-  ephrun reap [--dry-run] [--older-than 2h] [--expired] [--yes]
+  ephrun reap [--dry-run] [--older-than 2h] [--expired] [--kept] [--yes]
                                               destroy expired and orphaned resources
-                                              (--expired: only those past their TTL)
+                                              (--expired: only those past their TTL;
+                                               --kept: kept ones too, before their TTL)
   ephrun reaper install|status|remove         a systemd timer or crontab line that
                                               runs `ephrun reap --expired --yes`
   ephrun history [--json]                     past runs
@@ -36,7 +37,8 @@ Options:
   -h, --help       this help, or the recipe's with RECIPE
 
 Exit codes: 0 success, 1 recipe failed, 2 usage or parameter error,
-            130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hangup (SIGHUP).
+            130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hangup (SIGHUP),
+            141 output closed (SIGPIPE); os.exit(n) in a recipe: n, after the cleanups.
 )";
 
 // Commands whose output --json shapes; elsewhere it needs --dry-run.
@@ -47,6 +49,7 @@ bool json_without_dry_run_ok(const std::string& recipe) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ephrun::install_sigpipe_handling();
   CLI::App app{"ephrun"};
   app.set_help_flag();
   ephrun::Options opts;
@@ -69,6 +72,8 @@ int main(int argc, char** argv) {
   app.add_option("--older-than", older_than);
   bool expired = false;
   app.add_flag("--expired", expired);
+  bool kept = false;
+  app.add_flag("--kept", kept);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -109,6 +114,13 @@ int main(int argc, char** argv) {
   // `ephrun reaper install`: the first bare word is the action.
   if (recipe == "ephrun:reaper" && !args.empty() && args[0].find('=') == std::string::npos)
     args[0] = "action=" + args[0];
+  if (kept) {
+    if (recipe != "ephrun:reap") {
+      std::cerr << "ephrun: --kept only applies to `ephrun reap`\n";
+      return ephrun::kUsage;
+    }
+    args.emplace_back("kept=true");
+  }
   if (opts.json && !opts.dry_run && !opts.help && !json_without_dry_run_ok(recipe)) {
     std::cerr << "ephrun: --json prints the plan of a --dry-run (or the output of `ephrun ls` "
                  "and `ephrun history`); add --dry-run\n";

@@ -97,8 +97,9 @@ return ephrun.recipe {
       local cost = box:cost()
       out[#out + 1] = "  cost:      " .. (cost and ("$%.4f"):format(cost) or "unknown")
       if p.keep then
-        out[#out + 1] = ("  KEPT:      %s instance %s at %s:%d is still running (ends itself at %s); remove it: %s")
-          :format(cloud.name, box.id, box.host, box.port, box.tags["ephrun-expires"], box:destroy_hint())
+        out[#out + 1] = ("  KEPT:      %s instance %s is still running (its lifetime ends at %s)\n"
+          .. "             log in: %s\n             remove it: %s")
+          :format(cloud.name, box.id, box.tags["ephrun-expires"], box:ssh_command(), box:destroy_hint())
       else
         out[#out + 1] = ("  destroyed: %s instance %s; nothing left running"):format(cloud.name, box.id)
       end

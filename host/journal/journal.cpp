@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <sqlite3.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -180,6 +182,54 @@ Run read_run(const Stmt& s) {
   return r;
 }
 
+// Milliseconds to wait behind another process's lock: EPHRUN_JOURNAL_TIMEOUT
+// (a number of seconds), else 15 s.
+int busy_timeout_ms() {
+  if (const char* t = std::getenv("EPHRUN_JOURNAL_TIMEOUT"); t && *t) {
+    char* end = nullptr;
+    double s = std::strtod(t, &end);
+    if (end && *end == '\0' && s >= 0 && s < 86400) return static_cast<int>(s * 1000);
+    throw std::runtime_error(
+        std::string("EPHRUN_JOURNAL_TIMEOUT must be a number of seconds, got '") + t + "'");
+  }
+  return 15000;
+}
+
+// Held while a connection sets WAL mode and the schema up. Two connections
+// switching a fresh file to WAL together can get SQLITE_BUSY at once, without
+// their busy handler being called (SQLite's deadlock avoidance), so first
+// opens from parallel processes take turns on this file lock instead.
+class SetupLock {
+ public:
+  SetupLock(const std::string& db_path, int timeout_ms) {
+    std::string p = db_path + ".lock";
+    fd_ = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd_ < 0)
+      throw std::runtime_error("journal: cannot create " + p + ": " + std::strerror(errno));
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    // flock has no timeout: poll, so a stopped holder cannot hang this run forever.
+    while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      if (errno != EWOULDBLOCK && errno != EINTR) {
+        int e = errno;
+        ::close(fd_);
+        throw std::runtime_error("journal: cannot lock " + p + ": " + std::strerror(e));
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::close(fd_);
+        throw std::runtime_error("journal: " + p +
+                                 " is held by another ephrun process that is opening the journal");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  ~SetupLock() { ::close(fd_); }  // closing releases the lock
+  SetupLock(const SetupLock&) = delete;
+  SetupLock& operator=(const SetupLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 }  // namespace
 
 std::string home_dir() {
@@ -227,7 +277,7 @@ Journal::Journal(std::string path, bool read_only) : path_(std::move(path)) {
       db_ = nullptr;
       throw std::runtime_error("journal: open " + path_ + ": " + msg);
     }
-    sqlite3_busy_timeout(db_, 15000);
+    sqlite3_busy_timeout(db_, busy_timeout_ms());
     return;
   }
   fs::path dir = fs::path(path_).parent_path();
@@ -235,11 +285,19 @@ Journal::Journal(std::string path, bool read_only) : path_(std::move(path)) {
     fs::create_directories(dir);
     ::chmod(dir.c_str(), 0700);
   }
+  const int timeout = busy_timeout_ms();
+  SetupLock setup(path_, timeout);
   // Create the file with 0600 ourselves so it is never readable by others.
-  int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0)
+  // Only when it is new: closing a descriptor of a file drops every POSIX
+  // lock this process holds on it, and another connection of this process
+  // (the run's, while the recipe opens its own) holds one for as long as it
+  // is open in WAL mode; without it a third process's last close deletes the
+  // WAL under that connection and its later commits are lost.
+  int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd >= 0)
+    ::close(fd);
+  else if (errno != EEXIST)
     throw std::runtime_error("journal: cannot create " + path_ + ": " + std::strerror(errno));
-  ::close(fd);
   if (sqlite3_open_v2(path_.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX,
                       nullptr) != SQLITE_OK) {
     std::string msg = db_ ? sqlite3_errmsg(db_) : "cannot open";
@@ -248,7 +306,7 @@ Journal::Journal(std::string path, bool read_only) : path_(std::move(path)) {
     throw std::runtime_error("journal: open " + path_ + ": " + msg);
   }
   // Parallel ephrun processes wait for each other's short transactions.
-  sqlite3_busy_timeout(db_, 15000);
+  sqlite3_busy_timeout(db_, timeout);
   exec("PRAGMA journal_mode=WAL");
   // FULL: every commit is fsync'd, so an intent survives a crash or power cut.
   exec("PRAGMA synchronous=FULL");
@@ -306,8 +364,10 @@ void Journal::migrate() {
 void Journal::run_started(const std::string& id, const std::string& recipe,
                           const std::string& params_hash, const ProcessId& proc) {
   if (!db_) throw std::runtime_error("journal: opened read-only");
+  // A plain INSERT: a run id already recorded must fail loudly, never
+  // silently replace the other run's row.
   Stmt s(db_,
-         "INSERT OR REPLACE INTO runs (id, recipe, params_hash, started, status, pid, pid_start,"
+         "INSERT INTO runs (id, recipe, params_hash, started, status, pid, pid_start,"
          " boot_id) VALUES (?, ?, ?, ?, 'running', ?, ?, ?)");
   s.bind(1, id).bind(2, recipe).bind(3, params_hash).bind(4, now());
   s.bind(5, static_cast<std::int64_t>(proc.pid))
@@ -383,6 +443,14 @@ void Journal::created(std::int64_t key, const std::string& resource_id,
     throw std::invalid_argument("journal: no resource with key " + std::to_string(key));
 }
 
+void Journal::kept(std::int64_t key) {
+  update_resource(key,
+                  "UPDATE resources SET created = COALESCE(created, ?),"
+                  " status = CASE WHEN status IN ('pending', 'live') THEN 'kept' ELSE status END,"
+                  " error = COALESCE(NULLIF(?, ''), error) WHERE key = ?",
+                  "", now());
+}
+
 void Journal::destroyed(std::int64_t key) {
   update_resource(key,
                   "UPDATE resources SET destroyed = COALESCE(destroyed, ?), status = 'destroyed',"
@@ -402,7 +470,7 @@ std::vector<Resource> Journal::resources(bool live_only, const std::optional<std
   if (!db_) return out;
   std::string sql = std::string("SELECT ") + kResourceCols +
                     " FROM resources r LEFT JOIN runs u ON u.id = r.run_id WHERE 1";
-  if (live_only) sql += " AND r.status IN ('pending', 'live')";
+  if (live_only) sql += " AND r.status IN ('pending', 'live', 'kept')";
   if (run_id) sql += " AND r.run_id = ?";
   sql += " ORDER BY r.key";
   Stmt s(db_, sql.c_str());

@@ -40,7 +40,7 @@ struct Resource {
   std::string extra = "{}";  // JSON object: what the provider needs to destroy it
   double intended = 0;       // when the intent was written
   std::optional<double> created, destroyed, hourly_price, expires_at;
-  std::string status;  // pending | live | destroyed | failed
+  std::string status;  // pending | live | kept | destroyed | failed
   std::string error;
   // From the run's row (empty/false when the run is not in this journal).
   std::string run_status;
@@ -91,9 +91,12 @@ class Journal {
   /// Records the intent durably (committed, fsync'd) and returns its key.
   std::int64_t intent(const Intent& in);
   void created(std::int64_t key, const std::string& resource_id, const std::string& extra_json);
+  /// A created resource the run leaves on purpose (keep=true): not destroyed
+  /// at the end, reaped only once expired (or when asked for kept ones).
+  void kept(std::int64_t key);
   void destroyed(std::int64_t key);
   void failed(std::int64_t key, const std::string& message);
-  /// `live_only`: pending or live (not destroyed, not failed). Oldest first.
+  /// `live_only`: pending, live or kept (not destroyed, not failed). Oldest first.
   std::vector<Resource> resources(bool live_only, const std::optional<std::string>& run_id);
   std::optional<Resource> resource(std::int64_t key);
 

@@ -15,7 +15,8 @@ namespace {
 
 using nlohmann::json;
 
-constexpr const char* kHandleKey = "ephrun.journal.handle";
+constexpr const char* kWriterKey = "ephrun.journal.writer";
+constexpr const char* kReaderKey = "ephrun.journal.reader";
 
 struct Handle {
   static constexpr const char* kMeta = "ephrun.journal.Handle";
@@ -27,17 +28,31 @@ bool dry_run(lua_State* L) {
   return rt && rt->options().dry_run;
 }
 
-// The state's journal, opened on first use (read-only under --dry-run).
-journal::Journal& db(lua_State* L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, kHandleKey);
+journal::Journal* cached(lua_State* L, const char* key) {
+  lua_getfield(L, LUA_REGISTRYINDEX, key);
   auto* h = lua::test<Handle>(L, -1);
   lua_pop(L, 1);
-  if (h && h->db) return *h->db;
-  auto j = std::make_unique<journal::Journal>(journal::default_path(), dry_run(L));
-  h = lua::push_new<Handle>(L);
+  return h && h->db ? h->db.get() : nullptr;
+}
+
+journal::Journal& open(lua_State* L, const char* key, bool read_only) {
+  if (auto* j = cached(L, key)) return *j;
+  auto j = std::make_unique<journal::Journal>(journal::default_path(), read_only);
+  auto* h = lua::push_new<Handle>(L);
   h->db = std::move(j);
-  lua_setfield(L, LUA_REGISTRYINDEX, kHandleKey);
+  lua_setfield(L, LUA_REGISTRYINDEX, key);
   return *h->db;
+}
+
+// The connection that writes, opened (creating the file) on the first write.
+journal::Journal& writer(lua_State* L) { return open(L, kWriterKey, false); }
+
+// Reads go through the writer when this process already writes, else through
+// a read-only connection: `ephrun ls` and `history` never create the file,
+// never take a write lock, and never wait behind another run's writes.
+journal::Journal& reader(lua_State* L) {
+  if (auto* j = cached(L, kWriterKey)) return *j;
+  return open(L, kReaderKey, true);
 }
 
 json to_json(lua_State* L, int idx, int depth) {
@@ -206,7 +221,7 @@ int l_journal_intent(lua_State* L) {
     lua_pushinteger(L, 0);
     return 1;
   }
-  lua_pushinteger(L, db(L).intent(in));
+  lua_pushinteger(L, writer(L).intent(in));
   return 1;
 }
 
@@ -222,14 +237,21 @@ int l_journal_created(lua_State* L) {
     extra = j.dump();
   }
   if (dry_run(L) || key == 0) return 0;
-  db(L).created(key, id, extra);
+  writer(L).created(key, id, extra);
+  return 0;
+}
+
+int l_journal_kept(lua_State* L) {
+  lua_Integer key = luaL_checkinteger(L, 1);
+  if (dry_run(L) || key == 0) return 0;
+  writer(L).kept(key);
   return 0;
 }
 
 int l_journal_destroyed(lua_State* L) {
   lua_Integer key = luaL_checkinteger(L, 1);
   if (dry_run(L) || key == 0) return 0;
-  db(L).destroyed(key);
+  writer(L).destroyed(key);
   return 0;
 }
 
@@ -237,7 +259,7 @@ int l_journal_failed(lua_State* L) {
   lua_Integer key = luaL_checkinteger(L, 1);
   std::string msg = luaL_optstring(L, 2, "create failed");
   if (dry_run(L) || key == 0) return 0;
-  db(L).failed(key, msg);
+  writer(L).failed(key, msg);
   return 0;
 }
 
@@ -245,7 +267,7 @@ int l_journal_failed(lua_State* L) {
 int l_journal_resources(lua_State* L) {
   bool live = lua::opt_bool_field(L, 1, "live", false);
   std::string run = lua::opt_string_field(L, 1, "run_id", "");
-  auto rows = db(L).resources(live, run.empty() ? std::nullopt : std::optional(run));
+  auto rows = reader(L).resources(live, run.empty() ? std::nullopt : std::optional(run));
   lua_createtable(L, static_cast<int>(rows.size()), 0);
   lua_Integer i = 0;
   for (const auto& r : rows) {
@@ -274,7 +296,7 @@ void push_run(lua_State* L, const journal::Run& r) {
 // journal.runs{limit=20} -> array, newest first
 int l_journal_runs(lua_State* L) {
   int limit = static_cast<int>(lua::opt_number_field(L, 1, "limit", 20));
-  auto rows = db(L).runs(limit);
+  auto rows = reader(L).runs(limit);
   lua_createtable(L, static_cast<int>(rows.size()), 0);
   lua_Integer i = 0;
   for (const auto& r : rows) {
@@ -286,7 +308,7 @@ int l_journal_runs(lua_State* L) {
 
 // journal.run(id) -> run | nil
 int l_journal_run(lua_State* L) {
-  auto r = db(L).run(luaL_checkstring(L, 1));
+  auto r = reader(L).run(luaL_checkstring(L, 1));
   if (!r) return 0;
   push_run(L, *r);
   return 1;
@@ -299,15 +321,11 @@ int l_journal_path(lua_State* L) {
 }
 
 const luaL_Reg kJournalFns[] = {
-    {"intent", lua::safe<l_journal_intent>},
-    {"created", lua::safe<l_journal_created>},
-    {"destroyed", lua::safe<l_journal_destroyed>},
-    {"failed", lua::safe<l_journal_failed>},
-    {"resources", lua::safe<l_journal_resources>},
-    {"runs", lua::safe<l_journal_runs>},
-    {"run", lua::safe<l_journal_run>},
-    {"path", lua::safe<l_journal_path>},
-    {nullptr, nullptr},
+    {"intent", lua::safe<l_journal_intent>}, {"created", lua::safe<l_journal_created>},
+    {"kept", lua::safe<l_journal_kept>},     {"destroyed", lua::safe<l_journal_destroyed>},
+    {"failed", lua::safe<l_journal_failed>}, {"resources", lua::safe<l_journal_resources>},
+    {"runs", lua::safe<l_journal_runs>},     {"run", lua::safe<l_journal_run>},
+    {"path", lua::safe<l_journal_path>},     {nullptr, nullptr},
 };
 
 const luaL_Reg kHandleMeta[] = {{"__gc", lua::destroy<Handle>}, {nullptr, nullptr}};

@@ -1,9 +1,14 @@
 #include "runtime/runtime.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <poll.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +16,7 @@
 #include <ostream>
 #include <random>
 #include <sstream>
+#include <thread>
 
 #include "journal/journal.hpp"
 #include "lua/bind.hpp"
@@ -119,8 +125,75 @@ std::string make_run_id() {
   std::tm tm{};
   gmtime_r(&t, &tm);
   std::random_device rd;
-  return fmt::format("{:04}{:02}{:02}-{:02}{:02}{:02}-{:04x}", tm.tm_year + 1900, tm.tm_mon + 1,
-                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, rd() & 0xffff);
+  // 32 random bits: with 16, runs started in the same second collided about
+  // once in 250 batches of 16.
+  return fmt::format("{:04}{:02}{:02}-{:02}{:02}{:02}-{:08x}", tm.tm_year + 1900, tm.tm_mon + 1,
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     static_cast<std::uint32_t>(rd()));
+}
+
+std::atomic<bool> g_output_closed{false};
+std::atomic<bool> g_stop_on_closed_output{false};
+
+// Async-signal-safe: atomics and kill(). A run stops through the scheduler's
+// own signal path (it waits for SIGHUP, the "terminal went away" signal,
+// which this is a case of); run() then reports it as the closed pipe it was.
+// Raised once: the cleanup's own writes to the closed pipe only fail.
+void on_sigpipe(int /*sig*/) {
+  if (!g_output_closed.exchange(true) && g_stop_on_closed_output.load()) kill(getpid(), SIGHUP);
+}
+
+// Notices the reader of stdout or stderr going away (a pager quit while the
+// build is silent) without waiting for the next write: poll() reports POLLERR
+// on a pipe's write end once it has no reader. Runs while the run does; must
+// be started after the scheduler blocked the signals, so that the SIGHUP it
+// may raise goes to the scheduler's signal thread and not to this one.
+class OutputWatch {
+ public:
+  OutputWatch() {
+    for (int fd : {STDOUT_FILENO, STDERR_FILENO}) {
+      struct stat st {};
+      if (fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode)) fds_.push_back({fd, 0, 0});
+    }
+    if (fds_.empty() || pipe2(wake_, O_CLOEXEC) != 0) return;
+    fds_.push_back({wake_[0], POLLIN, 0});
+    thread_ = std::thread([this] { watch(); });
+  }
+  ~OutputWatch() {
+    if (!thread_.joinable()) return;
+    (void)!::write(wake_[1], "x", 1);
+    thread_.join();
+    ::close(wake_[0]);
+    ::close(wake_[1]);
+  }
+  OutputWatch(const OutputWatch&) = delete;
+  OutputWatch& operator=(const OutputWatch&) = delete;
+
+ private:
+  void watch() {
+    for (;;) {
+      if (poll(fds_.data(), fds_.size(), -1) < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
+      if (fds_.back().revents) return;  // the run is over
+      for (size_t i = 0; i + 1 < fds_.size(); ++i)
+        if (fds_[i].revents & (POLLERR | POLLHUP)) {
+          on_sigpipe(SIGPIPE);
+          return;
+        }
+    }
+  }
+
+  std::vector<pollfd> fds_;
+  int wake_[2] = {-1, -1};
+  std::thread thread_;
+};
+
+// The signal that stopped the run, as a person reads it.
+std::string signal_text(int sig) {
+  if (sig == SIGHUP && g_output_closed.load()) return "SIGPIPE";
+  return std::string("SIG") + sigabbrev_np(sig);
 }
 
 // A recipe file ends with `return ephrun.recipe{...}`: a tail call, which
@@ -147,6 +220,18 @@ int open_keep_frame(lua_State* L) {
 }
 
 }  // namespace
+
+void install_sigpipe_handling() {
+  // A handler, not SIG_IGN: an ignored SIGPIPE would be inherited by every
+  // child (ssh, tar, shells), where `yes | head` must still end.
+  struct sigaction sa {};
+  sa.sa_handler = on_sigpipe;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGPIPE, &sa, nullptr);
+}
+
+bool output_closed() { return g_output_closed.load(); }
 
 Runtime::Runtime(Options opts) : opts_(std::move(opts)), run_id_(make_run_id()) { open_state(); }
 
@@ -278,7 +363,7 @@ int Runtime::run_cleanups() {
 
 void Runtime::print_still_cleaning(int sig) {
   std::string msg =
-      fmt::format("received SIG{} again; still cleaning up, please wait:", sigabbrev_np(sig));
+      fmt::format("received {} again; still cleaning up, please wait:", signal_text(sig));
   auto pending = pending_cleanups();
   for (const auto& p : pending) msg += "\n  - " + p;
   for (const auto& j : sched_->in_flight()) msg += "\n  … " + j;
@@ -388,6 +473,11 @@ int Runtime::prepare(const std::string& recipe, const std::string& path,
   Task* t = sched_->spawn(L, 5, "main", nullptr);
   sched_->run_until(t);
   int sig = sched_->signal_received();
+  if (exit_code_) {  // os.exit while loading: the cleanups pushed so far run, then its code
+    sched_->cancel_on_signal = false;
+    run_cleanups();
+    return *exit_code_;
+  }
   std::string what, error, traceback = t->traceback;
   if (t->ok) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->result_ref);
@@ -422,8 +512,8 @@ int Runtime::prepare(const std::string& recipe, const std::string& path,
   sched_->cancel_on_signal = false;
   run_cleanups();
   if (sig) {
-    return load_failed(fmt::format("interrupted by SIG{} in phase '{}'", sigabbrev_np(sig), phase),
-                       128 + sig);
+    return load_failed(fmt::format("interrupted by {} in phase '{}'", signal_text(sig), phase),
+                       sig == SIGHUP && g_output_closed ? kOutputClosed : 128 + sig);
   }
   int code = load_failed(fmt::format("error in phase '{}': {}", phase, error), kFailed);
   if (opts_.verbosity > 0 && !traceback.empty()) report(traceback);
@@ -487,11 +577,14 @@ int Runtime::list(std::ostream& out) {
 int Runtime::run(const std::string& recipe, const std::vector<std::string>& args) {
   lua_State* L = L_;
   sched_->install_signal_handling();
+  g_stop_on_closed_output = true;
+  OutputWatch output_watch;
+  install_os_exit();
   sched_->on_first_signal = [this](int sig) {
     report(
-        fmt::format("ephrun: received SIG{} during phase '{}'; stopping and cleaning up "
+        fmt::format("ephrun: received {}{} during phase '{}'; stopping and cleaning up "
                     "(press Ctrl-C again to see what is left)",
-                    sigabbrev_np(sig), phase));
+                    signal_text(sig), output_closed() ? " (the output was closed)" : "", phase));
   };
   sched_->on_repeat_signal = [this](int sig) { print_still_cleaning(sig); };
 
@@ -506,73 +599,17 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
     return code;
   }
 
-  // The journal records the run (not dry runs, not built-in commands) with
-  // this process's identity, so `ephrun reap` can tell a run killed by
-  // SIGKILL from one still going.
+  // Dry runs and the built-in commands are not journalled.
   std::unique_ptr<journal::Journal> jrn;
   if (!opts_.dry_run && !command) {
-    try {
-      jrn = std::make_unique<journal::Journal>();
-      jrn->run_started(run_id_, label, journal::sha256_hex(bound_params).substr(0, 16));
-    } catch (const std::exception& e) {
-      spdlog::warn("{}; this run is not journalled", e.what());
-      jrn.reset();
+    jrn = start_journal(label, bound_params);
+    if (!jrn) {
+      lua_settop(L, top);
+      return kFailed;
     }
   }
-
-  // The recipe's body is the root task.
-  phase = "run";
-  spdlog::debug("run {} of {}", run_id_, label);
-  Task* root = sched_->spawn(L, 0, "main", nullptr);
-  sched_->run_until(root);
-  sched_->cancel_all("cancelled: the run has finished");
-  sched_->drain();
-
-  std::string failed_phase = phase;
-  sched_->cancel_on_signal = false;
-  phase = "cleanup";
-  int cleanup_failures = run_cleanups() + scope_cleanup_failures_;
-  sched_->drain();
-
-  int sig = sched_->signal_received();
-  int code = kOk;
-  if (!root->ok) {
-    if (sig == 0 || opts_.verbosity > 0) {
-      report(fmt::format("ephrun: error in phase '{}': {}", failed_phase, root->error));
-      if (opts_.verbosity > 0 && !root->traceback.empty()) report(root->traceback);
-    } else {
-      report(fmt::format("ephrun: interrupted by SIG{} in phase '{}'", sigabbrev_np(sig),
-                         failed_phase));
-    }
-    code = kFailed;
-  }
-  if (cleanup_failures) {
-    report(
-        fmt::format("ephrun: {} cleanup step{} failed; see the messages above for what is left "
-                    "and how to remove it",
-                    cleanup_failures, cleanup_failures == 1 ? "" : "s"));
-    code = kFailed;
-  }
-  if (sig) code = 128 + sig;
-
-  if (jrn) {
-    std::string status = "ok", detail;
-    if (sig) {
-      status = "interrupted";
-      detail = fmt::format("SIG{} in phase '{}'", sigabbrev_np(sig), failed_phase);
-    } else if (!root->ok) {
-      status = "failed";
-      detail = redact(fmt::format("phase '{}': {}", failed_phase, root->error));
-    } else if (cleanup_failures) {
-      status = "failed";
-      detail = fmt::format("{} cleanup step(s) failed", cleanup_failures);
-    }
-    try {
-      jrn->run_ended(run_id_, status, detail);
-    } catch (const std::exception& e) {
-      spdlog::warn("{}", e.what());
-    }
-  }
+  Task* root = nullptr;
+  Ending e = run_body(label, jrn.get(), root);
 
   if (opts_.dry_run) {
     if (opts_.json) {
@@ -588,7 +625,145 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
     fflush(stdout);
   }
   lua_settop(L, top);
-  return code;
+  return e.code;
+}
+
+// No journal, no resource: a run that cannot record itself stops before its
+// body can create anything billable. Records the run with this process's
+// identity, so `ephrun reap` can tell a run killed by SIGKILL from one still
+// going. Returns null (having said why) when it cannot.
+std::unique_ptr<journal::Journal> Runtime::start_journal(const std::string& label,
+                                                         const std::string& bound_params) {
+  try {
+    auto jrn = std::make_unique<journal::Journal>();
+    jrn->run_started(run_id_, label, journal::sha256_hex(bound_params).substr(0, 16));
+    return jrn;
+  } catch (const std::exception& e) {
+    std::string where;
+    try {
+      where = journal::default_path();
+    } catch (const std::exception&) {
+      where = "the journal";
+    }
+    report(fmt::format(
+        "ephrun: cannot record this run in the journal ({}): {}\n"
+        "Nothing was started or created. If another ephrun holds the journal, retry when it "
+        "is done (EPHRUN_JOURNAL_TIMEOUT=SECONDS waits longer); if the file is damaged, move "
+        "it aside (`ephrun reap providers=...` still finds instances by their tags).",
+        where, e.what()));
+    return nullptr;
+  }
+}
+
+// The recipe's body as the root task (left on the stack by prepare), then
+// every cleanup, however the body ended; records the end in the journal.
+Runtime::Ending Runtime::run_body(const std::string& label, journal::Journal* jrn, Task*& root) {
+  phase = "run";
+  spdlog::debug("run {} of {}", run_id_, label);
+  root = sched_->spawn(L_, 0, "main", nullptr);
+  sched_->run_until(root);
+  sched_->cancel_all("cancelled: the run has finished");
+  sched_->drain();
+
+  std::string failed_phase = phase;
+  sched_->cancel_on_signal = false;
+  phase = "cleanup";
+  int cleanup_failures = run_cleanups() + scope_cleanup_failures_;
+  sched_->drain();
+
+  Ending e = ending(*root, failed_phase, cleanup_failures);
+  if (jrn) {
+    try {
+      jrn->run_ended(run_id_, e.status, e.detail);
+    } catch (const std::exception& ex) {
+      spdlog::warn("{}", ex.what());
+    }
+  }
+  return e;
+}
+
+// How the run ended, in order of precedence: a signal (or the closed output
+// pipe), os.exit(n), an error, a failed cleanup. Reports it on stderr.
+Runtime::Ending Runtime::ending(const Task& root, const std::string& failed_phase,
+                                int cleanup_failures) const {
+  Ending e;
+  const int sig = sched_->signal_received();
+  if (!root.ok && exit_code_) {
+    if (*exit_code_ != 0 || opts_.verbosity > 0)
+      report(fmt::format("ephrun: the recipe called os.exit({}) in phase '{}'; its cleanups ran",
+                         *exit_code_, exit_phase_));
+  } else if (!root.ok && (sig == 0 || opts_.verbosity > 0)) {
+    report(fmt::format("ephrun: error in phase '{}': {}", failed_phase, root.error));
+    if (opts_.verbosity > 0 && !root.traceback.empty()) report(root.traceback);
+  } else if (!root.ok) {
+    report(fmt::format("ephrun: interrupted by {} in phase '{}'", signal_text(sig), failed_phase));
+  }
+  if (cleanup_failures)
+    report(
+        fmt::format("ephrun: {} cleanup step{} failed; see the messages above for what is left "
+                    "and how to remove it",
+                    cleanup_failures, cleanup_failures == 1 ? "" : "s"));
+
+  if (sig) {
+    e.code = sig == SIGHUP && g_output_closed ? kOutputClosed : 128 + sig;
+    e.status = "interrupted";
+    e.detail = fmt::format("{} in phase '{}'", signal_text(sig), failed_phase);
+  } else if (!root.ok && exit_code_) {
+    e.code = *exit_code_ == 0 && cleanup_failures ? kFailed : *exit_code_;
+    e.status = e.code == 0 ? "ok" : "failed";
+    e.detail = fmt::format("os.exit({}) in phase '{}'", *exit_code_, exit_phase_);
+    if (cleanup_failures) e.detail += fmt::format("; {} cleanup step(s) failed", cleanup_failures);
+  } else if (!root.ok) {
+    e.code = kFailed;
+    e.status = "failed";
+    e.detail = redact(fmt::format("phase '{}': {}", failed_phase, root.error));
+  } else if (cleanup_failures) {
+    e.code = kFailed;
+    e.status = "failed";
+    e.detail = fmt::format("{} cleanup step(s) failed", cleanup_failures);
+  }
+  return e;
+}
+
+// os.exit(n) from a recipe: stops the run like a signal (every task is
+// cancelled, the cleanups run), then ephrun exits n. Lua's own os.exit would
+// end the process on the spot and leave every resource behind.
+int Runtime::request_exit(lua_State* L, int code) {
+  if (!exit_code_) {
+    exit_code_ = code;
+    exit_phase_ = phase;
+  }
+  std::string why = fmt::format("os.exit({}) called", *exit_code_);
+  if (phase != "cleanup") {
+    sched_->cancel_all(why);
+    // In a task the cancel itself raises at the caller's next instruction:
+    // raising here too would make the cancel fire again inside the first
+    // `<close>` handler the error runs, and skip it.
+    Task* t = sched_->current();
+    if (t && t->co == L) return 0;
+  }
+  lua_pushlstring(L, why.data(), why.size());
+  return lua_error(L);
+}
+
+namespace {
+
+int l_os_exit(lua_State* L) {
+  int code = EXIT_SUCCESS;
+  if (lua_isboolean(L, 1))
+    code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else
+    code = static_cast<int>(luaL_optinteger(L, 1, EXIT_SUCCESS));
+  return Runtime::of(L).request_exit(L, code);
+}
+
+}  // namespace
+
+void Runtime::install_os_exit() {
+  lua_getglobal(L_, "os");
+  lua_pushcfunction(L_, l_os_exit);
+  lua_setfield(L_, -2, "exit");
+  lua_pop(L_, 1);
 }
 
 }  // namespace ephrun

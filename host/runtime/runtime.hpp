@@ -4,6 +4,7 @@
 #include <iosfwd>
 #include <lua.hpp>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,10 @@
 #include "runtime/scheduler.hpp"
 
 namespace ephrun {
+
+namespace journal {
+class Journal;
+}
 
 struct Options {
   bool dry_run = false;
@@ -26,7 +31,14 @@ struct Options {
 bool has_builtin(const std::string& rel);
 
 /// Exit codes, as documented in docs/cli.md.
-enum Exit : int { kOk = 0, kFailed = 1, kUsage = 2 };
+enum Exit : int { kOk = 0, kFailed = 1, kUsage = 2, kOutputClosed = 128 + 13 };
+
+/// Makes a write to a closed pipe (`| head`, a pager quit early) fail with
+/// EPIPE instead of killing the process; during a run it then stops the run
+/// like a signal, so every cleanup still runs. Call once, first thing in main.
+void install_sigpipe_handling();
+/// True once a write hit a closed pipe.
+bool output_closed();
 
 class Runtime {
  public:
@@ -85,7 +97,21 @@ class Runtime {
   void finish_cleanup(int id, bool ok, const std::string& error);
   [[nodiscard]] std::vector<std::string> pending_cleanups() const;
 
+  /// os.exit(code) from Lua: records the code, cancels every task and raises,
+  /// so the run unwinds and its cleanups run before ephrun exits `code`.
+  int request_exit(lua_State* L, int code);
+
  private:
+  struct Ending {
+    int code = kOk;
+    std::string status = "ok";  // for the journal's run row
+    std::string detail;
+  };
+  std::unique_ptr<journal::Journal> start_journal(const std::string& label,
+                                                  const std::string& bound_params);
+  Ending run_body(const std::string& label, journal::Journal* jrn, Task*& root);
+  Ending ending(const Task& root, const std::string& failed_phase, int cleanup_failures) const;
+  void install_os_exit();
   void open_state();
   int load_recipe(const std::string& recipe, std::string& path, bool& command);
   int load_failed(const std::string& message, int code);
@@ -102,6 +128,8 @@ class Runtime {
   std::vector<Cleanup> cleanups_;
   int next_cleanup_ = 1;
   int scope_cleanup_failures_ = 0;
+  std::optional<int> exit_code_;  // set by os.exit
+  std::string exit_phase_;
 };
 
 }  // namespace ephrun

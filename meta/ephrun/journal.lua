@@ -32,7 +32,7 @@ local journal = {}
 ---@field destroyed? number
 ---@field hourly_price? number
 ---@field expires_at? number
----@field status "pending"|"live"|"destroyed"|"failed"
+---@field status "pending"|"live"|"kept"|"destroyed"|"failed"
 ---@field error? string
 ---@field run_status? string the run's status; nil when the run is not in this journal
 ---@field run_alive boolean the run's process is still running
@@ -60,6 +60,11 @@ function journal.intent(intent) end
 ---@param extra? table
 function journal.created(key, id, extra) end
 
+--- Marks a created resource kept (keep=true): left on purpose, reaped only once
+--- it expired or when `ephrun reap kept=true` asks.
+---@param key integer
+function journal.kept(key) end
+
 --- Marks the resource destroyed (idempotent).
 ---@param key integer
 function journal.destroyed(key) end
@@ -69,7 +74,7 @@ function journal.destroyed(key) end
 ---@param message? string
 function journal.failed(key, message) end
 
---- Resources, oldest first; `live=true` keeps pending and live ones only.
+--- Resources, oldest first; `live=true` keeps pending, live and kept ones only.
 ---@param filter? {live?: boolean, run_id?: string}
 ---@return ephrun.journal.Resource[]
 function journal.resources(filter) end

@@ -166,9 +166,16 @@ local Instance = {}
 Instance.__index = Instance
 
 local function journal()
-  local ok, j = pcall(require, "ephrun.journal")
-  if ok and type(j) == "table" then return j end
-  return nil
+  return require "ephrun.journal"
+end
+
+-- What the provider needs to destroy the instance later, as the journal stores it.
+local function journal_extra(inst)
+  local extra = {}
+  for k, v in pairs(inst) do
+    if type(v) ~= "function" and type(v) ~= "userdata" then extra[k] = v end
+  end
+  return extra
 end
 
 -- This run's client key pair and its key directory, made once per run.
@@ -184,11 +191,10 @@ local function client_keys(keep)
   local pair = ephrun.keys.generate("ephrun-run-" .. run_id)
   ephrun.keys.write(pair, dir .. "/id_ed25519")
   run_keys = { pair = pair, dir = dir, keep = keep }
-  if not keep then
-    run_keys.cleanup = ephrun.defer(function()
-      ephrun.fs.remove(dir, { recursive = true })
-    end, "remove this run's keys in " .. dir, "rm -rf " .. q(dir))
-  end
+  -- Decided when the run ends: a later launch with keep=true still needs the key.
+  run_keys.cleanup = ephrun.defer(function()
+    if not run_keys.keep then ephrun.fs.remove(dir, { recursive = true }) end
+  end, "remove this run's keys in " .. dir, "rm -rf " .. q(dir))
   return run_keys
 end
 
@@ -248,6 +254,9 @@ function Cloud:launch(spec)
     ["ephrun-recipe"] = rawget(ephrun, "recipe_name") or "?",
     ["ephrun-expires"] = expires and ephrun.time.iso8601(expires) or "never",
   }
+  -- `ephrun reap` leaves a kept instance alone until it expires, even when it finds it
+  -- only by its tags.
+  if spec.keep then tags["ephrun-keep"] = "true" end
   local what = describe(self, spec)
 
   local keys = ephrun.effect {
@@ -289,41 +298,34 @@ function Cloud:launch(spec)
         host_key = keys.host, authorized_keys = { keys.client.public_key }, ttl = ttl,
         comment = "ephrun run " .. ephrun.run_id() .. " (" .. tags["ephrun-recipe"] .. ")",
       }
+      -- No journal, no resource: the intent is committed before the create, or nothing is made.
       local j = journal()
-      local jkey
-      if j then
-        jkey = j.intent { run_id = ephrun.run_id(), provider = self.name, kind = "instance", tags = tags,
-          hourly_price = hourly, expires_at = expires,
-          token = ephrun.fs.hash_string(ephrun.run_id() .. "/" .. tostring(started) .. "/" .. math.random()) }
-      end
+      local jkey = j.intent { run_id = ephrun.run_id(), provider = self.name, kind = "instance", tags = tags,
+        hourly_price = hourly, expires_at = expires,
+        token = ephrun.fs.hash_string(ephrun.run_id() .. "/" .. tostring(started) .. "/" .. math.random()) }
       local ok, inst = pcall(self.impl.launch, {
         plan = spec.plan, region = spec.region, image = spec.image, snapshot = spec.snapshot,
         ttl = ttl or nil, tags = tags, label = spec.label, user_data = user_data,
         boot_delay = spec.boot_delay }, self.opts)
       if not ok then
-        if j and jkey then j.failed(jkey, tostring(inst)) end
+        pcall(j.failed, jkey, tostring(inst)) -- the create's own error is the one to report
         error(inst, 0)
       end
       local o = setmetatable({ id = inst.id, cloud = self, raw = inst, ttl = ttl, tags = tags,
         keep = spec.keep and true or false, client_key = keys.client.private_key,
         host_key = keys.host.public_key, key_dir = keys.dir, journal_key = jkey,
         hourly = hourly, started = started, expires = expires }, Instance)
+      -- The undo is on the cleanup stack before anything else can fail, the journal write
+      -- included. A kept instance has it too until its launch is complete.
+      local hinted, hint = pcall(o.destroy_hint, o)
+      o._destroy = ephrun.defer(function() o:destroy() end, "destroy " .. self.name .. " instance " .. tostring(o.id),
+        hinted and hint or nil)
+      local recorded, jerr = pcall(j.created, jkey, inst.id, journal_extra(inst))
+      if not recorded then
+        error(("journal: cannot record %s instance %s (%s); it is being destroyed"):format(self.name,
+          tostring(o.id), tostring(jerr)), 0)
+      end
       o:_endpoint()
-      if j and jkey then
-        local extra = {}
-        for k, v in pairs(inst) do
-          if type(v) ~= "function" and type(v) ~= "userdata" then extra[k] = v end
-        end
-        j.created(jkey, inst.id, extra)
-      end
-      if spec.keep then
-        ephrun.log.warn("keep=true: %s instance %s will NOT be destroyed by this run; it %s. Remove it with: %s",
-          self.name, o.id, ttl and ("ends itself at " .. tags["ephrun-expires"]) or "has NO lifetime timer",
-          o:destroy_hint())
-      else
-        o._destroy = ephrun.defer(function() o:destroy() end, "destroy " .. self.name .. " instance " .. o.id,
-          o:destroy_hint())
-      end
       if self.impl.wait then
         local waited = self.impl.wait(inst, "running", seconds(spec.deadline, "launch: deadline") or 600, self.opts)
         if type(waited) == "table" then
@@ -331,6 +333,7 @@ function Cloud:launch(spec)
           o:_endpoint()
         end
       end
+      if spec.keep then o:_keep() end
       return o
     end,
     placeholder = function()
@@ -365,14 +368,52 @@ function Instance:destroy(opts)
     kind = "destroy", what = self.cloud.name .. " instance " .. self.id, where = self.cloud.name,
     run = function()
       destroy_retrying(self.cloud, self.raw, deadline, function() return self:destroy_hint() end)
-      local j = self.journal_key and journal()
-      if j then j.destroyed(self.journal_key) end
       ephrun.log.info("destroyed %s instance %s", self.cloud.name, self.id)
+      if self.journal_key then
+        -- The instance is gone: a journal that cannot say so must not make the cleanup fail.
+        local ok, err = pcall(journal().destroyed, self.journal_key)
+        if not ok then
+          ephrun.log.warn("destroyed %s instance %s, but the journal could not record it (%s); "
+            .. "`ephrun reap` tidies the entry later", self.cloud.name, self.id, tostring(err))
+        end
+      end
     end,
   }
   self._destroyed = true
   self.destroyed_at = ephrun.time.now()
   if self._destroy then self._destroy:cancel() end
+end
+
+--- The whole `ssh` command that logs in to the instance by hand: this run's
+--- key, the port, the user, and its pinned host key (in the run's key
+--- directory), never "accept any host key".
+---@return string
+function Instance:ssh_command()
+  local parts = { "ssh" }
+  if self.key_dir then
+    parts[#parts + 1] = "-i " .. q(self.key_dir .. "/id_ed25519") .. " -o IdentitiesOnly=yes"
+    parts[#parts + 1] = "-o " .. q("UserKnownHostsFile=" .. self.key_dir .. "/known_hosts")
+      .. " -o StrictHostKeyChecking=yes"
+  end
+  if self.port and self.port ~= 22 then parts[#parts + 1] = "-p " .. tostring(self.port) end
+  parts[#parts + 1] = q((self.user and (self.user .. "@") or "") .. tostring(self.host))
+  return table.concat(parts, " ")
+end
+
+-- keep=true, once the launch is complete: the destroy guard goes, the journal marks it
+-- kept until its TTL, and the log says how to reach and remove it.
+function Instance:_keep()
+  if self.key_dir and self.host_key and self.host then
+    local who = (self.port and self.port ~= 22) and ("[" .. self.host .. "]:" .. self.port) or self.host
+    assert(ephrun.fs.write(self.key_dir .. "/known_hosts", who .. " " .. self.host_key .. "\n", { mode = "0600" }))
+  end
+  if run_keys and run_keys.dir == self.key_dir then run_keys.keep = true end
+  if self.journal_key then journal().kept(self.journal_key) end
+  if self._destroy then self._destroy:cancel() end
+  self._destroy = nil
+  ephrun.log.warn("KEPT %s instance %s (keep=true): NOT destroyed by this run; it %s. Log in: %s   Remove it: %s",
+    self.cloud.name, self.id, self.ttl and ("ends itself at " .. self.tags["ephrun-expires"])
+      or "has NO lifetime timer", self:ssh_command(), self:destroy_hint())
 end
 
 --- Closes the instance: destroys it, unless it was launched with keep=true.

@@ -1,9 +1,11 @@
 """The fault matrix (issue 4): deploy-fast's flow on the local provider, with a fault injected at
 every phase boundary -- after launch, while waiting for SSH (the instance boots for 60s), during
 sync and during fetch (the instance's SSH connection is frozen with SIGSTOP so the transfer
-stalls), during build -- and each of: a failing step, SIGINT, SIGTERM, SIGKILL to ephrun.
+stalls), during build -- and each of: a failing step, SIGINT, SIGTERM, SIGKILL to ephrun, a closed
+output pipe (issue 9 item 1) and os.exit(3) from a task of the recipe (item 2).
 
-After a failure, SIGINT or SIGTERM: exit code 1/130/143, the message names the phase, no process
+After a failure, SIGINT, SIGTERM, a closed pipe or os.exit: exit code 1/130/143/141/3, the message
+(for the closed pipe, the run's history detail) names the phase, no process
 of the instance is left and the journal marks the instance destroyed. After SIGKILL: `ephrun ls`
 shows the orphan and `ephrun reap --yes` removes it. Separately, a SIGKILLed run with a 4s TTL is
 removed by the instance's watchdog, with no reap.
@@ -29,13 +31,13 @@ from common import BIN, RECIPES, SRC, env
 
 RECIPE = os.path.join(RECIPES, "fault_matrix.lua")
 PHASES = ["launch", "ssh", "sync", "build", "fetch"]
-FAULTS = ["fail", "SIGINT", "SIGTERM", "SIGKILL"]
+FAULTS = ["fail", "SIGINT", "SIGTERM", "SIGKILL", "closed pipe", "os.exit"]
 ROW = {"launch": "after launch", "ssh": "waiting for SSH", "sync": "during sync", "build": "during build",
        "fetch": "during fetch"}
 # The phase the message names. Waiting for the booting instance happens inside cloud:launch
 # (its wait for `running`; for the local provider, running means sshd listens).
 NAMED = {"launch": "launch", "ssh": "launch", "sync": "sync", "build": "build", "fetch": "fetch"}
-CODE = {"fail": 1, "SIGINT": 130, "SIGTERM": 143, "SIGKILL": -9}
+CODE = {"fail": 1, "SIGINT": 130, "SIGTERM": 143, "SIGKILL": -9, "closed pipe": 141, "os.exit": 3}
 SIG = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 MARKER_TIMEOUT = 60
 EXIT_TIMEOUT = 60
@@ -47,6 +49,7 @@ class Output:
     def __init__(self, stream):
         self.lines, self.cond = [], threading.Condition()
         self.closed = False
+        self.closing = False
         self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self.thread.start()
 
@@ -55,6 +58,9 @@ class Output:
             with self.cond:
                 self.lines.append(line)
                 self.cond.notify_all()
+                if self.closing:  # the reading thread closes its own end: no read is in flight
+                    stream.close()
+                    break
         with self.cond:
             self.closed = True
             self.cond.notify_all()
@@ -70,6 +76,11 @@ class Output:
                 if self.closed or left <= 0:
                     raise AssertionError("never printed %r:\n%s" % (token, self.text()))
                 self.cond.wait(left)
+
+    def close(self):
+        """Closes the pipe after the next line, as `head` or a pager quitting does."""
+        with self.cond:
+            self.closing = True
 
     def text(self):
         return "".join(self.lines)
@@ -252,11 +263,13 @@ class FaultMatrix(unittest.TestCase):
     def inject(self, phase, fault, ttl="10m"):
         """Runs the recipe with `fault` at `phase`; returns (process, output, instance id, seconds
         from the fault to ephrun's exit)."""
+        exit_file = os.path.join(os.path.dirname(self.home), "exit")
         if fault == "fail":
             p, out = self.start("fault_at=" + phase, "fault=fail", "ttl=" + ttl)
             t = time.monotonic()
         else:
-            p, out = self.start("fault_at=" + phase, "fault=hold", "ttl=" + ttl)
+            extra = {"closed pipe": ["ticker=true"], "os.exit": ["exit_file=" + exit_file]}.get(fault, [])
+            p, out = self.start("fault_at=" + phase, "fault=hold", "ttl=" + ttl, *extra)
             line = out.wait("FAULT-POINT %s " % phase)
             inst = line.split()[2]
             if phase in ("sync", "fetch"):
@@ -265,7 +278,12 @@ class FaultMatrix(unittest.TestCase):
                 self.assertFalse(os.path.exists(os.path.join(self.home, "local", inst, "state")),
                                  "the instance should still be booting")
             t = time.monotonic()
-            p.send_signal(SIG[fault])
+            if fault == "closed pipe":
+                out.close()
+            elif fault == "os.exit":
+                open(exit_file, "w").close()
+            else:
+                p.send_signal(SIG[fault])
         try:
             p.wait(timeout=EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -275,7 +293,8 @@ class FaultMatrix(unittest.TestCase):
                                                                                out.text()))
         elapsed = time.monotonic() - t
         out.thread.join(10)
-        p.stdout.close()
+        if not p.stdout.closed:
+            p.stdout.close()
         ids = re.findall(r"\bloc-[0-9a-f]{10}\b", out.text())
         if not ids:  # booting (ssh row): the instance was never printed
             ids = [x["id"] for x in self.resources("all=true")]
@@ -283,17 +302,22 @@ class FaultMatrix(unittest.TestCase):
         return p, out, ids[0], elapsed
 
     def cell(self, phase, fault):
-        self.new_case("%s-%s" % (phase, fault))
+        self.new_case("%s-%s" % (phase, fault.replace(" ", "-")))  # (the local provider needs no spaces)
         p, out, inst, elapsed = self.inject(phase, fault)
         text = out.text()
         self.assertEqual(p.returncode, CODE[fault], text)
         if fault != "SIGKILL":
-            want = ("error in phase '%s'" if fault == "fail" else "interrupted by " + fault + " in phase '%s'") \
+            want = {"fail": "error in phase '%s'", "os.exit": "os.exit(3) in phase '%s'",
+                    "closed pipe": "SIGPIPE in phase '%s'"}.get(fault, "interrupted by " + fault + " in phase '%s'") \
                 % NAMED[phase]
-            self.assertIn(want, text)
             self.assert_nothing_left(inst)
             [run] = json.loads(self.ephrun("history", "--json").stdout)["runs"]
-            self.assertEqual(run["status"], "failed" if fault == "fail" else "interrupted")
+            self.assertEqual(run["status"], "failed" if fault in ("fail", "os.exit") else "interrupted")
+            if fault == "closed pipe":  # ephrun's messages went to the closed pipe: the journal has it
+                self.assertIn(want, run["detail"])
+                want = "history: " + run["detail"]
+            else:
+                self.assertIn(want, text)
             result = "exit %d, `%s`; destroyed" % (p.returncode, want)
             if fault != "fail":
                 result += " in %.1fs" % elapsed
@@ -335,7 +359,8 @@ def make(phase, fault):
 
 for _i, _phase in enumerate(PHASES):
     for _j, _fault in enumerate(FAULTS):
-        setattr(FaultMatrix, "test_%d%d_%s_%s" % (_i, _j, _phase, _fault), make(_phase, _fault))
+        setattr(FaultMatrix, "test_%d%d_%s_%s" % (_i, _j, _phase, _fault.replace(" ", "_").replace(".", "_")),
+                make(_phase, _fault))
 
 
 def render(results, seconds):

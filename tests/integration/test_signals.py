@@ -1,4 +1,5 @@
 """Signals, exit codes and cleanup ordering, with the real binary."""
+import json
 import os
 import signal
 import socket
@@ -7,7 +8,7 @@ import tempfile
 import time
 import unittest
 
-from common import RECIPES, run, start, wait_ready
+from common import BIN, RECIPES, env, run, start, wait_ready
 
 SIGNALS = os.path.join(RECIPES, "signals.lua")
 FAILING = os.path.join(RECIPES, "failing.lua")
@@ -98,6 +99,99 @@ class Signals(unittest.TestCase):
         self.assertIn("slow marker cleanup", err)
         self.assertIn("write outer marker", err)
         # The second Ctrl-C does not abandon the cleanup.
+        self.assertEqual(marks(self.marker), ["scope closed", "inner cleanup", "outer cleanup"])
+
+
+class ClosedOutput(unittest.TestCase):
+    """A closed output pipe (`| head`, a pager quit early) stops the run like a signal: every
+    cleanup runs and ephrun exits 141 (128 + SIGPIPE) instead of dying of the signal."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="ephrun-pipe-")
+        self.marker = os.path.join(self.dir, "marker")
+
+    def test_closed_stdout_runs_the_cleanups_and_exits_141(self):
+        p = start([SIGNALS, "marker=" + self.marker, "mode=print"])
+        wait_ready(p)
+        p.stdout.close()
+        err = p.stderr.read()
+        p.wait(timeout=30)
+        self.assertEqual(p.returncode, 141, err)
+        self.assertEqual(marks(self.marker), ["scope closed", "inner cleanup", "outer cleanup"])
+        self.assertIn("SIGPIPE", err)
+        self.assertIn("phase 'run'", err)
+
+    def test_a_reader_gone_while_the_run_is_silent_stops_it(self):
+        """A pager quit during a quiet step: no write has to fail for the run to stop."""
+        p = start([SIGNALS, "marker=" + self.marker, "mode=sleep"])  # READY, then sleeps 60 s
+        wait_ready(p)
+        p.stdout.close()
+        err = p.stderr.read()
+        p.wait(timeout=30)
+        self.assertEqual(p.returncode, 141, err)
+        self.assertEqual(marks(self.marker), ["scope closed", "inner cleanup", "outer cleanup"])
+
+    def test_closed_stderr_log_writes_do_not_kill_the_cleanup(self):
+        p = start([SIGNALS, "marker=" + self.marker, "mode=log"])
+        wait_ready(p)
+        p.stderr.close()
+        p.wait(timeout=30)
+        p.stdout.close()
+        self.assertEqual(p.returncode, 141)
+        self.assertEqual(marks(self.marker), ["scope closed", "inner cleanup", "outer cleanup"])
+
+    def test_pipe_closed_mid_build_destroys_the_instance(self):
+        """The issue's `ephrun deploy-fast ... 2>&1 | head -3`, on the local provider."""
+        if not os.path.exists("/usr/sbin/sshd"):
+            self.skipTest("no /usr/sbin/sshd for the local provider")
+        src = os.path.join(self.dir, "src")
+        os.makedirs(src)
+        with open(os.path.join(src, "f.txt"), "w") as f:
+            f.write("x\n")
+        home = os.path.join(self.dir, "home")
+        e = env(EPHRUN_HOME=home)
+        p = subprocess.Popen([BIN, "deploy-fast", "src=" + src, "out=" + os.path.join(self.dir, "out"),
+                              "build=for i in $(seq 2000); do echo line $i; done; sleep 60"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e, cwd=self.dir)
+        seen = []
+        for line in p.stdout:  # as `head` does: read into the build's output, then quit
+            seen.append(line)
+            if "line 3" in line:
+                break
+        p.stdout.close()
+        p.wait(timeout=60)
+        self.assertEqual(p.returncode, 141, "".join(seen))
+        r = subprocess.run([BIN, "ls", "all=true", "--json"], capture_output=True, text=True, env=e)
+        [res] = json.loads(r.stdout)["resources"]
+        self.assertEqual(res["status"], "destroyed")
+        self.assertFalse(os.listdir(os.path.join(home, "local")), "the instance's directory is left")
+        r = subprocess.run([BIN, "history", "--json"], capture_output=True, text=True, env=e)
+        [run] = json.loads(r.stdout)["runs"]
+        self.assertEqual(run["status"], "interrupted")
+        self.assertIn("SIGPIPE in phase 'build'", run["detail"])
+
+
+class OsExit(unittest.TestCase):
+    """os.exit(n) in a recipe unwinds, runs every cleanup, then exits n."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="ephrun-exit-")
+        self.marker = os.path.join(self.dir, "marker")
+
+    def test_os_exit_runs_the_cleanups_and_exits_its_code(self):
+        r = run([SIGNALS, "marker=" + self.marker, "mode=exit"])
+        self.assertEqual(r.returncode, 7, r.stderr)
+        self.assertEqual(marks(self.marker), ["scope closed", "inner cleanup", "outer cleanup"])
+        self.assertIn("os.exit(7) in phase 'run'", r.stderr)
+
+    def test_a_pcall_does_not_swallow_os_exit(self):
+        r = run([SIGNALS, "marker=" + self.marker, "mode=exit-pcall"])
+        self.assertEqual(r.returncode, 5, r.stderr)
+        self.assertEqual(marks(self.marker), ["scope closed", "inner cleanup", "outer cleanup"])
+
+    def test_os_exit_in_a_task_stops_the_whole_run(self):
+        r = run([SIGNALS, "marker=" + self.marker, "mode=exit-task"], timeout=30)
+        self.assertEqual(r.returncode, 6, r.stderr)
         self.assertEqual(marks(self.marker), ["scope closed", "inner cleanup", "outer cleanup"])
 
 

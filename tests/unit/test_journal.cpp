@@ -93,6 +93,25 @@ TEST_CASE("journal: the resource lifecycle intent → created → destroyed", "[
   j.destroyed(key);  // idempotent
 }
 
+TEST_CASE("journal: a kept resource stays listed as kept until destroyed", "[journal]") {
+  TempHome h;
+  Journal j(h.file());
+  j.run_started("r1", "deploy-fast", "hash");
+  auto key = j.intent(sample("r1"));
+  j.created(key, "inst-7", "{}");
+  j.kept(key);
+  j.run_ended("r1", "ok", "");
+  auto live = j.resources(true, std::nullopt);
+  REQUIRE(live.size() == 1);
+  CHECK(live[0].status == "kept");
+  CHECK(live[0].expires_at == 2e9);
+  j.created(key, "inst-7", "{}");  // a later write does not make it live again
+  CHECK(j.resource(key)->status == "kept");
+  j.destroyed(key);
+  CHECK(j.resources(true, std::nullopt).empty());
+  CHECK_THROWS(j.kept(999));
+}
+
 TEST_CASE("journal: a failed create is not live; unknown keys are errors", "[journal]") {
   TempHome h;
   Journal j(h.file());
@@ -200,4 +219,49 @@ TEST_CASE("journal: home follows EPHRUN_HOME; sha256", "[journal]") {
   else
     unsetenv("EPHRUN_HOME");
   CHECK(sha256_hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+// Processes (not threads: each has its own SQLite locks) opening a journal that
+// does not exist yet, all at once: every one must open it and record its run.
+// Two connections switching a fresh file to WAL together could get SQLITE_BUSY
+// without their busy handler ever being called.
+TEST_CASE("journal: parallel first opens from many processes all succeed", "[journal]") {
+  constexpr int kProcs = 16, kTrials = 20;
+  for (int trial = 0; trial < kTrials; ++trial) {
+    TempHome h;
+    int gate[2];
+    REQUIRE(pipe(gate) == 0);
+    std::vector<pid_t> kids;
+    for (int i = 0; i < kProcs; ++i) {
+      pid_t pid = fork();
+      REQUIRE(pid >= 0);
+      if (pid == 0) {
+        ::close(gate[1]);
+        char c;
+        (void)!::read(gate[0], &c, 1);  // returns at EOF: every child starts together
+        try {
+          Journal j(h.file());
+          j.run_started("run-" + std::to_string(i), "demo", "");
+          j.intent(sample("run-" + std::to_string(i)));
+        } catch (const std::exception& e) {
+          fprintf(stderr, "child %d: %s\n", i, e.what());
+          _exit(1);
+        }
+        _exit(0);
+      }
+      kids.push_back(pid);
+    }
+    ::close(gate[0]);
+    ::close(gate[1]);
+    int failed = 0;
+    for (pid_t k : kids) {
+      int st = 0;
+      waitpid(k, &st, 0);
+      if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) ++failed;
+    }
+    INFO("trial " << trial);
+    REQUIRE(failed == 0);
+    Journal j(h.file(), true);
+    REQUIRE(j.runs(0).size() == kProcs);
+  }
 }

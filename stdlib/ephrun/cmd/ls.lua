@@ -17,7 +17,7 @@ return ephrun.recipe {
     for _, r in ipairs(rows) do
       local cost = common.cost(r, now)
       total = total + (cost or 0)
-      local live = r.status == "pending" or r.status == "live"
+      local live = r.status == "pending" or r.status == "live" or r.status == "kept"
       out[#out + 1] = {
         key = r.key, provider = r.provider, kind = r.kind, id = r.id, run_id = r.run_id, recipe = r.recipe,
         status = r.status, state = live and common.state(r, now) or r.status,
@@ -39,8 +39,12 @@ return ephrun.recipe {
     end
     local cells = {}
     for _, r in ipairs(out) do
+      local state = r.state
+      if state == "kept" then
+        state = r.expires_at and ("kept (until " .. common.local_time(r.expires_at) .. ")") or "kept (no TTL)"
+      end
       cells[#cells + 1] = { r.provider, r.id or "(creating)", r.run_id, r.recipe ~= "" and r.recipe or "?",
-        r.state, common.short_duration(r.age), r.ttl_left and common.short_duration(r.ttl_left) or "none",
+        state, common.short_duration(r.age), r.ttl_left and common.short_duration(r.ttl_left) or "none",
         common.money(r.cost) }
     end
     common.table({ "PROVIDER", "ID", "RUN", "RECIPE", "STATE", "AGE", "TTL LEFT", "COST" }, cells)
@@ -51,6 +55,14 @@ return ephrun.recipe {
     end
     if orphans > 0 then
       io.stdout:write(("%d of them expired or orphaned: `ephrun reap` removes them.\n"):format(orphans))
+    end
+    local kept = 0
+    for _, r in ipairs(out) do
+      if r.state == "kept" then kept = kept + 1 end
+    end
+    if kept > 0 then
+      io.stdout:write(("%d kept (keep=true) until their TTL: `ephrun reap kept=true` removes them sooner.\n")
+        :format(kept))
     end
   end,
 }

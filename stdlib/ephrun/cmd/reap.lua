@@ -1,4 +1,4 @@
--- `ephrun reap [--dry-run] [--older-than 2h] [--yes]`: destroys what is
+-- `ephrun reap [--dry-run] [--older-than 2h] [--yes] [kept=true]`: destroys what is
 -- expired or orphaned, found through the journal and through provider tags.
 --
 -- A journalled resource is reaped when it expired, or when its run is over:
@@ -6,9 +6,23 @@
 -- SIGKILL: the run row holds its pid, process start time and boot id). An
 -- instance found only by its tags is reaped when its run is in this journal
 -- and over, or when its `ephrun-expires` tag has passed — never merely because
--- an unknown run made it (another machine may own it).
+-- an unknown run made it (another machine may own it). A kept instance
+-- (keep=true) stays until it expires, unless `kept=true` asks for kept ones too.
+--
+-- The journal is only read here (a read-only connection); a journal that cannot
+-- be read (damaged, unreadable) does not stop the scan of provider tags, and
+-- what could not be read or recorded is said at the end.
 local ephrun = require "ephrun"
 local common = require "ephrun.cmd.common"
+local cloudlib = require "ephrun.cloud"
+local core = require "ephrun._core"
+
+-- After a pcall: a Ctrl-C (or SIGTERM, SIGHUP) stops the reap instead of being
+-- taken for one provider's failure and going on to destroy things.
+local function unless_interrupted(ok, ...)
+  if not ok and core.signal() ~= 0 then error((...), 0) end
+  return ok, ...
+end
 
 local function sorted_keys(t)
   local out = {}
@@ -41,6 +55,104 @@ local function instance_of(r)
   return inst
 end
 
+-- The journal as far as it can be read: every row, the live ones, and a run
+-- lookup; `problems` collects what failed instead of stopping the reap.
+local function read_journal(problems)
+  local journal = ephrun.journal
+  local ok, all = pcall(journal.resources, {})
+  local live
+  if ok then ok, live = pcall(journal.resources, { live = true }) end
+  if not ok then
+    problems[#problems + 1] = ("cannot read the journal %s (%s): only provider tags were used, so "
+      .. "orphans known only to the journal were not found; move the file aside if it is damaged")
+      :format(journal.path(), tostring(all or live):gsub("^[^\n]-:%d+: ", ""))
+    return { all = {}, live = {}, readable = false, run = function() return nil end }
+  end
+  local runs = {}
+  local function run(id)
+    if runs[id] == nil then
+      local rok, r = pcall(journal.run, id)
+      runs[id] = rok and r or false
+    end
+    return runs[id] or nil
+  end
+  return { all = all, live = live, readable = true, run = run }
+end
+
+-- A journal write that may fail (read-only or damaged file): the destroy it
+-- records already happened, so a failure is reported, not raised.
+local function record(problems, what, fn, ...)
+  if ephrun.dry_run() then return end
+  local ok, err = pcall(fn, ...)
+  if not ok then
+    problems[#problems + 1] = ("could not record in the journal that %s: %s"):format(what,
+      tostring(err):gsub("^[^\n]-:%d+: ", ""))
+  end
+end
+
+-- Lists a provider's instances, saying what it waits for: an API that does
+-- not answer can keep the list retrying for a minute.
+local function list_instances(name, cloud)
+  ephrun.log.info("reap: asking %s for its instances (looking for ephrun tags)…", name)
+  local started = ephrun.time.monotonic()
+  local ticker = ephrun.spawn("reap", function()
+    local every = 5
+    while true do
+      ephrun.time.sleep(every)
+      every = 10
+      ephrun.log.info("still waiting for %s's instance list (%ds; its API may be unreachable or "
+        .. "rate-limiting, and is retried; Ctrl-C stops)", name, math.floor(ephrun.time.monotonic() - started))
+    end
+  end)
+  local ok, list = pcall(cloud.impl.list, { tags = {} }, cloud.opts)
+  ticker:cancel("listed")
+  return unless_interrupted(ok, list)
+end
+
+-- Why an instance found by its tags may be reaped, or nil.
+local function tag_reason(p, inst, row, jr, now)
+  local tags = inst.tags or {}
+  local expires = common.parse_iso8601(tags["ephrun-expires"])
+  if expires and expires < now then return "expired" end
+  if row and (row.status == "destroyed" or row.status == "failed") then
+    return "orphaned" -- the journal says it is gone, yet it is there
+  end
+  if tags["ephrun-keep"] == "true" or (row and row.status == "kept") then
+    return p.kept and "kept" or nil
+  end
+  if not row then
+    local run = jr.run(tags["ephrun-run"])
+    if run and not run.alive then return "orphaned" end
+  end
+  return nil
+end
+
+-- Removes the key directories (runs/<id>/) of runs that are over and have
+-- nothing of theirs left alive.
+local function remove_run_keys(run_ids, jr, problems)
+  if not jr.readable then return end
+  local ok, live = pcall(ephrun.journal.resources, { live = true })
+  if not ok then return end
+  local busy = {}
+  for _, r in ipairs(live) do busy[r.run_id] = true end
+  for _, id in ipairs(sorted_keys(run_ids)) do
+    local run = jr.run(id)
+    local dir = cloudlib.state_dir() .. "/runs/" .. id
+    if not busy[id] and not (run and run.alive) and ephrun.fs.exists(dir) then
+      if ephrun.dry_run() then
+        io.stdout:write(("would remove run %s's keys in %s\n"):format(id, dir))
+      else
+        local rok, err = ephrun.fs.remove(dir, { recursive = true })
+        if rok then
+          io.stdout:write(("removed run %s's keys in %s\n"):format(id, dir))
+        else
+          problems[#problems + 1] = ("could not remove %s: %s"):format(dir, tostring(err))
+        end
+      end
+    end
+  end
+end
+
 return ephrun.recipe {
   name = "reap",
   summary = "Destroy expired and orphaned resources, found through the journal and provider tags.",
@@ -48,24 +160,26 @@ return ephrun.recipe {
     older_than = { type = "duration", doc = "only resources at least this old (e.g. 2h)" },
     expired = { default = false, doc = "only resources past their lifetime (--expired; what the reaper runs)" },
     providers = { type = "list", default = {}, doc = "providers to scan by tag besides those in the journal and local" },
+    kept = { default = false, doc = "also destroy kept instances (keep=true) that have not expired yet" },
   },
   run = function(p)
     local now = ephrun.time.now()
-    local journal = ephrun.journal
+    local problems = {}
+    local jr = read_journal(problems)
     local candidates = {} -- { provider, inst, why, rows = {journal rows}, age }
     local by_id = {}      -- provider .. "\0" .. id -> journal row (every status)
     local providers = { ["local"] = true }
     for _, name in ipairs(p.providers) do providers[name] = true end
 
-    for _, r in ipairs(journal.resources {}) do
+    for _, r in ipairs(jr.all) do
       providers[r.provider] = true
       if r.id then by_id[r.provider .. "\0" .. r.id] = r end
     end
 
     -- 1. The journal: pending or live resources whose run is over or that expired.
     local pending_dead = {} -- provider .. "\0" .. run_id -> rows still waiting for their id
-    for _, r in ipairs(journal.resources { live = true }) do
-      local why = common.reason(r, now)
+    for _, r in ipairs(jr.live) do
+      local why = common.reason(r, now, { kept = p.kept })
       if why and r.id then
         candidates[#candidates + 1] = { provider = r.provider, id = r.id, inst = instance_of(r), why = why,
           rows = { r }, age = now - common.born(r), run_id = r.run_id, recipe = r.recipe }
@@ -89,9 +203,9 @@ return ephrun.recipe {
         ephrun.log.warn("reap: provider '%s' cannot list instances; only the journal is used", name)
       else
         clouds[name] = cloud
-        local lok, list = pcall(cloud.impl.list, { tags = {} }, cloud.opts)
+        local lok, list = list_instances(name, cloud)
         if not lok then
-          ephrun.log.warn("reap: listing %s instances failed: %s", name, tostring(list))
+          problems[#problems + 1] = ("listing %s instances failed: %s"):format(name, tostring(list))
           list = {}
         end
         for _, inst in ipairs(list) do
@@ -100,16 +214,7 @@ return ephrun.recipe {
           local key = name .. "\0" .. tostring(inst.id)
           if run_id and inst.state ~= "terminated" and not seen[key] then
             local row = by_id[key]
-            local why
-            local expires = common.parse_iso8601(tags["ephrun-expires"])
-            if expires and expires < now then
-              why = "expired"
-            elseif row and (row.status == "destroyed" or row.status == "failed") then
-              why = "orphaned" -- the journal says it is gone, yet it is there
-            elseif not row then
-              local run = journal.run(run_id)
-              if run and not run.alive then why = "orphaned" end
-            end
+            local why = tag_reason(p, inst, row, jr, now)
             if why then
               seen[key] = true
               local rows = {}
@@ -119,7 +224,7 @@ return ephrun.recipe {
               local born = type(inst.created) == "number" and inst.created or (row and common.born(row))
               candidates[#candidates + 1] = { provider = name, id = tostring(inst.id), inst = inst, why = why,
                 rows = rows, age = born and (now - born) or nil, run_id = run_id,
-                recipe = tags["ephrun-recipe"] or (row and row.recipe) or ((journal.run(run_id) or {}).recipe) or "?",
+                recipe = tags["ephrun-recipe"] or (row and row.recipe) or ((jr.run(run_id) or {}).recipe) or "?",
                 by_tag = not row }
             end
           end
@@ -166,6 +271,7 @@ return ephrun.recipe {
     end
 
     local failures = {}
+    local reaped_runs = {}
     for _, c in ipairs(candidates) do
       local cloud = clouds[c.provider]
       local ok, err = true, nil
@@ -174,16 +280,19 @@ return ephrun.recipe {
         if lok then cloud = loaded else ok, err = false, loaded end
       end
       if ok then
-        ok, err = pcall(ephrun.effect, {
+        ok, err = unless_interrupted(pcall(ephrun.effect, {
           kind = "destroy", what = ("%s %s %s (%s, run %s)"):format(c.provider, (c.inst or {}).kind or "instance",
             c.id, c.why, c.run_id),
           where = c.provider,
           -- retries a locked or rate-limited instance, as the run's own cleanup would
           run = function() cloud:destroy(c.inst) end,
-        })
+        }))
       end
       if ok then
-        for _, r in ipairs(c.rows) do journal.destroyed(r.key) end
+        for _, r in ipairs(c.rows) do
+          record(problems, ("%s %s is destroyed"):format(c.provider, c.id), ephrun.journal.destroyed, r.key)
+        end
+        if c.run_id then reaped_runs[c.run_id] = true end
         if not ephrun.dry_run() then
           io.stdout:write(("destroyed %s %s (%s)\n"):format(c.provider, c.id, c.why))
         end
@@ -192,18 +301,27 @@ return ephrun.recipe {
       end
     end
     for _, r in ipairs(stale) do
+      reaped_runs[r.run_id] = true
       if ephrun.dry_run() then
         io.stdout:write(("would mark journal entry %d (%s, run %s) failed: its create never completed\n")
           :format(r.key, r.provider, r.run_id))
       else
-        journal.failed(r.key, "reap: the create never completed and no instance carries its run's tags")
+        record(problems, ("journal entry %d never completed its create"):format(r.key), ephrun.journal.failed,
+          r.key, "reap: the create never completed and no instance carries its run's tags")
         io.stdout:write(("marked journal entry %d (%s, run %s) failed: its create never completed\n")
           :format(r.key, r.provider, r.run_id))
       end
     end
+    remove_run_keys(reaped_runs, jr, problems)
+
+    for _, msg in ipairs(problems) do ephrun.log.warn("reap: %s", msg) end
     if #failures > 0 then
       error(("%d destroy%s failed:\n  %s"):format(#failures, #failures == 1 and "" or "s",
         table.concat(failures, "\n  ")), 0)
+    end
+    if #problems > 0 then
+      error(("reap did what the provider tags allowed, but %d thing%s could not be read or recorded (see the "
+        .. "warnings above)"):format(#problems, #problems == 1 and "" or "s"), 0)
     end
   end,
 }

@@ -10,6 +10,14 @@ function M.launch(spec)
   assert(ephrun.fs.write(dir() .. "/" .. id .. ".json", ephrun.json.encode(inst)))
   -- FAKE_HANG_AFTER_CREATE: the instance exists but the create call never returns
   -- (the launcher is killed mid-create in the test).
+  -- FAKE_WAIT_AFTER_CREATE=FILE: the create returns once FILE exists (the test holds the
+  -- journal's write lock meanwhile).
+  local wait_for = os.getenv("FAKE_WAIT_AFTER_CREATE")
+  if wait_for then
+    print("CREATED " .. id)
+    io.stdout:flush()
+    while not ephrun.fs.exists(wait_for) do ephrun.time.sleep(0.02) end
+  end
   if os.getenv("FAKE_HANG_AFTER_CREATE") then
     print("CREATED " .. id)
     io.stdout:flush()
@@ -18,6 +26,9 @@ function M.launch(spec)
   return inst
 end
 function M.list(filter)
+  -- FAKE_LIST_WAIT=FILE: the listing answers once FILE exists (an API that does not answer).
+  local wait_for = os.getenv("FAKE_LIST_WAIT")
+  while wait_for and not ephrun.fs.exists(wait_for) do ephrun.time.sleep(0.05) end
   local out = {}
   for _, name in ipairs(ephrun.fs.list(dir()) or {}) do
     if name:match("%.json$") then

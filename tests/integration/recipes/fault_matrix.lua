@@ -13,6 +13,9 @@
 --   build   the build prints the marker and sleeps; fault=fail: it exits 3
 --   fetch   as sync (`go`, frozen connection); fault=fail: a missing artifact
 -- `ttl` is the instance's lifetime (the watchdog ends it even after SIGKILL).
+-- `ticker=true` prints a line every 50 ms all along, so a closed output pipe is
+-- written to (and noticed) whatever the run is waiting on; `exit_file=F` makes a
+-- task call os.exit(3) once the file F exists.
 local ephrun = require "ephrun"
 
 return ephrun.recipe {
@@ -25,6 +28,8 @@ return ephrun.recipe {
       doc = "fail: a failing step at fault_at; hold: print the marker and block until signalled" },
     go = { default = "", doc = "sync/fetch hold: file the test creates once the connection is frozen" },
     ttl = { type = "duration", default = "10m" },
+    ticker = { default = false, doc = "print a line every 50 ms (the closed-pipe fault)" },
+    exit_file = { default = "", doc = "call os.exit(3) once this file exists (the os.exit fault)" },
   },
   run = function(p)
     local at, fail, hold = p.fault_at, p.fault == "fail", p.fault == "hold"
@@ -35,6 +40,21 @@ return ephrun.recipe {
     local function wait_go()
       if p.go == "" then error("fault_at=" .. at .. " fault=hold needs go=<file>") end
       while not ephrun.fs.exists(p.go) do ephrun.time.sleep(0.02) end
+    end
+
+    if p.ticker then
+      ephrun.spawn("ticker", function()
+        for i = 1, math.huge do
+          say("tick", i)
+          ephrun.time.sleep(0.05)
+        end
+      end)
+    end
+    if p.exit_file ~= "" then
+      ephrun.spawn("exit", function()
+        while not ephrun.fs.exists(p.exit_file) do ephrun.time.sleep(0.02) end
+        os.exit(3)
+      end)
     end
 
     local cloud = ephrun.provider("local")

@@ -12,13 +12,13 @@ return ephrun.recipe {
     via = { default = "cloud", choices = { "cloud", "direct" } },
     ttl = { type = "duration", default = "1h" },
     hold = { type = "duration", default = "0s", doc = "sleep this long after READY" },
-    keep = { default = false, doc = "direct: leave the instance behind at the end" },
+    keep = { default = false, doc = "leave the instance behind at the end (cloud: launch with keep=true)" },
     price = { type = "number", default = 0 },
   },
   run = function(p)
     local inst
     if p.via == "cloud" then
-      inst = ephrun.provider(p.provider):launch { ttl = p.ttl }
+      inst = ephrun.provider(p.provider):launch { ttl = p.ttl, keep = p.keep }
     else
       local impl = ephrun.provider(p.provider).impl
       local now = ephrun.time.now()

@@ -5,7 +5,8 @@ return ephrun.recipe {
   name = "signals",
   params = {
     marker = { type = "path", required = true },
-    mode = { default = "sleep", choices = { "sleep", "task", "busy", "slow-cleanup", "proc", "http" } },
+    mode = { default = "sleep", choices = { "sleep", "task", "busy", "slow-cleanup", "proc", "http",
+      "print", "log", "exit", "exit-pcall", "exit-task" } },
     url = { default = "" },
   },
   run = function(p)
@@ -43,6 +44,20 @@ return ephrun.recipe {
     elseif p.mode == "http" then
       ready()
       ephrun.http.request { url = p.url, timeout = 60 }
+    elseif p.mode == "print" or p.mode == "log" then
+      -- Output goes on after READY: the test closes the pipe it reads.
+      ready()
+      for i = 1, 6000 do
+        if p.mode == "print" then print("tick " .. i) else ephrun.log.info("tick %d", i) end
+        ephrun.time.sleep(0.01)
+      end
+    elseif p.mode == "exit" then
+      os.exit(7)
+    elseif p.mode == "exit-pcall" then
+      pcall(os.exit, 5)
+    elseif p.mode == "exit-task" then
+      ephrun.spawn("exiter", function() os.exit(6) end)
+      ephrun.time.sleep(60)
     end
     mark("not interrupted")
   end,
