@@ -288,7 +288,8 @@ int mutex_try(lua_State* L, Mutex* m) {
     lua_settop(L, 1);
     return 1;
   }
-  if (m->owner == id) return luaL_error(L, "mutex: already held by this task (it is not re-entrant)");
+  if (m->owner == id)
+    return luaL_error(L, "mutex: already held by this task (it is not re-entrant)");
   if (!t || !s.yieldable_task(L))
     return luaL_error(L,
                       "mutex: held by another task, and this code cannot wait for it (not in a "

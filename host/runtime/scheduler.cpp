@@ -426,8 +426,7 @@ int Scheduler::sleep(lua_State* L, double seconds) {
   return lua_yieldk(L, 0, 0, sleep_done);
 }
 
-int Scheduler::park(lua_State* L, WaitQueue* q, double timeout, lua_KFunction k,
-                    lua_KContext ctx) {
+int Scheduler::park(lua_State* L, WaitQueue* q, double timeout, lua_KFunction k, lua_KContext ctx) {
   Task* t = task_of(L);
   checkpoint(L);
   t->state = Task::State::parked;

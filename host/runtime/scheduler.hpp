@@ -185,8 +185,15 @@ struct Task {
   Task* parent = nullptr;
   std::vector<Task*> children;  // alive ones
 
-  enum class State { ready, running, blocked, sleeping, parked, waiting_task, done } state =
-      State::ready;
+  enum class State {
+    ready,
+    running,
+    blocked,
+    sleeping,
+    parked,
+    waiting_task,
+    done
+  } state = State::ready;
   Scheduler::Job* job = nullptr;  // native work in flight
   Task* waiting_on = nullptr;     // task:wait() target
   std::vector<Task*> waiters;

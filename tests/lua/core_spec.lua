@@ -83,8 +83,8 @@ end
 it("a pcall cannot swallow a cancel: the task ends and its next call never runs", function()
   local after = {}
   local t = ephrun.spawn(function()
-    local ok = pcall(time.sleep, 30)
-    after[#after + 1] = "pcall returned " .. tostring(ok)
+    local returned = pcall(time.sleep, 30)
+    after[#after + 1] = "pcall returned " .. tostring(returned)
     ephrun.fs.write(os.tmpname(), "the next native call ran")
   end)
   local x = ephrun.spawn(function()
@@ -112,8 +112,8 @@ it("every wait of a cancelled task stops, until one raises the cancel", function
     -- A callback of a C function cannot yield: its wait runs inline, already
     -- cancelled, so it stops at once with a plain error a pcall may catch...
     local t0 = time.monotonic()
-    local ok = pcall(string.gsub, "a", "a", function() time.sleep(20) end)
-    seen[#seen + 1] = ok or time.monotonic() - t0 < 10
+    local caught = pcall(string.gsub, "a", "a", function() time.sleep(20) end)
+    seen[#seen + 1] = caught or time.monotonic() - t0 < 10
     -- ...and the next wait raises the cancellation itself.
     time.sleep(0)
     seen[#seen + 1] = "not reached"
@@ -316,7 +316,6 @@ it("json round-trips and reports positions", function()
 end)
 
 it("secrets are redacted from logs, plans and errors", function()
-  local core = require "ephrun._core"
   core.secret_add("TOKEN", "s3cr3t-value")
   eq(core.redact("auth s3cr3t-value here"), "auth <secret:TOKEN> here")
 end)
