@@ -76,6 +76,14 @@ int task_main(lua_State* L) {
   return task_finish(L, st, 0);
 }
 
+// A deadline `seconds` from now; NaN counts as 0 and a century as forever.
+Clock::time_point after(double seconds) {
+  if (!(seconds > 0)) seconds = 0;
+  if (seconds > 3e9) seconds = 3e9;
+  return Clock::now() +
+         std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
 Task* calling_task(lua_State* L, Scheduler** out = nullptr) {
   Scheduler* s = Scheduler::of(L);
   if (out) *out = s;
@@ -421,8 +429,7 @@ int Scheduler::sleep(lua_State* L, double seconds) {
   Task* t = task_of(L);
   checkpoint(L);
   t->state = Task::State::sleeping;
-  add_timer(t, Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                  std::chrono::duration<double>(seconds)));
+  add_timer(t, after(seconds));
   return lua_yieldk(L, 0, 0, sleep_done);
 }
 
@@ -433,9 +440,7 @@ int Scheduler::park(lua_State* L, WaitQueue* q, double timeout, lua_KFunction k,
   t->parked_on = q;
   t->granted = false;
   q->tasks.push_back(t);
-  if (timeout >= 0)
-    add_timer(t, Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                    std::chrono::duration<double>(timeout)));
+  if (timeout >= 0) add_timer(t, after(timeout));
   return lua_yieldk(L, 0, ctx, k);
 }
 

@@ -256,6 +256,15 @@ it("an event wakes every waiter, times out, and a cancel reaches its waiter", fu
   eq(e:is_set(), false)
 end)
 
+it("a sleep of NaN ends at once and a sleep of math.huge until cancelled", function()
+  time.sleep(0 / 0)
+  local t = ephrun.spawn(function() time.sleep(math.huge) end)
+  time.sleep(0.01)
+  t:cancel("enough")
+  raises(function() t:wait() end, "enough")
+  eq(core.sched_stats().timers, 0)
+end)
+
 it("a wait nobody can end is a deadlock error, not a hang", function()
   local e = ephrun.event()
   local t = ephrun.spawn(function() e:wait() end)
