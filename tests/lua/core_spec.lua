@@ -107,8 +107,12 @@ end)
 
 it("every wait of a cancelled task stops, until one raises the cancel", function()
   local seen = {}
+  local inside = ephrun.event()
   local t = ephrun.spawn(function()
-    ephrun.shield(time.sleep, 0.1) -- the cancel arrives here and waits
+    ephrun.shield(function()
+      inside:set()
+      time.sleep(0.1) -- the cancel arrives here and waits
+    end)
     -- A callback of a C function cannot yield: its wait runs inline, already
     -- cancelled, so it stops at once with a plain error a pcall may catch...
     local t0 = time.monotonic()
@@ -118,7 +122,7 @@ it("every wait of a cancelled task stops, until one raises the cancel", function
     time.sleep(0)
     seen[#seen + 1] = "not reached"
   end)
-  time.sleep(0.02)
+  inside:wait()
   t:cancel("later")
   local _, err = pcall(t.wait, t)
   ok(ephrun.is_cancelled(err), tostring(err))
@@ -127,9 +131,14 @@ end)
 
 it("a shielded section runs to its end and the cancel is raised at the next wait", function()
   local steps = {}
+  local inside = ephrun.event()
+  local slept
   local t = ephrun.spawn(function()
     local r = ephrun.shield(function()
+      inside:set()
+      local t0 = time.monotonic()
       time.sleep(0.2)
+      slept = time.monotonic() - t0
       steps[#steps + 1] = "slept through the cancel"
       return "made"
     end)
@@ -137,12 +146,11 @@ it("a shielded section runs to its end and the cancel is raised at the next wait
     time.sleep(30)
     steps[#steps + 1] = "not reached"
   end)
-  time.sleep(0.02)
-  local t0 = time.monotonic()
+  inside:wait() -- runs before the task's timer can fire: the cancel lands inside the shield
   t:cancel("stop")
   local _, err = pcall(t.wait, t)
   ok(ephrun.is_cancelled(err))
-  ok(time.monotonic() - t0 >= 0.15, "the shielded sleep was cut short")
+  ok(slept >= 0.19, ("the shielded sleep was cut short: %.3fs"):format(slept))
   eq(steps, { "slept through the cancel", "made" })
 end)
 
