@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "runtime/duration.hpp"
 #include "runtime/runtime.hpp"
 
 namespace ephrun {
@@ -579,6 +580,12 @@ std::vector<std::string> Scheduler::in_flight() const {
   std::lock_guard lk(mu_);
   std::vector<std::string> out;
   for (Job* j : running_) out.push_back(j->task->name + ": " + j->what);
+  auto now = Clock::now();
+  for (const auto& [key, t] : timers_) {
+    double left = std::chrono::duration<double>(key.first - now).count();
+    out.push_back(t->name + ": " + (t->state == Task::State::sleeping ? "sleep, " : "wait, ") +
+                  format_duration(left > 0 ? left : 0) + " left");
+  }
   return out;
 }
 
