@@ -262,12 +262,13 @@ end
 local turns = {}
 
 local function one_at_a_time(key, fn, ...)
-  while turns[key] do ephrun.time.sleep(0.02) end
-  turns[key] = true
-  local ok, a, b = pcall(fn, ...)
-  turns[key] = nil
-  if not ok then error(a, 0) end
-  return a, b
+  local m = turns[key]
+  if not m then
+    m = ephrun.mutex()
+    turns[key] = m
+  end
+  local _ <close> = m:lock()
+  return fn(...)
 end
 
 -- Plans, fetched once per API URL (no key needed).

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,32 +26,39 @@ namespace {
 
 struct TaskRef {
   static constexpr const char* kMeta = "ephrun.Task";
-  Task* task;
+  std::shared_ptr<Task> task;
 };
 
-int push_task_results(lua_State* L, Task* t) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->result_ref);
-  if (!t->ok) return lua_error(L);  // the original error value, unchanged
-  int n = static_cast<int>(luaL_len(L, -1));
+// The handle's user value is the task's coroutine, which keeps (ok, results...)
+// or (false, error) on its stack once the task has ended.
+int push_task_results(lua_State* L, int ref_idx) {
+  lua_getiuservalue(L, ref_idx, 1);
+  lua_State* co = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  Task* t = lua::check<TaskRef>(L, ref_idx)->task.get();
+  if (!t->ok) {
+    lua_pushvalue(co, 2);
+    lua_xmove(co, L, 1);
+    return lua_error(L);  // the original error value, unchanged
+  }
+  int n = lua_gettop(co) - 1;
   luaL_checkstack(L, n, "too many results");
-  for (int i = 1; i <= n; ++i) lua_rawgeti(L, -i, i);
+  for (int i = 2; i <= n + 1; ++i) {
+    lua_pushvalue(co, i);
+    lua_xmove(co, L, 1);
+  }
   return n;
 }
 
 int wait_done(lua_State* L, int /*status*/, lua_KContext ctx) {
   Scheduler& s = Runtime::of(L).scheduler();
   Task* target = reinterpret_cast<Task*>(ctx);
-  Task* me = s.task_of(L);
-  if (me) {
+  if (Task* me = s.task_of(L)) {
     me->waiting_on = nullptr;
-    if (me->cancel_requested) {
-      me->cancel_requested = false;
-      me->cancelled = true;
-      lua_pushstring(L, me->cancel_reason.c_str());
-      return lua_error(L);
-    }
+    std::erase(target->waiters, me);
+    s.checkpoint(L);
   }
-  return push_task_results(L, target);
+  return push_task_results(L, 1);
 }
 
 // _core.spawn(name, fn, ...) -> Task
@@ -60,23 +68,26 @@ int l_core_spawn(lua_State* L) {
   Scheduler& s = Runtime::of(L).scheduler();
   int nargs = lua_gettop(L) - 2;
   Task* parent = s.task_of(L);
-  Task* t = s.spawn(L, nargs, name, parent);  // pops fn and args
+  auto t = s.spawn_shared(L, nargs, name, parent);  // pops fn and args
   lua_settop(L, 1);
   lua::push_new<TaskRef>(L, TaskRef{t});
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->thread_ref);
+  lua_setiuservalue(L, -2, 1);
   return 1;
 }
 
 int l_task_wait(lua_State* L) {
-  Task* target = lua::check<TaskRef>(L, 1)->task;
+  Task* target = lua::check<TaskRef>(L, 1)->task.get();
+  lua_settop(L, 1);
   Scheduler& s = Runtime::of(L).scheduler();
-  if (target->state == Task::State::done) return push_task_results(L, target);
+  if (target->state == Task::State::done) return push_task_results(L, 1);
   Task* me = s.task_of(L);
   if (me == target) return luaL_error(L, "a task cannot wait for itself");
   if (!me || !s.yieldable_task(L)) {  // not inside a task: drive the scheduler here
     s.run_until(target);
-    return push_task_results(L, target);
+    return push_task_results(L, 1);
   }
-  if (me->cancel_requested) return wait_done(L, LUA_OK, reinterpret_cast<lua_KContext>(target));
+  s.checkpoint(L);
   me->state = Task::State::waiting_task;
   me->waiting_on = target;
   target->waiters.push_back(me);
@@ -84,7 +95,7 @@ int l_task_wait(lua_State* L) {
 }
 
 int l_task_cancel(lua_State* L) {
-  Task* t = lua::check<TaskRef>(L, 1)->task;
+  Task* t = lua::check<TaskRef>(L, 1)->task.get();
   const char* reason = luaL_optstring(L, 2, "cancelled");
   Runtime::of(L).scheduler().cancel(t, reason);
   return 0;
@@ -96,7 +107,7 @@ int l_task_done(lua_State* L) {
 }
 
 int l_task_status(lua_State* L) {
-  Task* t = lua::check<TaskRef>(L, 1)->task;
+  Task* t = lua::check<TaskRef>(L, 1)->task.get();
   if (t->state != Task::State::done)
     lua_pushliteral(L, "running");
   else if (t->ok)
@@ -116,8 +127,276 @@ int l_task_name(lua_State* L) {
 }
 
 int l_task_tostring(lua_State* L) {
-  Task* t = lua::check<TaskRef>(L, 1)->task;
+  Task* t = lua::check<TaskRef>(L, 1)->task.get();
   lua_pushfstring(L, "ephrun.Task(%s)", t->name.c_str());
+  return 1;
+}
+
+// --- pcall and xpcall that cannot stop a cancellation -----------------------
+// A cancelled task's ephrun.Cancelled error goes on through every pcall it
+// was raised inside: the `<close>` handlers on the way run (and may wait),
+// then the error continues up, so the task ends. A pcall entered while the
+// task was already unwinding (inside a closing method) works as usual.
+
+bool unwinding(lua_State* L) {
+  Scheduler* s = Scheduler::of(L);
+  Task* t = s ? s->task_of(L) : nullptr;
+  return t && t->unwinding;
+}
+
+constexpr lua_KContext kWasUnwinding = 0x10;
+
+int pcall_finish(lua_State* L, int status, lua_KContext ctx) {
+  int extra = static_cast<int>(ctx & 0xf);
+  if (status != LUA_OK && status != LUA_YIELD) {
+    if (!(ctx & kWasUnwinding) && unwinding(L)) return lua_error(L);  // error on top
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - extra;
+}
+
+int l_pcall(lua_State* L) {
+  luaL_checkany(L, 1);
+  lua_KContext ctx = unwinding(L) ? kWasUnwinding : 0;
+  lua_pushboolean(L, 1);
+  lua_insert(L, 1);
+  int st = lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 0, ctx, pcall_finish);
+  return pcall_finish(L, st, ctx);
+}
+
+// The handler is skipped for an error that will not stop here, so the
+// Cancelled object goes on up unchanged (not turned into a traceback string).
+int xpcall_msgh(lua_State* L) {
+  if (!lua_toboolean(L, lua_upvalueindex(2)) && unwinding(L)) {
+    lua_settop(L, 1);
+    return 1;
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+int l_xpcall(lua_State* L) {
+  int n = lua_gettop(L);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  bool was = unwinding(L);
+  lua_KContext ctx = (was ? kWasUnwinding : 0) | 2;
+  lua_pushvalue(L, 2);
+  lua_pushboolean(L, was);
+  lua_pushcclosure(L, xpcall_msgh, 2);
+  lua_replace(L, 2);
+  lua_pushboolean(L, 1);
+  lua_pushvalue(L, 1);
+  lua_rotate(L, 3, 2);
+  int st = lua_pcallk(L, n - 2, LUA_MULTRET, 2, ctx, pcall_finish);
+  return pcall_finish(L, st, ctx);
+}
+
+// --- shield -----------------------------------------------------------------
+
+struct ShieldGuard {
+  static constexpr const char* kMeta = "ephrun.Shield";
+  std::weak_ptr<Task> task;
+  bool closed = false;
+};
+
+int shield_release(lua_State* L) {
+  auto* g = lua::check<ShieldGuard>(L, 1);
+  if (g->closed) return 0;
+  g->closed = true;
+  if (auto t = g->task.lock(); t && t->shield > 0) --t->shield;
+  return 0;
+}
+
+int shield_gc(lua_State* L) {
+  shield_release(L);
+  return lua::destroy<ShieldGuard>(L);
+}
+
+// _core.shield() -> guard: until the guard is closed, a cancel of the calling
+// task waits (its waits are not interrupted); raised at the next wait after.
+int l_core_shield(lua_State* L) {
+  Scheduler& s = Runtime::of(L).scheduler();
+  auto t = s.shared_of(L);
+  if (t) ++t->shield;
+  lua::push_new<ShieldGuard>(L, ShieldGuard{t, false});
+  return 1;
+}
+
+// _core.checkpoint(): raises the calling task's pending cancellation now.
+int l_core_checkpoint(lua_State* L) {
+  Runtime::of(L).scheduler().checkpoint(L);
+  return 0;
+}
+
+// _core.cancelled() -> reason | nil: whether the calling task is cancelled.
+int l_core_cancelled(lua_State* L) {
+  Task* t = Runtime::of(L).scheduler().task_of(L);
+  if (!t || !t->cancelled) return 0;
+  lua_pushstring(L, t->cancel_reason.c_str());
+  return 1;
+}
+
+int l_core_is_cancelled(lua_State* L) {
+  lua_pushboolean(L, is_cancelled(L, 1));
+  return 1;
+}
+
+// _core.Cancelled(): the metatable of ephrun.Cancelled errors.
+int l_core_cancelled_class(lua_State* L) {
+  push_cancelled(L, "");  // makes sure the metatable exists
+  lua_getmetatable(L, -1);
+  return 1;
+}
+
+// _core.sched_stats() -> {workers, max_workers, tasks, timers, finished}
+int l_core_sched_stats(lua_State* L) {
+  Scheduler& s = Runtime::of(L).scheduler();
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, s.workers());
+  lua_setfield(L, -2, "workers");
+  lua_pushinteger(L, s.max_workers());
+  lua_setfield(L, -2, "max_workers");
+  lua_pushinteger(L, static_cast<lua_Integer>(s.live_tasks()));
+  lua_setfield(L, -2, "tasks");
+  lua_pushinteger(L, static_cast<lua_Integer>(s.pending_timers()));
+  lua_setfield(L, -2, "timers");
+  lua_pushinteger(L, static_cast<lua_Integer>(s.finished_jobs()));
+  lua_setfield(L, -2, "finished");
+  return 1;
+}
+
+// --- mutex and event --------------------------------------------------------
+
+struct Mutex {
+  static constexpr const char* kMeta = "ephrun.Mutex";
+  bool locked = false;
+  int owner = 0;  // task id; 0 outside any task
+  WaitQueue q;
+};
+
+struct Event {
+  static constexpr const char* kMeta = "ephrun.Event";
+  bool set = false;
+  WaitQueue q;
+};
+
+int mutex_lock_k(lua_State* L, int status, lua_KContext ctx);
+
+int mutex_try(lua_State* L, Mutex* m) {
+  Scheduler& s = Runtime::of(L).scheduler();
+  Task* t = s.task_of(L);
+  int id = t ? t->id : 0;
+  if (!m->locked) {
+    m->locked = true;
+    m->owner = id;
+    lua_settop(L, 1);
+    return 1;
+  }
+  if (m->owner == id)
+    return luaL_error(L, "mutex: already held by this task (it is not re-entrant)");
+  if (!t || !s.yieldable_task(L))
+    return luaL_error(L,
+                      "mutex: held by another task, and this code cannot wait for it (not in a "
+                      "task, or inside a metamethod)");
+  return s.park(L, &m->q, -1, mutex_lock_k, 0);
+}
+
+int mutex_lock_k(lua_State* L, int /*status*/, lua_KContext /*ctx*/) {
+  Scheduler& s = Runtime::of(L).scheduler();
+  Task* t = s.task_of(L);
+  if (t && t->granted) {  // handed over by unlock: ours even if a cancel came meanwhile
+    lua_settop(L, 1);
+    return 1;
+  }
+  s.checkpoint(L);
+  return mutex_try(L, lua::check<Mutex>(L, 1));
+}
+
+// mutex:lock() -> mutex (closable: `local _ <close> = m:lock()` unlocks at scope end)
+int l_mutex_lock(lua_State* L) {
+  Mutex* m = lua::check<Mutex>(L, 1);
+  lua_settop(L, 1);
+  Runtime::of(L).scheduler().checkpoint(L);
+  return mutex_try(L, m);
+}
+
+int l_mutex_unlock(lua_State* L) {
+  Mutex* m = lua::check<Mutex>(L, 1);
+  Scheduler& s = Runtime::of(L).scheduler();
+  Task* t = s.task_of(L);
+  int id = t ? t->id : 0;
+  if (!m->locked || m->owner != id) return luaL_error(L, "mutex: not held by this task");
+  if (Task* next = s.unpark_one(&m->q))
+    m->owner = next->id;  // handed over in arrival order
+  else
+    m->locked = false;
+  return 0;
+}
+
+int l_mutex_locked(lua_State* L) {
+  lua_pushboolean(L, lua::check<Mutex>(L, 1)->locked);
+  return 1;
+}
+
+int l_core_mutex(lua_State* L) {
+  lua::push_new<Mutex>(L);
+  return 1;
+}
+
+int event_wait_k(lua_State* L, int /*status*/, lua_KContext /*ctx*/) {
+  Scheduler& s = Runtime::of(L).scheduler();
+  Task* t = s.task_of(L);
+  if (t && t->granted) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  s.checkpoint(L);
+  lua_pushboolean(L, lua::check<Event>(L, 1)->set);  // the timeout passed
+  return 1;
+}
+
+// event:wait([timeout]) -> true once set, false when `timeout` seconds passed
+int l_event_wait(lua_State* L) {
+  Event* e = lua::check<Event>(L, 1);
+  double timeout = luaL_optnumber(L, 2, -1);
+  lua_settop(L, 1);
+  Scheduler& s = Runtime::of(L).scheduler();
+  s.checkpoint(L);
+  if (e->set) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  Task* t = s.task_of(L);
+  if (!t || !s.yieldable_task(L))
+    return luaL_error(L,
+                      "event: not set, and this code cannot wait for it (not in a task, or inside "
+                      "a metamethod)");
+  return s.park(L, &e->q, timeout, event_wait_k, 0);
+}
+
+int l_event_set(lua_State* L) {
+  Event* e = lua::check<Event>(L, 1);
+  e->set = true;
+  Runtime::of(L).scheduler().unpark_all(&e->q);
+  return 0;
+}
+
+int l_event_clear(lua_State* L) {
+  lua::check<Event>(L, 1)->set = false;
+  return 0;
+}
+
+int l_event_is_set(lua_State* L) {
+  lua_pushboolean(L, lua::check<Event>(L, 1)->set);
+  return 1;
+}
+
+int l_core_event(lua_State* L) {
+  lua::push_new<Event>(L);
   return 1;
 }
 
@@ -356,7 +635,29 @@ const luaL_Reg kTaskMethods[] = {
     {"name", l_task_name},
     {nullptr, nullptr},
 };
-const luaL_Reg kTaskMeta[] = {{"__tostring", l_task_tostring}, {nullptr, nullptr}};
+const luaL_Reg kTaskMeta[] = {
+    {"__tostring", l_task_tostring}, {"__gc", lua::destroy<TaskRef>}, {nullptr, nullptr}};
+
+const luaL_Reg kShieldMeta[] = {
+    {"__close", shield_release}, {"__gc", shield_gc}, {nullptr, nullptr}};
+
+const luaL_Reg kMutexMethods[] = {
+    {"lock", lua::safe<l_mutex_lock>},
+    {"unlock", lua::safe<l_mutex_unlock>},
+    {"locked", l_mutex_locked},
+    {nullptr, nullptr},
+};
+const luaL_Reg kMutexMeta[] = {
+    {"__close", lua::safe<l_mutex_unlock>}, {"__gc", lua::destroy<Mutex>}, {nullptr, nullptr}};
+
+const luaL_Reg kEventMethods[] = {
+    {"wait", lua::safe<l_event_wait>},
+    {"set", lua::safe<l_event_set>},
+    {"clear", l_event_clear},
+    {"is_set", l_event_is_set},
+    {nullptr, nullptr},
+};
+const luaL_Reg kEventMeta[] = {{"__gc", lua::destroy<Event>}, {nullptr, nullptr}};
 
 const luaL_Reg kCoreFns[] = {
     {"spawn", lua::safe<l_core_spawn>},
@@ -378,11 +679,28 @@ const luaL_Reg kCoreFns[] = {
     {"isatty", lua::safe<l_core_isatty>},
     {"read_password", lua::safe<l_core_read_password>},
     {"builtin_files", lua::safe<l_core_builtin_files>},
+    {"shield", lua::safe<l_core_shield>},
+    {"checkpoint", lua::safe<l_core_checkpoint>},
+    {"cancelled", l_core_cancelled},
+    {"is_cancelled", l_core_is_cancelled},
+    {"Cancelled", l_core_cancelled_class},
+    {"sched_stats", lua::safe<l_core_sched_stats>},
+    {"mutex", lua::safe<l_core_mutex>},
+    {"event", lua::safe<l_core_event>},
     {nullptr, nullptr},
 };
 
 int luaopen_ephrun_core(lua_State* L) {
   lua::define_class(L, TaskRef::kMeta, kTaskMethods, kTaskMeta);
+  lua::define_class(L, ShieldGuard::kMeta, nullptr, kShieldMeta);
+  lua::define_class(L, Mutex::kMeta, kMutexMethods, kMutexMeta);
+  lua::define_class(L, Event::kMeta, kEventMethods, kEventMeta);
+  // Every pcall in the state (recipes, stdlib, providers) lets a task's own
+  // cancellation through; see l_pcall.
+  lua_pushcfunction(L, l_pcall);
+  lua_setglobal(L, "pcall");
+  lua_pushcfunction(L, l_xpcall);
+  lua_setglobal(L, "xpcall");
   luaL_newlib(L, kCoreFns);
   return 1;
 }

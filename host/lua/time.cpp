@@ -20,6 +20,9 @@ double check_seconds(lua_State* L, int idx) {
 int l_time_sleep(lua_State* L) {
   double secs = check_seconds(L, 1);
   if (secs < 0) secs = 0;
+  // In a task a sleep is a timer the scheduler keeps: no thread waits for it.
+  Scheduler* s = Scheduler::of(L);
+  if (s && s->yieldable_task(L)) return s->sleep(L, secs);
   return await(L, "sleep " + format_duration(secs), [secs](const CancelToken& tok) {
     tok.sleep_for(
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(secs)));

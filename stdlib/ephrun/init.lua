@@ -81,7 +81,7 @@ Deferred.__index = Deferred
 function Deferred:close()
   local fn = core.cleanup_take(self.id)
   if not fn then return true end
-  local ok, err = pcall(fn)
+  local ok, err = pcall(M.shield, fn) -- a cancel of this task waits until the cleanup has run
   core.cleanup_finish(self.id, ok, ok and "" or tostring(err))
   return ok
 end
@@ -157,12 +157,13 @@ function M.parallel(items, fn, opts)
   -- cleanups have run before the error reaches the caller.
   local first_err
   for _, t in ipairs(tasks) do
-    local ok, err = pcall(t.wait, t)
+    local ok, err = pcall(M.shield, t.wait, t) -- a cancel of this task reaches the workers too
     if not ok and first_err == nil then
       first_err = err
       for _, o in ipairs(tasks) do o:cancel("cancelled: a sibling failed") end
     end
   end
+  core.checkpoint() -- this task's own cancellation, if any, rather than a worker's
   if first_err ~= nil then error(first_err, 0) end
   return results
 end
@@ -322,6 +323,57 @@ function M.confirm(question)
   io.stderr:flush()
   local answer = io.read("l") or ""
   return answer:match("^%s*[yY]") ~= nil
+end
+
+---@class ephrun.Cancelled
+---@field kind "cancelled"
+---@field reason string why: "interrupted by SIGINT", a `task:cancel` reason, ...
+---@field retry false
+
+--- The metatable of the error a cancelled task raises: `getmetatable(err) == ephrun.Cancelled`.
+M.Cancelled = core.Cancelled()
+
+--- True when `err` is the error of a cancellation (`ephrun.Cancelled`).
+---@param err any
+---@return boolean
+function M.is_cancelled(err)
+  return core.is_cancelled(err)
+end
+
+--- Runs `fn(...)` so that a cancel of this task does not interrupt it: its
+--- waits run to their end, and the cancellation is raised at the first wait
+--- after it returns. For short sections that must not be cut in two, such as
+--- creating a resource and registering its undo.
+---@param fn function
+---@param ... any
+---@return any ...
+function M.shield(fn, ...)
+  local _ <close> = core.shield()
+  return fn(...)
+end
+
+---@class ephrun.Mutex
+---@field lock fun(self: ephrun.Mutex): ephrun.Mutex waits until this task holds it; closable, so `local _ <close> = m:lock()` unlocks at scope end
+---@field unlock fun(self: ephrun.Mutex) hands it to the task that waited longest
+---@field locked fun(self: ephrun.Mutex): boolean
+
+--- A lock for the tasks of this run (in-process only, not shared with other
+--- ephrun processes). Waiting tasks queue in order without polling.
+---@return ephrun.Mutex
+function M.mutex()
+  return core.mutex()
+end
+
+---@class ephrun.Event
+---@field wait fun(self: ephrun.Event, timeout?: number): boolean true once set; false when `timeout` seconds pass first
+---@field set fun(self: ephrun.Event) wakes every waiting task; stays set until `clear`
+---@field clear fun(self: ephrun.Event)
+---@field is_set fun(self: ephrun.Event): boolean
+
+--- A flag tasks of this run wait on without polling.
+---@return ephrun.Event
+function M.event()
+  return core.event()
 end
 
 return M

@@ -71,6 +71,214 @@ it("a cancelled task can still wait in its own cleanup", function()
   ok(done, "cleanup ran to the end")
 end)
 
+local core = require "ephrun._core"
+
+local function threads()
+  for line in io.lines("/proc/self/status") do
+    local n = line:match("^Threads:%s*(%d+)")
+    if n then return tonumber(n) end
+  end
+end
+
+it("a pcall cannot swallow a cancel: the task ends and its next call never runs", function()
+  local after = {}
+  local t = ephrun.spawn(function()
+    local returned = pcall(time.sleep, 30)
+    after[#after + 1] = "pcall returned " .. tostring(returned)
+    ephrun.fs.write(os.tmpname(), "the next native call ran")
+  end)
+  local x = ephrun.spawn(function()
+    xpcall(time.sleep, debug.traceback, 30)
+    after[#after + 1] = "xpcall returned"
+  end)
+  time.sleep(0.02)
+  t:cancel("stop now")
+  x:cancel("stop x")
+  local caught, err = pcall(t.wait, t)
+  eq(caught, false)
+  ok(ephrun.is_cancelled(err), "a typed error: " .. tostring(err))
+  eq(getmetatable(err), ephrun.Cancelled)
+  eq(err.reason, "stop now")
+  eq(tostring(err), "stop now")
+  local _, xerr = pcall(x.wait, x)
+  ok(ephrun.is_cancelled(xerr), "xpcall's handler did not turn it into text: " .. tostring(xerr))
+  eq(after, {})
+end)
+
+it("every wait of a cancelled task stops, until one raises the cancel", function()
+  local seen = {}
+  local inside = ephrun.event()
+  local t = ephrun.spawn(function()
+    ephrun.shield(function()
+      inside:set()
+      time.sleep(0.1) -- the cancel arrives here and waits
+    end)
+    -- A callback of a C function cannot yield: its wait runs inline, already
+    -- cancelled, so it stops at once with a plain error a pcall may catch...
+    local t0 = time.monotonic()
+    local caught = pcall(string.gsub, "a", "a", function() time.sleep(20) end)
+    seen[#seen + 1] = caught or time.monotonic() - t0 < 10
+    -- ...and the next wait raises the cancellation itself.
+    time.sleep(0)
+    seen[#seen + 1] = "not reached"
+  end)
+  inside:wait()
+  t:cancel("later")
+  local _, err = pcall(t.wait, t)
+  ok(ephrun.is_cancelled(err), tostring(err))
+  eq(seen, { true })
+end)
+
+it("a shielded section runs to its end and the cancel is raised at the next wait", function()
+  local steps = {}
+  local inside = ephrun.event()
+  local slept
+  local t = ephrun.spawn(function()
+    local r = ephrun.shield(function()
+      inside:set()
+      local t0 = time.monotonic()
+      time.sleep(0.2)
+      slept = time.monotonic() - t0
+      steps[#steps + 1] = "slept through the cancel"
+      return "made"
+    end)
+    steps[#steps + 1] = r
+    time.sleep(30)
+    steps[#steps + 1] = "not reached"
+  end)
+  inside:wait() -- runs before the task's timer can fire: the cancel lands inside the shield
+  t:cancel("stop")
+  local _, err = pcall(t.wait, t)
+  ok(ephrun.is_cancelled(err))
+  ok(slept >= 0.19, ("the shielded sleep was cut short: %.3fs"):format(slept))
+  eq(steps, { "slept through the cancel", "made" })
+end)
+
+it("a native job that finished delivers its result even when a cancel came meanwhile", function()
+  local got = {}
+  local worker = ephrun.spawn(function()
+    local r = ephrun.proc.run({ "echo", "created" }, { stream = false })
+    got[#got + 1] = r.stdout
+    time.sleep(0)
+    got[#got + 1] = "not reached"
+  end)
+  -- Hold the Lua thread until the job has ended but is not yet collected,
+  -- then cancel: the reply is in hand.
+  local canceller = ephrun.spawn(function()
+    local t0 = time.monotonic()
+    while core.sched_stats().finished < 1 do
+      if time.monotonic() - t0 > 20 then error("the job never finished") end
+    end
+    worker:cancel("too late")
+  end)
+  canceller:wait()
+  local _, err = pcall(worker.wait, worker)
+  ok(ephrun.is_cancelled(err), tostring(err))
+  eq(got, { "created\n" })
+end)
+
+it("sleeps are timers: two hundred sleeping tasks add no thread", function()
+  local before = threads()
+  local tasks = {}
+  for i = 1, 200 do tasks[i] = ephrun.spawn(function() time.sleep(0.2); return i end) end
+  time.sleep(0.05)
+  local during = threads()
+  local sum = 0
+  for i = 1, 200 do sum = sum + tasks[i]:wait() end
+  eq(sum, 200 * 201 / 2)
+  ok(during <= before, ("threads went from %d to %d"):format(before, during))
+end)
+
+it("tasks that end release their registry references and leave the task table", function()
+  local function registry_size() -- freed references stay as numbers (Lua's free list)
+    local n = 0
+    for _, v in pairs(debug.getregistry()) do
+      if type(v) ~= "number" then n = n + 1 end
+    end
+    return n
+  end
+  local stats0 = core.sched_stats()
+  collectgarbage()
+  local before = registry_size()
+  for _ = 1, 500 do
+    local t = ephrun.spawn(function() return {} end)
+    t:wait()
+  end
+  for _ = 1, 500 do ephrun.spawn(function() end) end
+  time.sleep(0)
+  time.sleep(0)
+  collectgarbage()
+  local after = registry_size()
+  ok(after <= before + 2, ("registry grew from %d to %d entries"):format(before, after))
+  eq(core.sched_stats().tasks, stats0.tasks)
+end)
+
+it("a mutex hands itself over in arrival order, without polling", function()
+  local m = ephrun.mutex()
+  local order = {}
+  local holder = ephrun.spawn(function()
+    local _ <close> = m:lock()
+    time.sleep(0.1)
+    order[#order + 1] = "holder"
+  end)
+  time.sleep(0)
+  local waiters = {}
+  for i = 1, 3 do
+    waiters[i] = ephrun.spawn(function()
+      local _ <close> = m:lock()
+      order[#order + 1] = i
+      time.sleep(0.01)
+    end)
+  end
+  time.sleep(0.02)
+  ok(m:locked())
+  waiters[2]:cancel("gave up")
+  holder:wait()
+  waiters[1]:wait()
+  waiters[3]:wait()
+  raises(function() waiters[2]:wait() end, "gave up")
+  eq(order, { "holder", 1, 3 })
+  ok(not m:locked())
+  raises(function() m:unlock() end, "not held by this task")
+  local _ <close> = m:lock()
+  raises(function() m:lock() end, "not re%-entrant")
+end)
+
+it("an event wakes every waiter, times out, and a cancel reaches its waiter", function()
+  local e = ephrun.event()
+  eq(e:wait(0.01), false)
+  local woke = 0
+  local ts = {}
+  for i = 1, 3 do ts[i] = ephrun.spawn(function() if e:wait() then woke = woke + 1 end end) end
+  local stuck = ephrun.spawn(function() e:wait() end)
+  time.sleep(0.01)
+  stuck:cancel("no more")
+  local _, err = pcall(stuck.wait, stuck)
+  ok(ephrun.is_cancelled(err))
+  e:set()
+  for i = 1, 3 do ts[i]:wait() end
+  eq(woke, 3)
+  ok(e:is_set())
+  eq(e:wait(), true)
+  e:clear()
+  eq(e:is_set(), false)
+end)
+
+it("a sleep of NaN ends at once and a sleep of math.huge until cancelled", function()
+  time.sleep(0 / 0)
+  local t = ephrun.spawn(function() time.sleep(math.huge) end)
+  time.sleep(0.01)
+  t:cancel("enough")
+  raises(function() t:wait() end, "enough")
+  eq(core.sched_stats().timers, 0)
+end)
+
+it("a wait nobody can end is a deadlock error, not a hang", function()
+  local e = ephrun.event()
+  local t = ephrun.spawn(function() e:wait() end)
+  raises(function() t:wait() end, "deadlock")
+end)
+
 it("defer handles are closable and idempotent", function()
   local n = 0
   do
@@ -125,7 +333,6 @@ it("json round-trips and reports positions", function()
 end)
 
 it("secrets are redacted from logs, plans and errors", function()
-  local core = require "ephrun._core"
   core.secret_add("TOKEN", "s3cr3t-value")
   eq(core.redact("auth s3cr3t-value here"), "auth <secret:TOKEN> here")
 end)

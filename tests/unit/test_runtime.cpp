@@ -125,3 +125,52 @@ TEST_CASE("a cleanup that fails is counted and the rest still run", "[cleanup]")
   )") == "ok");
   CHECK(rt.pending_cleanups().size() == 3);
 }
+
+TEST_CASE("native work beyond the worker pool's bound waits its turn", "[scheduler]") {
+  setenv("EPHRUN_WORKERS", "2", 1);
+  Runtime rt(Options{});
+  unsetenv("EPHRUN_WORKERS");
+  REQUIRE(rt.scheduler().max_workers() == 2);
+  // Work that holds its worker thread for 0.2 s.
+  lua_register(rt.L(), "hold_a_worker", [](lua_State* L) {
+    return await(L, "hold a worker", [](const CancelToken& tok) {
+      tok.sleep_for(std::chrono::milliseconds(200));
+      return Outcome{};
+    });
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  CHECK(run_task(rt, R"(
+    local ephrun = require "ephrun"
+    local ts = {}
+    for i = 1, 6 do ts[i] = ephrun.spawn(hold_a_worker) end
+    for i = 1, 6 do ts[i]:wait() end
+  )") == "ok");
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(rt.scheduler().workers() == 2);
+  CHECK(secs >= 0.55);  // six jobs on two threads: three rounds at least
+  CHECK(rt.scheduler().live_tasks() == 0);
+}
+
+TEST_CASE("a cleanup task started after a cancel is not cancelled, and its waits work",
+          "[scheduler]") {
+  Runtime rt(Options{});
+  Scheduler& s = rt.scheduler();
+  lua_State* L = rt.L();
+  REQUIRE(luaL_loadstring(L, R"(
+    local ephrun = require "ephrun"
+    ephrun.defer(function() ephrun.time.sleep(0.05); _G.cleaned = true end, "sleepy cleanup")
+    ephrun.time.sleep(30)
+  )") == LUA_OK);
+  Task* root = s.spawn(L, 0, "main", nullptr);
+  REQUIRE(luaL_loadstring(L, "require('ephrun').time.sleep(0.01)") == LUA_OK);
+  s.run_until(s.spawn(L, 0, "ticker", nullptr));  // root is asleep by now
+  s.cancel(root, "interrupted by SIGINT");        // what a Ctrl-C does
+  s.run_until(root);
+  CHECK_FALSE(root->ok);
+  CHECK(root->error == "interrupted by SIGINT");
+  // What Runtime::run does next: each cleanup runs as a task of its own.
+  CHECK(rt.run_cleanup(L, 1));
+  lua_getglobal(L, "cleaned");
+  CHECK(lua_toboolean(L, -1));
+  lua_pop(L, 1);
+}
