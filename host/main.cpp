@@ -7,6 +7,7 @@
 #include "runtime/embedded.hpp"
 #include "runtime/log.hpp"
 #include "runtime/runtime.hpp"
+#include "version.hpp"
 
 namespace {
 
@@ -90,7 +91,7 @@ int main(int argc, char** argv) {
     return ephrun::kUsage;
   }
   if (version) {
-    std::cout << "ephrun " << EPHRUN_VERSION << "\n";
+    std::cout << "ephrun " << EPHRUN_VERSION << " (commit " << EPHRUN_COMMIT << ")\n";
     return 0;
   }
   if (list) {
