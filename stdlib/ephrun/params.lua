@@ -2,6 +2,7 @@
 local time = require "ephrun.time"
 local core = require "ephrun._core"
 
+---@class ephrun.params
 local M = {}
 
 local TYPES = {

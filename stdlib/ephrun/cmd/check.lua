@@ -39,10 +39,12 @@ end
 local Checker = {}
 Checker.__index = Checker
 
+--- Records one problem; `line` may be nil.
 function Checker:add(check, file, line, message)
   self.problems[#self.problems + 1] = { check = check, file = file, line = line, message = message }
 end
 
+--- The file compiles; else a problem at the line Lua names.
 function Checker:syntax(file)
   local chunk, err = loadfile(file, "t")
   if chunk then return true end
@@ -51,6 +53,7 @@ function Checker:syntax(file)
   return false
 end
 
+--- luacheck's warnings, one problem each.
 function Checker:lint(file)
   local argv = { "luacheck", "--formatter", "plain", "--codes", "--no-color", "--std", "lua54",
     "--ignore", table.concat(LUACHECK_IGNORE, " "), "--", file }
@@ -83,6 +86,7 @@ local function complaints(stderr)
   return out
 end
 
+--- The recipe loads in a child ephrun and has a summary; false when it does not load.
 function Checker:load(file, text)
   local r = assert(ephrun.proc.run({ self.exe, file, "--help" }, { check = false, stream = false }))
   if r.code ~= 0 then
@@ -103,6 +107,7 @@ function Checker:load(file, text)
   return true
 end
 
+--- A --dry-run with the given values (or the defaults) completes.
 function Checker:dry_run(file, text)
   local argv = { self.exe, "--dry-run", "--json", "--yes", file }
   for _, a in ipairs(self.values) do argv[#argv + 1] = a end
@@ -125,6 +130,7 @@ function Checker:dry_run(file, text)
   end
 end
 
+--- Every check of one file, stopping where a later one cannot run.
 function Checker:file(file)
   local st = ephrun.fs.stat(file, { follow = true })
   if not st or st.type ~= "file" then
