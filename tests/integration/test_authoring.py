@@ -3,6 +3,7 @@ and runs on the local provider; check names each kind of problem as file:line; a
 provider passes the conformance spec outside this repository."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -147,6 +148,41 @@ return ephrun.recipe {
         r = self.ephrun("on-acme.lua", "command=echo via-acme")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("via-acme", r.stdout + r.stderr)
+
+    def test_meta_install_writes_the_stubs_and_a_luarc_an_editor_resolves(self):
+        team = os.path.join(self.dir, "team")
+        os.mkdir(team)
+        with open(os.path.join(team, ".luarc.json"), "w") as f:
+            json.dump({"diagnostics.globals": ["vim"], "workspace.library": ["lib"]}, f)
+        r = self.ephrun("meta", "install", "team")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lib = os.path.join(team, ".ephrun", "meta")
+        with open(os.path.join(team, ".luarc.json")) as f:
+            conf = json.load(f)
+        self.assertEqual(conf["workspace.library"], ["lib", ".ephrun/meta"])
+        self.assertEqual(conf["diagnostics.globals"], ["vim"])
+        self.assertEqual(conf["runtime.version"], "Lua 5.4")
+        # what LuaLS does with `require "ephrun"` and `ephrun.fs.`: the module's file, then each field's class
+        stubs = {}
+        for name in os.listdir(os.path.join(lib, "ephrun")):
+            with open(os.path.join(lib, "ephrun", name)) as f:
+                stubs[name] = f.read()
+        classes = set(re.findall(r"^---@class ([\w.]+)", "\n".join(stubs.values()), re.M))
+        fields = re.findall(r"^---@field (\w+) (ephrun\.\w+)$", stubs["init.lua"], re.M)
+        self.assertIn(("fs", "ephrun.fs"), fields)
+        for field, cls in fields:
+            self.assertIn(cls, classes, "ephrun.%s is typed %s, which no stub declares" % (field, cls))
+        for cls in ("ephrun.Provider", "ephrun.RecipeDef", "ephrun.ParamSpec", "ephrun.proc.Result"):
+            self.assertIn(cls, classes)
+        self.assertNotIn("_main.lua", stubs)
+        # again: nothing is added twice
+        r = self.ephrun("meta", "install", "team")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(team, ".luarc.json")) as f:
+            self.assertEqual(json.load(f)["workspace.library"], ["lib", ".ephrun/meta"])
+        r = self.ephrun("meta", "install", "nosuchdir")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("meta: nosuchdir is not a directory", r.stderr)
 
 
 if __name__ == "__main__":
