@@ -65,6 +65,7 @@ local recipe_marker = {}
 ---@class ephrun.RecipeDef
 ---@field name string
 ---@field summary? string
+---@field usage? string what follows `ephrun NAME` in the --help usage line (default "[name=value ...] [--dry-run] ...")
 ---@field params? table<string, ephrun.ParamSpec>
 ---@field run fun(p: table): any
 

@@ -36,6 +36,20 @@ local function recipe_line(text)
   return 1
 end
 
+-- The line of the problem: the parameter's own line for a message about one
+-- ("parameter 'n': ..."), else the one Lua named, else the recipe's.
+local function where_in(text, line, msg)
+  local param = msg:match("^parameter '([%w_]+)'")
+  if param then
+    local n, from = 0, recipe_line(text)
+    for l in (text .. "\n"):gmatch("(.-)\n") do
+      n = n + 1
+      if n >= from and (l:match("^%s*" .. param .. "%s*=") or l:match("[{,]%s*" .. param .. "%s*=%s*{")) then return n end
+    end
+  end
+  return line or recipe_line(text)
+end
+
 local Checker = {}
 Checker.__index = Checker
 
@@ -94,7 +108,7 @@ function Checker:load(file, text)
     if #said == 0 then said = { (r.stderr:gsub("%s+$", "")) } end
     for _, m in ipairs(said) do
       local f, line, msg = split_where(m, file)
-      self:add("recipe", f, line or recipe_line(text), msg)
+      self:add("recipe", f, f == file and where_in(text, line, msg) or line, msg)
     end
     return false
   end
@@ -126,7 +140,7 @@ function Checker:dry_run(file, text)
   local given = #self.values > 0 and ("with " .. table.concat(self.values, " ")) or "with the defaults"
   for _, m in ipairs(msgs) do
     local f, line, msg = split_where(tostring(m), file)
-    self:add("dry-run", f, line or recipe_line(text), ("dry run %s: %s"):format(given, msg))
+    self:add("dry-run", f, f == file and where_in(text, line, msg) or line, ("dry run %s: %s"):format(given, msg))
   end
 end
 
@@ -162,6 +176,7 @@ end
 return ephrun.recipe {
   name = "check",
   summary = "Check recipes before they spend money: syntax, recipe table, luacheck, a dry run.",
+  usage = "RECIPE... [name=value ...] [--json]",
   params = {
     words = { default = "", doc = "RECIPE files, then name=value's for their dry run (" .. USAGE .. ")" },
   },

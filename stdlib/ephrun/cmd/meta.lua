@@ -79,6 +79,7 @@ end
 return ephrun.recipe {
   name = "meta",
   summary = "Write the LuaLS stubs and a .luarc.json into a repository: ephrun meta install [DIR].",
+  usage = "install [DIR]",
   params = {
     words = { default = "", doc = "install [DIR] (DIR: default the current directory)" },
   },

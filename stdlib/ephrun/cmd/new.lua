@@ -71,6 +71,7 @@ end
 return ephrun.recipe {
   name = "new",
   summary = "Write a recipe or a provider to start from: ephrun new recipe NAME [--provider P] | provider NAME.",
+  usage = "recipe NAME [--provider P] [dir=DIR] | provider NAME [dir=DIR]",
   params = {
     words = { default = "", doc = "recipe NAME | provider NAME, and provider=P, dir=DIR (where to write)" },
   },
