@@ -14,6 +14,9 @@ local USAGE = "ephrun check RECIPE... [name=value ...] [--json]"
 -- luacheck warnings that are taste, not mistakes, in a recipe: line length.
 local LUACHECK_IGNORE = { "631" }
 
+-- A dry run plans and touches nothing: minutes mean it is stuck.
+local DRY_RUN_TIMEOUT = 300
+
 local function self_exe()
   return ephrun.fs.realpath("/proc/self/exe") or error("check: cannot tell where the ephrun binary is", 0)
 end
@@ -125,8 +128,14 @@ end
 function Checker:dry_run(file, text)
   local argv = { self.exe, "--dry-run", "--json", "--yes", file }
   for _, a in ipairs(self.values) do argv[#argv + 1] = a end
-  local r = assert(ephrun.proc.run(argv, { check = false, stream = false }))
+  local r = assert(ephrun.proc.run(argv, { check = false, stream = false, timeout = DRY_RUN_TIMEOUT }))
   if r.code == 0 then return end
+  if r.timed_out then
+    self:add("dry-run", file, recipe_line(text), ("the dry run did not finish in %s; a dry run only plans, so "
+      .. "something in the recipe waits on a condition that a placeholder never meets"):format(
+      ephrun.time.format_duration(DRY_RUN_TIMEOUT)))
+    return
+  end
   local ok, plan = pcall(json.decode, r.stdout)
   local msgs
   if ok and type(plan) == "table" and type(plan.errors) == "table" and #plan.errors > 0 then
@@ -186,6 +195,8 @@ return ephrun.recipe {
       if w:match("^[%w_]+=") then values[#values + 1] = w else files[#files + 1] = w end
     end
     if #files == 0 then error("check: give the recipe files to check: " .. USAGE, 0) end
+    -- Under --dry-run the children would not run, and every file would pass.
+    if ephrun.dry_run() then error("check: drop --dry-run; check already dry-runs each recipe, in a child ephrun", 0) end
     local c = setmetatable({ problems = {}, values = values, exe = self_exe() }, Checker)
     for _, f in ipairs(files) do c:file(f) end
     report(c, files)

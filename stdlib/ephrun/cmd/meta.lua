@@ -71,6 +71,7 @@ local function install(dir)
     .. "annotations of the ephrun that wrote them. Run it again after upgrading ephrun; do not edit.\n"))
   local text, existed = luarc(dir .. "/.luarc.json")
   assert(ephrun.fs.write(dir .. "/.luarc.json", text))
+  if ephrun.dry_run() then return end
   io.stdout:write(("Wrote %d stubs to %s/%s and %s %s/.luarc.json; an editor with the Lua language server "
     .. "(LuaLS) now completes and type-checks recipes there.\n"):format(n, dir, LIBRARY,
     existed and "updated" or "wrote", dir))

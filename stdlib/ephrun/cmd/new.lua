@@ -53,6 +53,7 @@ local function new_recipe(o)
   local path = in_dir(o, o.name .. ".lua")
   authoring.create(path, authoring.template("recipe.lua",
     { NAME = o.name, FILE = path, PROVIDER = provider, PLAN = PLANS[provider] or "" }))
+  if ephrun.dry_run() then return end
   io.stdout:write(("Wrote %s. Next:\n  ephrun check %s\n  ephrun --dry-run %s\n  ephrun %s\n"):format(
     path, path, path, path))
 end
@@ -63,6 +64,7 @@ local function new_provider(o)
   if ephrun.fs.stat(spec) then fail(("%s already exists; remove it or pick another name"):format(spec)) end
   authoring.create(module, authoring.template("provider.lua", { NAME = o.name }))
   authoring.create(spec, authoring.template("provider_spec.lua", { NAME = o.name }))
+  if ephrun.dry_run() then return end
   io.stdout:write(("Wrote %s and %s. It works as it is (it hands every call to the local provider);\n"
     .. "replace each function with your cloud's API and run the conformance spec after each change:\n"
     .. "  ephrun %s\nRecipes use it with provider=%s.\n"):format(module, spec, spec, o.name))
