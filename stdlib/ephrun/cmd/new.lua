@@ -48,6 +48,13 @@ local function in_dir(o, rel)
 end
 
 local function new_recipe(o)
+  -- ./check.lua would run instead of `ephrun check` in that directory.
+  for _, f in ipairs(require("ephrun._core").builtin_files("stdlib/ephrun/cmd")) do
+    if f == o.name .. ".lua" and o.name ~= "common" then
+      fail(("new: a recipe file named %s.lua would run instead of `ephrun %s` in its directory; pick another name")
+        :format(o.name, o.name))
+    end
+  end
   local provider = o.provider or "local"
   if not provider:match("^[%w_%-]+$") then fail(("new: --provider %s is not a provider name"):format(provider)) end
   local path = in_dir(o, o.name .. ".lua")
