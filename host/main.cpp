@@ -7,6 +7,7 @@
 #include "runtime/embedded.hpp"
 #include "runtime/log.hpp"
 #include "runtime/runtime.hpp"
+#include "version.hpp"
 
 namespace {
 
@@ -24,6 +25,11 @@ Commands (a Lua file of that name in the current directory runs instead):
   ephrun reaper install|status|remove         a systemd timer or crontab line that
                                               runs `ephrun reap --expired --yes`
   ephrun history [--json]                     past runs
+  ephrun new recipe NAME [--provider P]       write NAME.lua, a commented recipe to start from
+  ephrun new provider NAME                    write providers/NAME.lua and its conformance spec
+  ephrun check RECIPE... [name=value ...] [--json]
+                                              syntax, recipe table, luacheck and a dry run
+  ephrun meta install [DIR]                   LuaLS stubs and .luarc.json for editor completion
 
 Options:
   --dry-run        print the plan (resources, commands, cost) and change nothing
@@ -43,7 +49,14 @@ Exit codes: 0 success, 1 recipe failed, 2 usage or parameter error,
 
 // Commands whose output --json shapes; elsewhere it needs --dry-run.
 bool json_without_dry_run_ok(const std::string& recipe) {
-  return recipe == "ephrun:ls" || recipe == "ephrun:history";
+  return recipe == "ephrun:ls" || recipe == "ephrun:history" || recipe == "ephrun:check";
+}
+
+// Commands that read their own words (`ephrun check a.lua b.lua n=v`): they
+// get them as one `words` parameter, split on the unit separator, which no
+// file name or value typed on a command line holds.
+bool takes_words(const std::string& recipe) {
+  return recipe == "ephrun:new" || recipe == "ephrun:check" || recipe == "ephrun:meta";
 }
 
 }  // namespace
@@ -74,6 +87,8 @@ int main(int argc, char** argv) {
   app.add_flag("--expired", expired);
   bool kept = false;
   app.add_flag("--kept", kept);
+  std::string provider;
+  app.add_option("--provider", provider);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -81,7 +96,7 @@ int main(int argc, char** argv) {
     return ephrun::kUsage;
   }
   if (version) {
-    std::cout << "ephrun " << EPHRUN_VERSION << "\n";
+    std::cout << "ephrun " << EPHRUN_VERSION << " (commit " << EPHRUN_COMMIT << ")\n";
     return 0;
   }
   if (list) {
@@ -94,7 +109,8 @@ int main(int argc, char** argv) {
   }
   // Built-in commands are recipes shipped in stdlib/ephrun/cmd/; a Lua file
   // of the same name in the current directory still wins (see load_recipe).
-  if ((recipe == "ls" || recipe == "reap" || recipe == "history" || recipe == "reaper") &&
+  if ((recipe == "ls" || recipe == "reap" || recipe == "history" || recipe == "reaper" ||
+       recipe == "new" || recipe == "check" || recipe == "meta") &&
       !std::filesystem::is_regular_file(recipe))
     recipe = "ephrun:" + recipe;
   if (!older_than.empty()) {
@@ -110,6 +126,19 @@ int main(int argc, char** argv) {
       return ephrun::kUsage;
     }
     args.push_back("expired=true");
+  }
+  if (!provider.empty()) {
+    if (recipe != "ephrun:new") {
+      std::cerr << "ephrun: --provider only applies to `ephrun new recipe NAME`; a recipe takes "
+                   "provider=NAME\n";
+      return ephrun::kUsage;
+    }
+    args.push_back("provider=" + provider);
+  }
+  if (takes_words(recipe) && !opts.help) {
+    std::string words;
+    for (size_t i = 0; i < args.size(); ++i) words += (i ? "\x1f" : "") + args[i];
+    args.assign({"words=" + words});
   }
   // `ephrun reaper install`: the first bare word is the action.
   if (recipe == "ephrun:reaper" && !args.empty() && args[0].find('=') == std::string::npos)

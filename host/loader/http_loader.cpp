@@ -20,7 +20,11 @@ std::string module_path() {
   std::string exe = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("ephrun");
   auto slash = exe.rfind('/');
   std::string dir = slash == std::string::npos ? "." : exe.substr(0, slash);
-  return dir + "/ephrun-http.so";
+  // Beside the binary in a build tree; PREFIX/lib/ephrun once installed.
+  std::string beside = dir + "/ephrun-http.so";
+  std::string installed = dir + "/../lib/ephrun/ephrun-http.so";
+  return access(beside.c_str(), R_OK) != 0 && access(installed.c_str(), R_OK) == 0 ? installed
+                                                                                   : beside;
 }
 
 int l_load_http(lua_State* L) {
@@ -29,7 +33,8 @@ int l_load_http(lua_State* L) {
   if (!h) {
     const char* why = dlerror();
     return luaL_error(L,
-                      "cannot load the HTTP module %s (it is built beside the ephrun binary): %s",
+                      "cannot load the HTTP module %s (it is built beside the ephrun binary and "
+                      "installed in PREFIX/lib/ephrun; `cmake --install` puts both in place): %s",
                       path.c_str(), why ? why : "unknown error");
   }
   auto open = reinterpret_cast<lua_CFunction>(dlsym(h, "ephrun_open_http"));

@@ -12,7 +12,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -627,6 +629,26 @@ int l_core_builtin_files(lua_State* L) {
   return 1;
 }
 
+// _core.builtin_text(path) -> the text of a shipped file ("meta/ephrun/fs.lua"),
+// or nil: `ephrun meta install` and `ephrun new` write these out, so a team's
+// repository gets the stubs and templates of the binary it runs.
+int l_core_builtin_text(lua_State* L) {
+  std::string rel = luaL_checkstring(L, 1);
+  if (const char* root = std::getenv("EPHRUN_LUA_DIR"); root && *root) {
+    std::ifstream in(std::filesystem::path(root) / rel, std::ios::binary);
+    if (!in) return 0;
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::string text = ss.str();
+    lua_pushlstring(L, text.data(), text.size());
+    return 1;
+  }
+  const EmbeddedFile* f = find_embedded(rel);
+  if (!f) return 0;
+  lua_pushlstring(L, f->data, f->size);
+  return 1;
+}
+
 const luaL_Reg kTaskMethods[] = {
     {"wait", lua::safe<l_task_wait>},
     {"cancel", lua::safe<l_task_cancel>},
@@ -687,6 +709,7 @@ const luaL_Reg kCoreFns[] = {
     {"sched_stats", lua::safe<l_core_sched_stats>},
     {"mutex", lua::safe<l_core_mutex>},
     {"event", lua::safe<l_core_event>},
+    {"builtin_text", lua::safe<l_core_builtin_text>},
     {nullptr, nullptr},
 };
 

@@ -4,6 +4,7 @@
 --- --dry-run prints the same steps a real run takes.
 local ephrun = require "ephrun"
 
+---@class ephrun.cloud
 local M = {}
 
 ---@class ephrun.Cloud

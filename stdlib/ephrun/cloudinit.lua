@@ -2,6 +2,7 @@
 --- (`ssh_keys`), the run's authorized key, and a lifetime timer that powers
 --- the machine off at expiry even if ephrun is gone. It never carries
 --- credentials: secrets reach the instance through the SSH channel only.
+---@class ephrun.cloudinit
 local M = {}
 
 local function indent(text, pad)

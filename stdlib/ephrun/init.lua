@@ -2,6 +2,23 @@
 --- Native modules are fields loaded on first use (`ephrun.http`, `ephrun.fs`, ...).
 local core = require "ephrun._core"
 
+-- Each module is a typed field, so `ephrun.fs.` completes in an editor
+-- (tests/lua/annotations_spec.lua keeps this list and `modules` below equal).
+---@class ephrun
+---@field log ephrun.log
+---@field json ephrun.json
+---@field time ephrun.time
+---@field http ephrun.http
+---@field fs ephrun.fs
+---@field proc ephrun.proc
+---@field xml ephrun.xml
+---@field ssh ephrun.ssh
+---@field keys ephrun.keys
+---@field params ephrun.params
+---@field cloud ephrun.cloud
+---@field journal ephrun.journal
+---@field cloudinit ephrun.cloudinit
+---@field recipe_name? string the running recipe's name, once its parameters are bound
 local M = {}
 
 --- Modules reachable as fields; loaded lazily so start-up stays fast.
@@ -41,9 +58,14 @@ local recipe_marker = {}
 ---@field min? number|string lowest allowed value (durations also as text, "1m"); without it a value must be more than 0 (or 0 when the default is 0)
 ---@field max? number|string highest allowed value; without it 10 years for durations, 2^53 for numbers
 
+---@alias ephrun.Param ephrun.ParamSpec
+
+---@alias ephrun.RecipeSpec ephrun.RecipeDef
+
 ---@class ephrun.RecipeDef
 ---@field name string
 ---@field summary? string
+---@field usage? string what follows `ephrun NAME` in the --help usage line (default "[name=value ...] [--dry-run] ...")
 ---@field params? table<string, ephrun.ParamSpec>
 ---@field run fun(p: table): any
 

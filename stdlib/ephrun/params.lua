@@ -2,6 +2,7 @@
 local time = require "ephrun.time"
 local core = require "ephrun._core"
 
+---@class ephrun.params
 local M = {}
 
 local TYPES = {
@@ -414,7 +415,8 @@ end
 ---@return string
 function M.help(recipe, invoked)
   local lines = { recipe.name .. (recipe.summary and (" — " .. recipe.summary) or ""), "",
-    ("Usage: ephrun %s [name=value ...] [--dry-run] [--json] [--yes] [-v|-q]"):format(invoked or recipe.name), "" }
+    ("Usage: ephrun %s %s"):format(invoked or recipe.name, recipe.usage or "[name=value ...] [--dry-run] [--json] [--yes] [-v|-q]"),
+    "" }
   local names = sorted_names(recipe.params or {})
   if #names == 0 then
     lines[#lines + 1] = "This recipe takes no parameters."

@@ -29,6 +29,8 @@ local function repr(v, depth)
   for _, k in ipairs(keys) do parts[#parts + 1] = tostring(k) .. "=" .. repr(v[k], depth + 1) end
   return "{" .. table.concat(parts, ", ") .. "}"
 end
+--- A value as short readable text (tables with sorted keys), for messages.
+---@type fun(v: any): string
 M.repr = repr
 
 local function deep_eq(a, b)

@@ -7,6 +7,7 @@ local log = require "ephrun.log"
 local time = require "ephrun.time"
 local core = require "ephrun._core"
 
+---@class ephrun.ssh
 local M = {}
 
 ---@class ephrun.ssh.Session
@@ -218,6 +219,8 @@ local function human(n)
   if n >= 1e3 then return ("%.1f kB"):format(n / 1e3) end
   return ("%d B"):format(n)
 end
+--- A byte count as text: "3.2 MB", "512 B".
+---@type fun(n: number): string
 M.human_bytes = human
 
 --- Makes `remote_dir` hold `local_dir`: only new or changed files are sent, as

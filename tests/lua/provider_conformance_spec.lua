@@ -25,8 +25,10 @@ local S = {}
 local function setup()
   if S.cloud then return S end
   local name = spec.params.provider
-  S.fixture = FIXTURES[name] or error(("no conformance fixture for provider '%s' (have: %s)"):format(name,
-    table.concat(ephrun.cloud.builtin_providers(), ", ")))
+  -- A provider outside this repository (`ephrun new provider`) brings its own.
+  local found, cloud = pcall(ephrun.provider, name)
+  S.fixture = FIXTURES[name] or (found and cloud.impl._conformance) or error(("no conformance fixture for "
+    .. "provider '%s' (have: %s)"):format(name, table.concat(ephrun.cloud.builtin_providers(), ", ")))
   S.cloud = ephrun.provider(name)
   S.impl, S.opts = S.cloud.impl, S.cloud.opts
   S.mark = "c-" .. ephrun.fs.hash_string(ephrun.run_id() .. tostring(math.random())):sub(1, 8)
@@ -42,8 +44,10 @@ end
 
 -- The contract's functions, read from the meta class: name -> {nparams, optional}.
 local function contract()
-  local src = os.getenv("EPHRUN_SOURCE_DIR") or "."
-  local text = assert(ephrun.fs.read(src .. "/meta/ephrun/provider.lua"))
+  -- This repository's copy while developing it; the binary's own elsewhere.
+  local src = os.getenv("EPHRUN_SOURCE_DIR")
+  local text = src and assert(ephrun.fs.read(src .. "/meta/ephrun/provider.lua"))
+    or assert(require("ephrun._core").builtin_text("meta/ephrun/provider.lua"))
   local fns, comment = {}, ""
   for line in text:gmatch("[^\n]*") do
     local name, args = line:match("^function Provider%.([%w_]+)%(([^)]*)%) end$")

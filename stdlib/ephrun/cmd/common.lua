@@ -52,11 +52,13 @@ function M.cost(r, now)
   return r.hourly_price * math.max(0, now - M.born(r)) / 3600
 end
 
+--- USD as "$1.23", "?" when unknown.
 function M.money(x)
   if x == nil then return "?" end
   return ("$%.2f"):format(x)
 end
 
+--- Seconds as "5m", "-" when unknown, "expired" when negative.
 function M.short_duration(secs)
   if secs == nil then return "-" end
   if secs < 0 then return "expired" end
@@ -64,6 +66,7 @@ function M.short_duration(secs)
   return ephrun.time.format_duration(math.floor(secs))
 end
 
+--- Seconds since the epoch as local "YYYY-MM-DD HH:MM:SS".
 function M.local_time(t)
   return os.date("%Y-%m-%d %H:%M:%S", math.floor(t))
 end
