@@ -23,6 +23,9 @@ Commands (a Lua file of that name in the current directory runs instead):
   ephrun reaper install|status|remove         a systemd timer or crontab line that
                                               runs `ephrun reap --expired --yes`
   ephrun history [--json]                     past runs
+  ephrun pack add SOURCE [--ref REF] [--as NAME] | ls | update [NAME] | remove NAME | verify
+                                              recipe packs pinned in ./ephrun.lock
+  ephrun PACK/RECIPE [name=value ...]         runs a recipe of a locked pack
 
 Options:
   --dry-run        print the plan (resources, commands, cost) and change nothing
@@ -41,7 +44,7 @@ Exit codes: 0 success, 1 recipe failed, 2 usage or parameter error,
 
 // Commands whose output --json shapes; elsewhere it needs --dry-run.
 bool json_without_dry_run_ok(const std::string& recipe) {
-  return recipe == "ephrun:ls" || recipe == "ephrun:history";
+  return recipe == "ephrun:ls" || recipe == "ephrun:history" || recipe == "ephrun:pack";
 }
 
 }  // namespace
@@ -69,6 +72,9 @@ int main(int argc, char** argv) {
   app.add_option("--older-than", older_than);
   bool expired = false;
   app.add_flag("--expired", expired);
+  std::string pack_ref, pack_as;
+  app.add_option("--ref", pack_ref);
+  app.add_option("--as", pack_as);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -89,7 +95,8 @@ int main(int argc, char** argv) {
   }
   // Built-in commands are recipes shipped in stdlib/ephrun/cmd/; a Lua file
   // of the same name in the current directory still wins (see load_recipe).
-  if ((recipe == "ls" || recipe == "reap" || recipe == "history" || recipe == "reaper") &&
+  if ((recipe == "ls" || recipe == "reap" || recipe == "history" || recipe == "reaper" ||
+       recipe == "pack") &&
       !std::filesystem::is_regular_file(recipe))
     recipe = "ephrun:" + recipe;
   if (!older_than.empty()) {
@@ -106,9 +113,23 @@ int main(int argc, char** argv) {
     }
     args.push_back("expired=true");
   }
-  // `ephrun reaper install`: the first bare word is the action.
-  if (recipe == "ephrun:reaper" && !args.empty() && args[0].find('=') == std::string::npos)
+  for (const auto& [flag, value] : {std::pair{"--ref", &pack_ref}, std::pair{"--as", &pack_as}}) {
+    if (value->empty()) continue;
+    if (recipe != "ephrun:pack") {
+      std::cerr << "ephrun: " << flag
+                << " only applies to `ephrun pack add` and `ephrun pack update`\n";
+      return ephrun::kUsage;
+    }
+    args.push_back(std::string(flag + 2) + "=" + *value);
+  }
+  // `ephrun reaper install`, `ephrun pack add SRC`: the first bare word is the
+  // action; for pack, the second is its operand.
+  if ((recipe == "ephrun:reaper" || recipe == "ephrun:pack") && !args.empty() &&
+      args[0].find('=') == std::string::npos)
     args[0] = "action=" + args[0];
+  if (recipe == "ephrun:pack" && args.size() > 1 && args[0].starts_with("action=") &&
+      args[1].find('=') == std::string::npos)
+    args[1] = "target=" + args[1];
   if (opts.json && !opts.dry_run && !opts.help && !json_without_dry_run_ok(recipe)) {
     std::cerr << "ephrun: --json prints the plan of a --dry-run (or the output of `ephrun ls` "
                  "and `ephrun history`); add --dry-run\n";
