@@ -373,6 +373,11 @@ int Runtime::load_pack_recipe(const std::string& spec, std::string& path) {
     lua_settop(L, top);
     return load_failed(fmt::format("error in phase 'load': {}", e), kFailed);
   }
+  if (lua_isnil(L, -4)) {
+    std::string e = lua_tostring(L, -3) ? lua_tostring(L, -3) : "?";
+    lua_settop(L, top);
+    return load_failed(e, kUsage);
+  }
   path = lua_tostring(L, -4);
   recipe_dir = lua_tostring(L, -3);
   recipe_origin_ = lua_tostring(L, -2);

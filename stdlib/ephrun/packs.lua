@@ -206,7 +206,7 @@ local function check_shadowing(m, name)
     builtin_recipes[(f:gsub("%.lua$", ""))] = true
   end
   for _, f in ipairs(require("ephrun._core").builtin_files("stdlib/ephrun/cmd")) do
-    builtin_recipes[(f:gsub("%.lua$", ""))] = true
+    if f ~= "common.lua" then builtin_recipes[(f:gsub("%.lua$", ""))] = true end
   end
   for kind, builtin in pairs { recipe = builtin_recipes, provider = builtin_providers } do
     for _, n in ipairs(m[kind .. "s"] or {}) do
@@ -342,12 +342,18 @@ local function split(spec)
 end
 
 --- `ephrun PACK/RECIPE`: the recipe file of a locked, verified pack. Returns
---- the file, the pack's root (where its `require`s look) and its provenance.
+--- the file, the pack's root (where its `require`s look), its provenance and
+--- its source; nil and a message when there is no such pack or recipe. Raises
+--- when the pack fails verification.
 ---@param spec string "PACK/RECIPE"
----@return string path, string root, string origin, string source
+---@return string|nil path, string root, string origin, string source
 function M.recipe_file(spec)
   local pack, name = split(spec)
-  if not pack then fail("'%s' is not PACK/RECIPE", spec) end
+  if not pack then return nil, ("'%s' is not PACK/RECIPE"):format(spec) end
+  if not M.read_lock().packs[pack] then
+    return nil, ("no recipe '%s': not a file, and no pack '%s' in %s (`ephrun pack ls` lists the locked ones; "
+      .. "`ephrun pack add SOURCE --as %s` adds one)"):format(spec, pack, M.lock_path(), pack)
+  end
   local root, e = M.checkout(pack)
   local m = M.manifest(root)
   for _, r in ipairs(m.recipes or {}) do
@@ -362,7 +368,7 @@ function M.recipe_file(spec)
       return path, root, ("pack %s@%s"):format(pack, e.commit:sub(1, 12)), src
     end
   end
-  fail("pack '%s' has no recipe '%s' (its recipes: %s)", pack, name, table.concat(m.recipes or {}, ", "))
+  return nil, ("pack '%s' has no recipe '%s' (its recipes: %s)"):format(pack, name, table.concat(m.recipes or {}, ", "))
 end
 
 --- The provider module file of `PACK/NAME` in a locked, verified pack, or nil

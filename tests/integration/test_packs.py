@@ -148,6 +148,22 @@ class Packs(unittest.TestCase):
         self.assertIn(commit[:12], ls.stdout)
         self.assertEqual(json.loads(self.ok("pack", "ls", "--json").stdout)["packs"][0]["commit"], commit)
         self.assertIn("team: ok", self.ok("pack", "verify").stdout)
+        # A colleague with the lockfile but no checkout: verify fetches the pinned commit.
+        shutil.rmtree(root)
+        self.assertEqual(self.ephrun("team/hello").returncode, 1)
+        self.assertIn("team: ok", self.ok("pack", "verify").stdout)
+        self.assertTrue(os.path.isfile(os.path.join(root, "pack.lua")))
+        # Unknown packs and recipes are usage errors; add has no dry run.
+        r = self.ephrun("nosuch/hello")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("no pack 'nosuch'", r.stderr)
+        r = self.ephrun("team/nosuch")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("has no recipe 'nosuch' (its recipes: hello)", r.stderr)
+        r = self.ephrun("pack", "add", self.bare, "--dry-run")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("has no --dry-run", r.stderr)
+        self.assertIn("ephrun team/hello", self.ok("team/hello", "--help").stdout)
 
         # The plan and history say which pack and commit the steps came from.
         plan = self.ok("team/hello", "out=" + out, "--dry-run", "--json")
@@ -274,7 +290,7 @@ class Packs(unittest.TestCase):
         self.ok("pack", "remove", "mine")
         self.assertEqual(self.lock()["packs"], {})
         r = self.ephrun("mine/hello")
-        self.assertEqual(r.returncode, 1)
+        self.assertEqual(r.returncode, 2)
         self.assertIn("no pack 'mine'", r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.data, "ephrun", "packs", "mine")))
 

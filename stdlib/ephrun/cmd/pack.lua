@@ -22,7 +22,8 @@ function actions.add(p)
   if p.target == "" then fail("pack add needs a SOURCE: `ephrun pack add PATH-OR-GIT-URL [--ref REF] [--as NAME]`") end
   local name, e = packs.add(p.target, { ref = p.ref ~= "" and p.ref or nil, as = p.as ~= "" and p.as or nil })
   if ephrun.options().json then return json_out { name = name, commit = e.commit, sha256 = e.sha256 } end
-  io.stdout:write(("Added pack %s %s at %s (sha256 %s) to %s\n"):format(name, e.version or "", short(e.commit),
+  io.stdout:write(("Added pack %s%s at %s (sha256 %s) to %s\n"):format(name, e.version and (" " .. e.version) or "",
+    short(e.commit),
     e.sha256:sub(1, 16), packs.lock_path()))
 end
 
@@ -101,6 +102,12 @@ return ephrun.recipe {
     as = { default = "", doc = "with add: the name to lock the pack under (--as); default its pack.lua name" },
   },
   run = function(p)
+    -- add and update must fetch SOURCE to check it, which a dry run may not do;
+    -- what they change (ephrun.lock) is plain text to review with `git diff`.
+    if ephrun.dry_run() and (p.action == "add" or p.action == "update" or p.action == "remove") then
+      fail(("`ephrun pack %s` has no --dry-run: it changes only %s and the packs directory; run it, then review "
+        .. "the change with `git diff %s`"):format(p.action, packs.lock_path(), packs.lock_path()))
+    end
     actions[p.action](p)
   end,
 }
