@@ -337,6 +337,16 @@ function M.checkout(name)
   return root, e
 end
 
+-- The plan says when PACK/NAME is one the pack declared as overriding a built-in.
+local function note_override(m, pack, name, kind)
+  for _, n in ipairs(m.overrides or {}) do
+    if n == name then
+      require("ephrun._core").plan_add { kind = "note", what = ("%s/%s overrides the built-in %s '%s' (pack.lua "
+        .. "`overrides`); the bare name `%s` still runs the built-in"):format(pack, name, kind, name, name) }
+    end
+  end
+end
+
 local function split(spec)
   return spec:match("^([%w_][%w_%-]*)/([%w_][%w_%-]*)$")
 end
@@ -365,6 +375,7 @@ function M.recipe_file(spec)
       if not src or fs.hash_string(src) ~= e.files[rel] then
         fail("pack '%s': %s changed while it was being loaded; run it again", pack, path)
       end
+      note_override(m, pack, name, "recipe")
       return path, root, ("pack %s@%s"):format(pack, e.commit:sub(1, 12)), src
     end
   end
@@ -381,7 +392,10 @@ function M.provider_file(spec)
   local root = M.checkout(pack)
   local m = M.manifest(root)
   for _, p in ipairs(m.providers or {}) do
-    if p == name then return fs.join(root, "providers", name .. ".lua") end
+    if p == name then
+      note_override(m, pack, name, "provider")
+      return fs.join(root, "providers", name .. ".lua")
+    end
   end
   fail("pack '%s' has no provider '%s' (its providers: %s)", pack, name, table.concat(m.providers or {}, ", "))
 end

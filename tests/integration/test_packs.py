@@ -250,6 +250,8 @@ class Packs(unittest.TestCase):
         self.publish("declared")
         self.ok("pack", "add", self.bare)
         self.assertIn("hello v1", self.ok("team/deploy-fast").stdout)
+        plan = self.ok("team/deploy-fast", "--dry-run").stdout
+        self.assertIn("team/deploy-fast overrides the built-in recipe 'deploy-fast'", plan)
         self.assertIn("Build on a temporary", self.ok("deploy-fast", "--help").stdout)
 
     def test_unmet_requirement_is_refused(self):
