@@ -27,13 +27,30 @@ function M.dir()
   return fs.join(base, "ephrun/packs")
 end
 
---- The lockfile: `EPHRUN_LOCK` when set, else `ephrun.lock` in the current
---- directory (the team's recipe repository, where it is committed).
+-- The nearest ephrun.lock in `dir` or a directory above it.
+local function lock_above(dir)
+  dir = dir and fs.realpath(dir)
+  while dir do
+    local cand = fs.join(dir, "ephrun.lock")
+    if fs.exists(cand) then return cand end
+    local parent = fs.dirname(dir)
+    if parent == dir then return nil end
+    dir = parent
+  end
+end
+
+--- The lockfile: `EPHRUN_LOCK` when set; else the nearest `ephrun.lock` beside
+--- the running recipe (a team recipe using a pack's provider) or above it, then
+--- in the current directory or above it, as git finds its repository; else
+--- `ephrun.lock` in the current directory, where `pack add` creates it.
 ---@return string
 function M.lock_path()
   local p = os.getenv("EPHRUN_LOCK")
   if p and p ~= "" then return p end
-  return "ephrun.lock"
+  local rd = require("ephrun._core").recipe_dir()
+  local packs_dir = fs.realpath(M.dir())
+  local from_recipe = rd ~= "" and not (packs_dir and (fs.realpath(rd) or rd):sub(1, #packs_dir + 1) == packs_dir .. "/")
+  return (from_recipe and lock_above(rd)) or lock_above(".") or "ephrun.lock"
 end
 
 --- The lock's contents: `{packs = {NAME = entry}}`; empty when there is no lockfile.

@@ -144,6 +144,19 @@ class Packs(unittest.TestCase):
         with open(out) as f:
             self.assertEqual(f.read(), "hello v1")
 
+        # From a subdirectory of the team's repository, and for a team recipe run from elsewhere,
+        # the lockfile is found as git finds its repository.
+        sub = os.path.join(self.team, "sub", "dir")
+        os.makedirs(sub)
+        r = subprocess.run([BIN, "team/hello"], capture_output=True, text=True, env=self.env, cwd=sub)
+        self.assertIn("hello v1", r.stdout, r.stderr)
+        with open(os.path.join(sub, "use-hello.lua"), "w") as f:
+            f.write(TEAM_RECIPE.replace('ephrun.provider("team/box").impl.touch(p.out)',
+                                        'print(ephrun.provider("team/box").name)'))
+        r = subprocess.run([BIN, os.path.join(sub, "use-hello.lua")], capture_output=True, text=True, env=self.env,
+                           cwd=self.dir)
+        self.assertIn("team/box", r.stdout, r.stderr)
+
         ls = self.ok("pack", "ls")
         self.assertIn(commit[:12], ls.stdout)
         self.assertEqual(json.loads(self.ok("pack", "ls", "--json").stdout)["packs"][0]["commit"], commit)
@@ -174,7 +187,7 @@ class Packs(unittest.TestCase):
         text = self.ok("team/hello", "out=" + out, "--dry-run").stdout
         self.assertIn("(from pack team@%s)" % commit[:12], text)
         hist = json.loads(self.ok("history", "--json").stdout)["runs"]
-        self.assertIn("pack team@" + commit[:12], hist[0]["recipe"])
+        self.assertIn("hello (pack team@%s)" % commit[:12], [h["recipe"] for h in hist])
 
     def test_changed_file_is_refused_naming_it(self):
         self.write_pack()
