@@ -359,36 +359,39 @@ std::string Runtime::origin_of_caller() const {
 int Runtime::load_pack_recipe(const std::string& spec, std::string& path) {
   lua_State* L = L_;
   int top = lua_gettop(L);
+  auto text = [L](int i) {
+    const char* s = lua_tostring(L, i);
+    return std::string(s ? s : "?");
+  };
   lua_getglobal(L, "require");
   lua_pushliteral(L, "ephrun.packs");
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
-    std::string e = lua_tostring(L, -1) ? lua_tostring(L, -1) : "?";
+    std::string e = text(-1);
     lua_settop(L, top);
     return load_failed("internal error: " + e, kFailed);
   }
   lua_getfield(L, -1, "recipe_file");
   lua_pushstring(L, spec.c_str());
   if (lua_pcall(L, 1, 4, 0) != LUA_OK) {
-    std::string e = lua_tostring(L, -1) ? lua_tostring(L, -1) : "?";
+    std::string e = text(-1);
     lua_settop(L, top);
     return load_failed(fmt::format("error in phase 'load': {}", e), kFailed);
   }
-  if (lua_isnil(L, -4)) {
-    std::string e = lua_tostring(L, -3) ? lua_tostring(L, -3) : "?";
+  if (lua_type(L, -4) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+    std::string e = text(-3);
     lua_settop(L, top);
     return load_failed(e, kUsage);
   }
-  path = lua_tostring(L, -4);
-  recipe_dir = lua_tostring(L, -3);
-  recipe_origin_ = lua_tostring(L, -2);
+  path = text(-4);
+  recipe_dir = text(-3);
+  recipe_origin_ = text(-2);
   size_t n = 0;
   const char* src = lua_tolstring(L, -1, &n);
   std::string chunk = "@" + path;
   bool ok = luaL_loadbufferx(L, src, n, chunk.c_str(), "t") == LUA_OK;
   lua_replace(L, top + 1);
   lua_settop(L, top + 1);
-  if (!ok)
-    return load_failed(fmt::format("error in phase 'load': {}", lua_tostring(L, -1)), kFailed);
+  if (!ok) return load_failed(fmt::format("error in phase 'load': {}", text(-1)), kFailed);
   return -1;
 }
 
