@@ -24,7 +24,7 @@ Commands (a Lua file of that name in the current directory runs instead):
                                               runs `ephrun reap --expired --yes`
   ephrun history [--json]                     past runs
   ephrun pack add SOURCE [--ref REF] [--as NAME] | ls | update [NAME] | remove NAME | verify
-                                              recipe packs pinned in ./ephrun.lock
+                                              recipe packs pinned by ephrun.lock
   ephrun PACK/RECIPE [name=value ...]         runs a recipe of a locked pack
 
 Options:

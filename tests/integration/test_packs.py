@@ -176,6 +176,9 @@ class Packs(unittest.TestCase):
         r = self.ephrun("pack", "add", self.bare, "--dry-run")
         self.assertEqual(r.returncode, 1)
         self.assertIn("has no --dry-run", r.stderr)
+        r = self.ephrun("pack", "ls", "--ref", "main")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("--ref only applies to", r.stderr)
         self.assertIn("ephrun team/hello", self.ok("team/hello", "--help").stdout)
 
         # The plan and history say which pack and commit the steps came from.

@@ -1,5 +1,5 @@
 -- `ephrun pack add SOURCE [--ref REF] [--as NAME] | ls | update [NAME] | remove NAME | verify`:
--- recipe packs pinned by ./ephrun.lock (see stdlib/ephrun/packs.lua, docs/packs.md).
+-- recipe packs pinned by ephrun.lock (see stdlib/ephrun/packs.lua, docs/packs.md).
 local ephrun = require "ephrun"
 local packs = require "ephrun.packs"
 local common = require "ephrun.cmd.common"
@@ -93,7 +93,7 @@ end
 
 return ephrun.recipe {
   name = "pack",
-  summary = "Recipe packs pinned by ./ephrun.lock: add, ls, update, remove, verify.",
+  summary = "Recipe packs pinned by ephrun.lock: add, ls, update, remove, verify.",
   params = {
     action = { default = "ls", choices = { "add", "ls", "update", "remove", "verify" },
       doc = "ephrun pack add SOURCE | ls | update [NAME] | remove NAME | verify" },
@@ -108,6 +108,10 @@ return ephrun.recipe {
       fail(("`ephrun pack %s` has no --dry-run: it changes only %s and the packs directory; run it, then review "
         .. "the change with `git diff %s`"):format(p.action, packs.lock_path(), packs.lock_path()))
     end
+    if p.ref ~= "" and p.action ~= "add" and p.action ~= "update" then
+      fail("--ref only applies to `ephrun pack add` and `ephrun pack update`")
+    end
+    if p.as ~= "" and p.action ~= "add" then fail("--as only applies to `ephrun pack add`") end
     actions[p.action](p)
   end,
 }
