@@ -94,9 +94,9 @@ function M.pack_provider(spec, opts)
   local modname = "providers." .. spec
   local impl = package.loaded[modname]
   if not impl then
-    local ok, path = pcall(require("ephrun.packs").provider_file, spec)
-    if not ok then error(("provider '%s': %s"):format(spec, tostring(path)), 3) end
-    local chunk, err = loadfile(path, "t")
+    local ok, src, path = pcall(require("ephrun.packs").provider_file, spec)
+    if not ok then error(("provider '%s': %s"):format(spec, tostring(src)), 3) end
+    local chunk, err = load(src, "@" .. path, "t")
     if not chunk then error(err, 3) end
     impl = chunk(modname, path)
     package.loaded[modname] = impl

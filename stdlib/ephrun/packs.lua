@@ -321,6 +321,52 @@ function M.verify_tree(name, root, files)
   return tree
 end
 
+-- Verified checkouts in this run: root -> locked file hashes.
+local verified = {}
+
+-- The bytes of a file of a verified checkout, checked against its locked hash
+-- as they are read, so what runs is what was locked.
+local function verified_source(name, root, rel)
+  local path = fs.join(root, rel)
+  local src = fs.read(path)
+  if not src or fs.hash_string(src) ~= verified[root][rel] then
+    fail("pack '%s': %s changed after it was locked; run `ephrun pack verify`", name, path)
+  end
+  return src, path
+end
+
+local function root_of(path)
+  for root in pairs(verified) do
+    if path:sub(1, #root + 1) == root .. "/" then return root end
+  end
+end
+
+-- package.searchers entry: `require` from a pack's code (or from a pack
+-- recipe's run) finds the pack's own modules in its verified checkout,
+-- checked file by file, before the recipe-directory searcher reads them.
+local function search_pack(modname)
+  local caller = debug.getinfo(3, "S")
+  local root = caller and caller.source:sub(1, 1) == "@" and root_of(caller.source:sub(2))
+  if not root then
+    local rd = require("ephrun._core").recipe_dir()
+    root = verified[rd] and rd
+  end
+  if not root then return "\n\tnot pack code" end
+  local rel = modname:gsub("%.", "/")
+  for _, cand in ipairs { rel .. ".lua", rel .. "/init.lua" } do
+    if verified[root][cand] then
+      local src, path = verified_source(fs.basename(fs.dirname(root)), root, cand)
+      return assert(load(src, "@" .. path, "t")), path
+    end
+  end
+  return "\n\tno module '" .. modname .. "' in the pack at " .. root
+end
+
+local function trust(root, files)
+  if not next(verified) then table.insert(package.searchers, 2, search_pack) end
+  verified[root] = files
+end
+
 --- The verified checkout of a locked pack: its root and lock entry. Raises
 --- when the pack is not locked, its checkout is missing, a file changed, or
 --- this ephrun does not meet its `requires`.
@@ -351,6 +397,7 @@ function M.checkout(name)
   end
   check_requires(M.manifest(root), name)
   host.register(root, ("pack %s@%s"):format(name, e.commit:sub(1, 12)))
+  trust(root, e.files)
   return root, e
 end
 
@@ -386,12 +433,7 @@ function M.recipe_file(spec)
   for _, r in ipairs(m.recipes or {}) do
     if r == name then
       -- The bytes that run are the bytes that were hashed, whatever happens to the file meanwhile.
-      local rel = "recipes/" .. name .. ".lua"
-      local path = fs.join(root, rel)
-      local src = fs.read(path)
-      if not src or fs.hash_string(src) ~= e.files[rel] then
-        fail("pack '%s': %s changed while it was being loaded; run it again", pack, path)
-      end
+      local src, path = verified_source(pack, root, "recipes/" .. name .. ".lua")
       note_override(m, pack, name, "recipe")
       return path, root, ("pack %s@%s"):format(pack, e.commit:sub(1, 12)), src
     end
@@ -399,10 +441,10 @@ function M.recipe_file(spec)
   return nil, ("pack '%s' has no recipe '%s' (its recipes: %s)"):format(pack, name, table.concat(m.recipes or {}, ", "))
 end
 
---- The provider module file of `PACK/NAME` in a locked, verified pack, or nil
---- when `spec` is not of that form.
+--- The verified source and path of provider `PACK/NAME` in a locked pack, or
+--- nil when `spec` is not of that form.
 ---@param spec string
----@return string|nil path
+---@return string|nil source, string? path
 function M.provider_file(spec)
   local pack, name = split(spec)
   if not pack then return nil end
@@ -411,7 +453,7 @@ function M.provider_file(spec)
   for _, p in ipairs(m.providers or {}) do
     if p == name then
       note_override(m, pack, name, "provider")
-      return fs.join(root, "providers", name .. ".lua")
+      return verified_source(pack, root, "providers/" .. name .. ".lua")
     end
   end
   fail("pack '%s' has no provider '%s' (its providers: %s)", pack, name, table.concat(m.providers or {}, ", "))

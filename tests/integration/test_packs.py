@@ -213,6 +213,21 @@ class Packs(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn(lib + " was removed", r.stderr)
 
+    def test_file_changed_during_the_run_is_refused_when_required(self):
+        late = HELLO.replace('local lib = require "lib.greeting"\n', "").replace(
+            "    print(lib.text())",
+            '    local root = debug.getinfo(1, "S").source:sub(2):match("^(.*)/recipes/")\n'
+            '    ephrun.fs.write(root .. "/lib/greeting.lua", "return { text = function() return \'swapped\' end }")\n'
+            '    print(require("lib.greeting").text())').replace('name = "hello"', 'name = "late"')
+        self.write_pack(recipes='"hello", "late"', files={"recipes/late.lua": late})
+        commit = self.publish()
+        self.ok("pack", "add", self.bare)
+        r = self.ephrun("team/late")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertNotIn("swapped", r.stdout)
+        self.assertIn(os.path.join(self.checkout(commit), "lib", "greeting.lua") + " changed after it was locked",
+                      r.stderr)
+
     def test_added_file_is_refused(self):
         self.write_pack()
         commit = self.publish()
