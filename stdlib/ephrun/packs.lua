@@ -379,7 +379,8 @@ function M.checkout(name)
     local names = {}
     for n in pairs(lock.packs) do names[#names + 1] = n end
     table.sort(names)
-    fail("no pack '%s' in %s (%s); add it with `ephrun pack add SOURCE --as %s`", name,
+    fail("no pack '%s' in %s (%s); run ephrun in the repository whose ephrun.lock pins it (or set EPHRUN_LOCK), "
+      .. "or add it with `ephrun pack add SOURCE --as %s`", name,
       fs.realpath(M.lock_path()) or M.lock_path(), #names > 0 and ("locked: " .. table.concat(names, ", ")) or "none locked",
       name)
   end
