@@ -285,6 +285,13 @@ class Packs(unittest.TestCase):
         self.assertIn("team/deploy-fast overrides the built-in recipe 'deploy-fast'", plan)
         self.assertIn("Build on a temporary", self.ok("deploy-fast", "--help").stdout)
 
+    def test_a_recipe_named_like_a_command_is_refused(self):
+        self.write_pack(recipes='"hello", "ls"', files={"recipes/ls.lua": HELLO.replace('name = "hello"', 'name = "ls"')})
+        self.publish()
+        r = self.ephrun("pack", "add", self.bare)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("recipe named 'ls', like the built-in recipe", r.stderr)
+
     def test_unmet_requirement_is_refused(self):
         self.write_pack(requires=">= 99.0")
         self.publish()
