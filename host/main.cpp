@@ -30,6 +30,9 @@ Commands (a Lua file of that name in the current directory runs instead):
   ephrun check RECIPE... [name=value ...] [--json]
                                               syntax, recipe table, luacheck and a dry run
   ephrun meta install [DIR]                   LuaLS stubs and .luarc.json for editor completion
+  ephrun pack add SOURCE [--ref REF] [--as NAME] | ls | update [NAME] | remove NAME | verify
+                                              recipe packs pinned by ephrun.lock
+  ephrun PACK/RECIPE [name=value ...]         runs a recipe of a locked pack
 
 Options:
   --dry-run        print the plan (resources, commands, cost) and change nothing
@@ -49,7 +52,8 @@ Exit codes: 0 success, 1 recipe failed, 2 usage or parameter error,
 
 // Commands whose output --json shapes; elsewhere it needs --dry-run.
 bool json_without_dry_run_ok(const std::string& recipe) {
-  return recipe == "ephrun:ls" || recipe == "ephrun:history" || recipe == "ephrun:check";
+  return recipe == "ephrun:ls" || recipe == "ephrun:history" || recipe == "ephrun:check" ||
+         recipe == "ephrun:pack";
 }
 
 // Commands that read their own words (`ephrun check a.lua b.lua n=v`): they
@@ -89,6 +93,9 @@ int main(int argc, char** argv) {
   app.add_flag("--kept", kept);
   std::string provider;
   app.add_option("--provider", provider);
+  std::string pack_ref, pack_as;
+  app.add_option("--ref", pack_ref);
+  app.add_option("--as", pack_as);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -110,7 +117,7 @@ int main(int argc, char** argv) {
   // Built-in commands are recipes shipped in stdlib/ephrun/cmd/; a Lua file
   // of the same name in the current directory still wins (see load_recipe).
   if ((recipe == "ls" || recipe == "reap" || recipe == "history" || recipe == "reaper" ||
-       recipe == "new" || recipe == "check" || recipe == "meta") &&
+       recipe == "new" || recipe == "check" || recipe == "meta" || recipe == "pack") &&
       !std::filesystem::is_regular_file(recipe))
     recipe = "ephrun:" + recipe;
   if (!older_than.empty()) {
@@ -140,9 +147,6 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < args.size(); ++i) words += (i ? "\x1f" : "") + args[i];
     args.assign({"words=" + words});
   }
-  // `ephrun reaper install`: the first bare word is the action.
-  if (recipe == "ephrun:reaper" && !args.empty() && args[0].find('=') == std::string::npos)
-    args[0] = "action=" + args[0];
   if (kept) {
     if (recipe != "ephrun:reap") {
       std::cerr << "ephrun: --kept only applies to `ephrun reap`\n";
@@ -150,6 +154,23 @@ int main(int argc, char** argv) {
     }
     args.emplace_back("kept=true");
   }
+  for (const auto& [flag, value] : {std::pair{"--ref", &pack_ref}, std::pair{"--as", &pack_as}}) {
+    if (value->empty()) continue;
+    if (recipe != "ephrun:pack") {
+      std::cerr << "ephrun: " << flag
+                << " only applies to `ephrun pack add` and `ephrun pack update`\n";
+      return ephrun::kUsage;
+    }
+    args.push_back(std::string(flag + 2) + "=" + *value);
+  }
+  // `ephrun reaper install`, `ephrun pack add SRC`: the first bare word is the
+  // action; for pack, the second is its operand.
+  if ((recipe == "ephrun:reaper" || recipe == "ephrun:pack") && !args.empty() &&
+      args[0].find('=') == std::string::npos)
+    args[0] = "action=" + args[0];
+  if (recipe == "ephrun:pack" && args.size() > 1 && args[0].starts_with("action=") &&
+      args[1].find('=') == std::string::npos)
+    args[1] = "target=" + args[1];
   if (opts.json && !opts.dry_run && !opts.help && !json_without_dry_run_ok(recipe)) {
     std::cerr << "ephrun: --json prints the plan of a --dry-run (or the output of `ephrun ls` "
                  "and `ephrun history`); add --dry-run\n";

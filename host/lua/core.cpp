@@ -476,6 +476,7 @@ int l_core_plan_add(lua_State* L) {
   Step s = step_from(L, 1);
   Runtime& rt = Runtime::of(L);
   s.phase = rt.phase;
+  if (s.origin.empty()) s.origin = rt.origin_of_caller();
   rt.plan().add(std::move(s));
   return 0;
 }

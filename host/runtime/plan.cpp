@@ -63,6 +63,7 @@ std::string Plan::render_text(const std::string& recipe) const {
     out += fmt::format("{:>3}. {:<{}}  {}", i + 1, s.kind, kind_w, s.what);
     if (!s.where.empty()) out += fmt::format("  @ {}", s.where);
     if (s.cost) out += fmt::format("  ≤ ${:.2f}", *s.cost);
+    if (!s.origin.empty()) out += fmt::format("  (from {})", s.origin);
     out += "\n";
     for (const auto& d : s.details) out += fmt::format("{:>{}}{}\n", "", 7 + kind_w, d);
   }
@@ -87,6 +88,7 @@ nlohmann::json Plan::render_json(const std::string& recipe) const {
     nlohmann::json j{{"n", i + 1},       {"kind", s.kind},   {"what", s.what},
                      {"where", s.where}, {"phase", s.phase}, {"details", s.details}};
     j["cost"] = s.cost ? nlohmann::json(*s.cost) : nlohmann::json(nullptr);
+    j["origin"] = s.origin.empty() ? nlohmann::json(nullptr) : nlohmann::json(s.origin);
     arr.push_back(std::move(j));
   }
   Totals t = totals(steps);

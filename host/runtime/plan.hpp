@@ -16,6 +16,7 @@ struct Step {
   std::optional<double> cost;  // worst-case USD
   std::string phase;
   std::vector<std::string> details;
+  std::string origin;  // "pack NAME@COMMIT" when a pack's code asked for it
 };
 
 class Plan {

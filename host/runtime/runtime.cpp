@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -219,6 +220,39 @@ int open_keep_frame(lua_State* L) {
   return 1;
 }
 
+// ephrun._packs_host: what stdlib/ephrun/packs.lua needs from the host.
+int l_packs_version(lua_State* L) {
+  lua_pushliteral(L, EPHRUN_VERSION);
+  return 1;
+}
+
+// register(root, origin): code under root is that pack's, for the plan.
+int l_packs_register(lua_State* L) {
+  std::string root = luaL_checkstring(L, 1), origin = luaL_checkstring(L, 2);
+  auto& roots = Runtime::of(L).pack_roots;
+  for (const auto& r : roots)
+    if (r.root == root) return 0;
+  roots.push_back({root, origin});
+  return 0;
+}
+
+int open_packs_host(lua_State* L) {
+  const luaL_Reg fns[] = {
+      {"version", l_packs_version}, {"register", l_packs_register}, {nullptr, nullptr}};
+  luaL_newlib(L, fns);
+  return 1;
+}
+
+bool is_pack_spec(const std::string& s) {
+  auto slash = s.find('/');
+  if (slash == std::string::npos || slash == 0 || slash + 1 == s.size()) return false;
+  if (s.find('/', slash + 1) != std::string::npos || s.ends_with(".lua")) return false;
+  for (char c : s)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '/'))
+      return false;
+  return s[0] != '-' && s[slash + 1] != '-';
+}
+
 }  // namespace
 
 void install_sigpipe_handling() {
@@ -272,6 +306,8 @@ void Runtime::open_state() {
   lua_getfield(L_, -1, "preload");
   lua_pushcfunction(L_, open_keep_frame);
   lua_setfield(L_, -2, "ephrun._keep_frame");
+  lua_pushcfunction(L_, open_packs_host);
+  lua_setfield(L_, -2, "ephrun._packs_host");
   lua_pop(L_, 2);
 }
 
@@ -388,8 +424,66 @@ int Runtime::load_failed(const std::string& message, int code) {
   return code;
 }
 
+std::string Runtime::origin_of_caller() const {
+  if (pack_roots.empty()) return "";
+  Task* t = sched_ ? sched_->current() : nullptr;
+  lua_State* co = t && t->co ? t->co : L_;
+  lua_Debug ar;
+  for (int level = 0; lua_getstack(co, level, &ar); ++level) {
+    if (!lua_getinfo(co, "S", &ar) || ar.source[0] != '@') continue;
+    std::string_view src(ar.source + 1);
+    for (const auto& r : pack_roots)
+      if (src.starts_with(r.root) && src.size() > r.root.size() && src[r.root.size()] == '/')
+        return r.origin;
+  }
+  return "";
+}
+
+// `ephrun PACK/RECIPE`: stdlib/ephrun/packs.lua finds the locked pack,
+// verifies its checkout and hands back the recipe's verified source.
+int Runtime::load_pack_recipe(const std::string& spec, std::string& path) {
+  lua_State* L = L_;
+  int top = lua_gettop(L);
+  auto text = [L](int i) {
+    const char* s = lua_tostring(L, i);
+    return std::string(s ? s : "?");
+  };
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "ephrun.packs");
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    std::string e = text(-1);
+    lua_settop(L, top);
+    return load_failed("internal error: " + e, kFailed);
+  }
+  lua_getfield(L, -1, "recipe_file");
+  lua_pushstring(L, spec.c_str());
+  if (lua_pcall(L, 1, 4, 0) != LUA_OK) {
+    std::string e = text(-1);
+    lua_settop(L, top);
+    return load_failed(fmt::format("error in phase 'load': {}", e), kFailed);
+  }
+  if (lua_type(L, -4) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+    std::string e = text(-3);
+    lua_settop(L, top);
+    return load_failed(e, kUsage);
+  }
+  path = text(-4);
+  recipe_dir = text(-3);
+  recipe_origin_ = text(-2);
+  size_t n = 0;
+  const char* src = lua_tolstring(L, -1, &n);
+  std::string chunk = "@" + path;
+  bool ok = luaL_loadbufferx(L, src, n, chunk.c_str(), "t") == LUA_OK;
+  lua_replace(L, top + 1);
+  lua_settop(L, top + 1);
+  if (!ok) return load_failed(fmt::format("error in phase 'load': {}", text(-1)), kFailed);
+  return -1;
+}
+
 int Runtime::load_recipe(const std::string& recipe, std::string& path, bool& command) {
   lua_State* L = L_;
+  if (!command && is_pack_spec(recipe) && !fs::is_regular_file(recipe))
+    return load_pack_recipe(recipe, path);
   std::string cmd_rel = "stdlib/ephrun/cmd/" + (command ? recipe.substr(7) : recipe) + ".lua";
   if (command) {
     int st = load_builtin(L, cmd_rel);
@@ -598,6 +692,8 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
     lua_settop(L, top);
     return code;
   }
+  // `history` and the plan's title say which pack and commit the recipe came from.
+  if (!recipe_origin_.empty()) label += " (" + recipe_origin_ + ")";
 
   // Dry runs and the built-in commands are not journalled.
   std::unique_ptr<journal::Journal> jrn;

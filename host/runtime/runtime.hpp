@@ -64,6 +64,7 @@ class Runtime {
   /// placeholder instead).
   bool effect(Step step) {
     step.phase = phase;
+    if (step.origin.empty()) step.origin = origin_of_caller();
     plan_.add(std::move(step));
     return !opts_.dry_run;
   }
@@ -75,6 +76,14 @@ class Runtime {
   [[nodiscard]] const std::string& run_id() const { return run_id_; }
 
   std::string phase = "load";
+  /// A verified pack checkout: effects asked for by code under `root` are
+  /// marked with `origin` in the plan.
+  struct PackRoot {
+    std::string root, origin;
+  };
+  std::vector<PackRoot> pack_roots;
+  /// The origin of the innermost frame of the running task that is pack code, or "".
+  [[nodiscard]] std::string origin_of_caller() const;
   /// Directory of the running recipe: first place `require` looks.
   std::string recipe_dir;
 
@@ -114,6 +123,8 @@ class Runtime {
   void install_os_exit();
   void open_state();
   int load_recipe(const std::string& recipe, std::string& path, bool& command);
+  int load_pack_recipe(const std::string& spec, std::string& path);
+  std::string recipe_origin_;  // "pack NAME@COMMIT" for `ephrun PACK/RECIPE`
   int load_failed(const std::string& message, int code);
   int prepare(const std::string& recipe, const std::string& path,
               const std::vector<std::string>& args, std::string& label, std::string& bound_params);

@@ -62,8 +62,11 @@ end
 ---@param opts? table provider options
 ---@return ephrun.Cloud
 function M.provider(name, opts)
+  if type(name) == "string" and name:match("^[%w_][%w_%-]*/[%w_][%w_%-]*$") then
+    return M.pack_provider(name, opts)
+  end
   if type(name) ~= "string" or not name:match("^[%w_%-]+$") then
-    error(("provider name must be a word, got %s"):format(tostring(name)), 2)
+    error(("provider name must be a word, or PACK/NAME for a pack's, got %s"):format(tostring(name)), 2)
   end
   local modname = "providers." .. name
   local impl = package.loaded[modname] or load_builtin(modname)
@@ -81,6 +84,26 @@ function M.provider(name, opts)
   end
   if type(impl) ~= "table" then error(("provider '%s' did not return a table"):format(name), 2) end
   return setmetatable({ name = name, impl = impl, opts = opts or {} }, Cloud)
+end
+
+--- Loads provider `PACK/NAME` from a locked pack, verified against ephrun.lock
+--- (a pack's provider never takes a built-in's bare name).
+---@param spec string "PACK/NAME"
+---@param opts? table provider options
+---@return ephrun.Cloud
+function M.pack_provider(spec, opts)
+  local modname = "providers." .. spec
+  local impl = package.loaded[modname]
+  if not impl then
+    local ok, src, path = pcall(require("ephrun.packs").provider_file, spec)
+    if not ok then error(("provider '%s': %s"):format(spec, tostring(src)), 3) end
+    local chunk, err = load(src, "@" .. path, "t")
+    if not chunk then error(err, 3) end
+    impl = chunk(modname, path)
+    package.loaded[modname] = impl
+  end
+  if type(impl) ~= "table" then error(("provider '%s' did not return a table"):format(spec), 3) end
+  return setmetatable({ name = spec, impl = impl, opts = opts or {} }, Cloud)
 end
 
 --- Hourly price in USD of an instance of `spec`, or nil when unknown.
