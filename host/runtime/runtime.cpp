@@ -565,6 +565,11 @@ int Runtime::prepare(const std::string& recipe, const std::string& path,
   lua_pushboolean(L, opts_.help);
   // Named like the run's root task: its log lines carry no task prefix either.
   Task* t = sched_->spawn(L, 5, "main", nullptr);
+  // An ended task's results stay on its coroutine, which the scheduler no
+  // longer references: anchor it here to read them.
+  lua_State* co = t->co;
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
   sched_->run_until(t);
   int sig = sched_->signal_received();
   if (exit_code_) {  // os.exit while loading: the cleanups pushed so far run, then its code
@@ -574,7 +579,13 @@ int Runtime::prepare(const std::string& recipe, const std::string& path,
   }
   std::string what, error, traceback = t->traceback;
   if (t->ok) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->result_ref);
+    int n = lua_gettop(co) - 1;  // (true, results...)
+    lua_createtable(L, n, 0);
+    for (int i = 1; i <= n; ++i) {
+      lua_pushvalue(co, i + 1);
+      lua_xmove(co, L, 1);
+      lua_rawseti(L, -2, i);
+    }
     lua_rawgeti(L, -1, 1);
     what = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
     lua_pop(L, 1);
