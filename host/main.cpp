@@ -31,6 +31,8 @@ Options:
   -v, --verbose    more output (-vv for trace); tracebacks on errors
   -q, --quiet      only warnings and errors
   --log-file FILE  also write a debug log to FILE
+  --notify URL     POST start/success/failure to a Slack-compatible webhook
+                   (a secret; EPHRUN_NOTIFY_URL also sets it)
   --list           list the built-in recipes and commands with their summaries
   --version        print the version
   -h, --help       this help, or the recipe's with RECIPE
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose);
   app.add_flag("-q,--quiet", quiet);
   app.add_option("--log-file", opts.log_file);
+  app.add_option("--notify", opts.notify_url);
   app.add_flag("-h,--help", opts.help);
   app.add_flag("--version", version);
   app.add_flag("--list", list);

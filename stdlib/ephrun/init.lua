@@ -10,6 +10,7 @@ local modules = {
   fs = "ephrun.fs", proc = "ephrun.proc", xml = "ephrun.xml", ssh = "ephrun.ssh",
   keys = "ephrun.keys", params = "ephrun.params", cloud = "ephrun.cloud",
   journal = "ephrun.journal", cloudinit = "ephrun.cloudinit", aws = "ephrun.aws",
+  notify = "ephrun.notify",
 }
 
 setmetatable(M, {
