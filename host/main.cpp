@@ -23,6 +23,7 @@ Commands (a Lua file of that name in the current directory runs instead):
   ephrun reaper install|status|remove         a systemd timer or crontab line that
                                               runs `ephrun reap --expired --yes`
   ephrun history [--json]                     past runs
+  ephrun lock ls [--json] | lock break NAME   team locks (ephrun.lock); break asks first
 
 Options:
   --dry-run        print the plan (resources, commands, cost) and change nothing
@@ -43,7 +44,7 @@ Exit codes: 0 success, 1 recipe failed, 2 usage or parameter error,
 
 // Commands whose output --json shapes; elsewhere it needs --dry-run.
 bool json_without_dry_run_ok(const std::string& recipe) {
-  return recipe == "ephrun:ls" || recipe == "ephrun:history";
+  return recipe == "ephrun:ls" || recipe == "ephrun:history" || recipe == "ephrun:lock";
 }
 
 }  // namespace
@@ -92,7 +93,8 @@ int main(int argc, char** argv) {
   }
   // Built-in commands are recipes shipped in stdlib/ephrun/cmd/; a Lua file
   // of the same name in the current directory still wins (see load_recipe).
-  if ((recipe == "ls" || recipe == "reap" || recipe == "history" || recipe == "reaper") &&
+  if ((recipe == "ls" || recipe == "reap" || recipe == "history" || recipe == "reaper" ||
+       recipe == "lock") &&
       !std::filesystem::is_regular_file(recipe))
     recipe = "ephrun:" + recipe;
   if (!older_than.empty()) {
@@ -112,6 +114,11 @@ int main(int argc, char** argv) {
   // `ephrun reaper install`: the first bare word is the action.
   if (recipe == "ephrun:reaper" && !args.empty() && args[0].find('=') == std::string::npos)
     args[0] = "action=" + args[0];
+  // `ephrun lock break NAME`: the action, then the lock's name.
+  if (recipe == "ephrun:lock") {
+    if (!args.empty() && args[0].find('=') == std::string::npos) args[0] = "action=" + args[0];
+    if (args.size() > 1 && args[1].find('=') == std::string::npos) args[1] = "name=" + args[1];
+  }
   if (opts.json && !opts.dry_run && !opts.help && !json_without_dry_run_ok(recipe)) {
     std::cerr << "ephrun: --json prints the plan of a --dry-run (or the output of `ephrun ls` "
                  "and `ephrun history`); add --dry-run\n";

@@ -31,6 +31,16 @@ function M.provider(name, opts)
   return require("ephrun.cloud").provider(name, opts)
 end
 
+--- Takes the team lock `name` for the rest of the run, or raises naming its
+--- holder and the lease it has left (see `ephrun.lock` in docs/api/lock.md).
+---@param name string
+---@param opts? ephrun.LockOpts
+---@return ephrun.Lock
+function M.lock(name, opts)
+  -- a tail call, so the errors of ephrun.lock point at the recipe's line
+  return require("ephrun.lock").lock(name, opts)
+end
+
 local recipe_marker = {}
 
 ---@class ephrun.ParamSpec

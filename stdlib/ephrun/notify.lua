@@ -45,10 +45,22 @@ local function hostname()
   return (h:gsub("%s+$", ""))
 end
 
+-- USER is unset under cron and in containers: the uid's name from /etc/passwd then.
+local function username()
+  local u = os.getenv("USER") or os.getenv("LOGNAME")
+  if u and u ~= "" then return u end
+  local uid = (ephrun.fs.read("/proc/self/status") or ""):match("\nUid:%s+(%d+)")
+  for line in ((uid and ephrun.fs.read("/etc/passwd")) or ""):gmatch("[^\n]+") do
+    local name, id = line:match("^([^:]*):[^:]*:(%d+):")
+    if id == uid then return name end
+  end
+  return uid and ("uid " .. uid) or "?"
+end
+
 --- Who and where, as the lock and the notifications name them.
 ---@return {user: string, host: string}
 function M.identity()
-  return { user = os.getenv("USER") or os.getenv("LOGNAME") or "?", host = hostname() }
+  return { user = username(), host = hostname() }
 end
 
 --- The message for `event`: Slack reads `text` and `attachments`; other
