@@ -185,12 +185,12 @@ class S3LockTest(Base):
         from aws import AwsStandin
         with AwsStandin(start_sshd=False) as a:
             self.extra_env = a.env()
-            a.aws("s3api", "create-bucket", "--bucket", "team-locks",
+            a.aws_cli("s3api", "create-bucket", "--bucket", "team-locks",
                   "--create-bucket-configuration", "LocationConstraint=eu-west-1")
             first, run_id = self.hold("backend=s3", "bucket=team-locks", "lease=3s")
 
             def holder():
-                out = a.aws("s3api", "get-object", "--bucket", "team-locks", "--key",
+                _, out, _ = a.aws_cli("s3api", "get-object", "--bucket", "team-locks", "--key",
                             "ephrun-locks/build.json", os.path.join(self.dir, "obj"))
                 with open(os.path.join(self.dir, "obj")) as f:
                     return out["ETag"], json.load(f)
