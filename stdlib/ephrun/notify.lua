@@ -101,11 +101,17 @@ function M.send(event, info)
   if not u then return true end
   local body = ephrun.json.encode(M.payload(event, info or {}))
   -- POSTs are retried only on request: a duplicate message is better than none.
+  -- Once the webhook has failed a whole send, later ones try once, so a dead
+  -- receiver delays the run by seconds, not by every message's retries.
   local ok, resp, err = pcall(ephrun.http.post, u, body, {
-    headers = { ["Content-Type"] = "application/json" }, retry = true, retries = 4,
-    timeout = 5, connect_timeout = 3, deadline = 15,
+    headers = { ["Content-Type"] = "application/json" }, retry = true, retries = M.unreachable and 0 or 3,
+    timeout = 5, connect_timeout = 3, deadline = 10,
   })
-  if ok and resp and resp.ok then return true end
+  if ok and resp and resp.ok then
+    M.unreachable = false
+    return true
+  end
+  M.unreachable = true
   local why = not ok and tostring(resp) or resp and ("HTTP " .. tostring(resp.status)) or tostring(err)
   ephrun.log.warn(("notification '%s' not delivered (%s); the run goes on"):format(event, core.redact(why)))
   return false

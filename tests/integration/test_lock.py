@@ -123,7 +123,8 @@ class FileLockTest(Base):
         self.assertEqual(self.release(first)[0], 0)
 
     def test_sigkilled_holder_lapses_and_is_taken_over(self):
-        first, run_id = self.hold("lease=3s")
+        # long enough that the refused run below starts well within it, even on a busy machine
+        first, run_id = self.hold("lease=8s")
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=30)
         r = self.ephrun([self.path])
