@@ -166,6 +166,15 @@ class FileLockTest(Base):
         # the holder notices at its next renewal; here it is simply ended
         self.release(first)
 
+    def test_a_broken_lock_stops_its_holder_at_the_next_renewal(self):
+        first, run_id = self.hold("lease=3s")
+        r = self.ephrun(["lock", "break", "build", "--yes"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        out, err = first.communicate(timeout=30)  # never told to go on: it must stop by itself
+        self.assertEqual(first.returncode, 1, err)
+        self.assertIn("lock 'build' was taken from this run", err)
+        self.assertNotIn("DONE", out)
+
     def test_dry_run_reads_the_holder_and_takes_nothing(self):
         r = self.ephrun([self.path, "--dry-run", "--json"])
         self.assertEqual(r.returncode, 0, r.stderr)
