@@ -132,7 +132,9 @@ function M.run_started(recipe)
     if outcome.ok and sig == 0 then
       M.send("success", { recipe = recipe })
     else
-      local detail = sig ~= 0 and ("interrupted by signal " .. sig) or outcome.err or "the run did not finish"
+      local names = { [1] = "SIGHUP", [2] = "SIGINT", [15] = "SIGTERM" }
+      local detail = sig ~= 0 and ("interrupted by " .. (names[sig] or ("signal " .. sig)))
+        or outcome.err or "the run did not finish"
       M.send("failure", { recipe = recipe, detail = detail })
     end
   end, "notify the end of the run")

@@ -137,6 +137,20 @@ class NotifyTest(unittest.TestCase):
         self.assertIn("failed", fail["text"])
         self.assert_secret(rec.url, r)
 
+    def test_interrupted_run_notifies_failure(self):
+        rec = Receiver()
+        self.addCleanup(rec.close)
+        e = env(EPHRUN_HOME=self.home, EPHRUN_NOTIFY_URL=rec.url)
+        hold = OK_RECIPE.replace('print("BODY")', 'print("READY") io.stdout:flush() ephrun.time.sleep(600)')
+        p = subprocess.Popen([BIN, self.recipe(hold)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+        wait_ready(p, timeout=30)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        self.assertEqual(p.returncode, 130, err)
+        self.assertIn("CLEANED", out)
+        self.assertEqual(rec.events(), ["start", "failure"])
+        self.assertIn("interrupted by SIGINT", rec.messages()[1]["detail"])
+
     def test_server_error_is_retried(self):
         rec = Receiver(statuses=[500, 200])
         self.addCleanup(rec.close)
