@@ -190,13 +190,54 @@ class FileLockTest(Base):
         self.release(first)
 
 
+CONDITIONAL = r'''
+local ephrun = require "ephrun"
+local lock = require "ephrun.lock"
+return ephrun.recipe { name = "s3-conditional", run = function()
+  local a = lock.backend("cond", { backend = "s3", bucket = "team-locks" })
+  local b = lock.backend("cond", { backend = "s3", bucket = "team-locks" })
+  local h = { run_id = "A", since = 1, lease = 60, expires = ephrun.time.now() + 60 }
+  assert(a:create(h) == true, "first create")
+  -- the race the GET beforehand cannot close: If-None-Match makes S3 refuse
+  assert(b:create({ run_id = "B", since = 2, lease = 60, expires = 0 }) == false, "second create must get 412")
+  local seen = b:read()
+  assert(seen.run_id == "A" and seen.etag, "holder read back with its etag")
+  -- A renews: the ETag B saw is stale, so B's takeover must not delete A's lock
+  h.expires = h.expires + 60
+  assert(a:renew(h) == true, "renew under If-Match")
+  b:take_over(seen)
+  assert(b:read().run_id == "A", "a renewed lock survives a takeover with a stale ETag")
+  -- a renewal by someone whose ETag is stale is refused, naming the holder
+  b.etag = seen.etag
+  local ok, cur = b:renew({ run_id = "B" })
+  assert(ok == false and cur.run_id == "A", "stale renew refused")
+  a:release(h)
+  assert(a:read() == nil, "released")
+  print("CONDITIONAL OK")
+end }
+'''
+
+
 class S3LockTest(Base):
+    def test_conditional_writes_close_the_races(self):
+        from aws import AwsStandin
+        with AwsStandin(start_sshd=False) as a:
+            self.extra_env = a.env()
+            a.aws_cli("s3api", "create-bucket", "--bucket", "team-locks",
+                      "--create-bucket-configuration", "LocationConstraint=eu-west-1")
+            path = os.path.join(self.dir, "cond.lua")
+            with open(path, "w") as f:
+                f.write(CONDITIONAL)
+            r = self.ephrun([path])
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn("CONDITIONAL OK", r.stdout)
+
     def test_s3_lock_refuses_renews_and_takes_over(self):
         from aws import AwsStandin
         with AwsStandin(start_sshd=False) as a:
             self.extra_env = a.env()
             a.aws_cli("s3api", "create-bucket", "--bucket", "team-locks",
-                  "--create-bucket-configuration", "LocationConstraint=eu-west-1")
+                      "--create-bucket-configuration", "LocationConstraint=eu-west-1")
             first, run_id = self.hold("backend=s3", "bucket=team-locks", "lease=3s")
 
             def holder():
