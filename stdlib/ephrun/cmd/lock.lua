@@ -74,9 +74,9 @@ return ephrun.recipe {
   name = "lock",
   summary = "List team locks (`ephrun lock ls`) or break one (`ephrun lock break NAME`, asks first).",
   params = {
-    action = { default = "ls", choices = { "ls", "break" }, doc = "ls | break" },
+    action = { default = "ls", choices = { "ls", "break" }, doc = "list the locks, or break one" },
     name = { default = "", doc = "the lock (for break, and for ls with backend=s3)" },
-    backend = { default = "file", choices = { "file", "s3" }, doc = "file ($EPHRUN_HOME/locks) | s3" },
+    backend = { default = "file", choices = { "file", "s3" }, doc = "where the lock lives: file is $EPHRUN_HOME/locks" },
     bucket = { default = "", doc = "backend=s3: the bucket" },
     key = { default = "", doc = "backend=s3: the object key (default ephrun-locks/NAME.json)" },
   },
