@@ -269,11 +269,14 @@ Lock.__close = Lock.release
 local function renew_loop(lock, backend, every)
   while true do
     ephrun.time.sleep(every)
+    -- a renewal in flight when the lock was released must not bring it back
+    if lock.released then return end
     local h = lock.holder
     local next_h = {}
     for k, v in pairs(h) do next_h[k] = v end
     next_h.expires = ephrun.time.now() + h.lease
     local ok, res, other = pcall(backend.renew, backend, next_h)
+    if lock.released then return end
     if not ok then
       ephrun.log.warn(("lock '%s': renewal failed (%s); retrying"):format(lock.name, tostring(res)))
     elseif not res then
@@ -325,6 +328,7 @@ function M.lock(name, opts)
         task = ephrun.spawn("lock " .. name, renew_loop, lock, backend, math.max(1, lease / 3))
       end
       lock.deferred = ephrun.defer(function()
+        lock.released = true
         if task then task:cancel("the lock is released") end
         ephrun.effect { kind = "unlock", what = ("release lock '%s'"):format(name), where = backend:where(),
           run = function() backend:release(lock.holder) end }
