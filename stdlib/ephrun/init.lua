@@ -313,8 +313,8 @@ function M.run_id()
   return core.options().run_id
 end
 
---- The command-line options: dry_run, json, yes, verbosity, run_id.
----@return {dry_run: boolean, json: boolean, yes: boolean, verbosity: integer, run_id: string}
+--- The command-line options: dry_run, json, yes, verbosity, run_id, notify_url.
+---@return {dry_run: boolean, json: boolean, yes: boolean, verbosity: integer, run_id: string, notify_url: string}
 function M.options()
   return core.options()
 end
