@@ -33,6 +33,7 @@ Commands (a Lua file of that name in the current directory runs instead):
   ephrun pack add SOURCE [--ref REF] [--as NAME] | ls | update [NAME] | remove NAME | verify
                                               recipe packs pinned by ephrun.lock
   ephrun PACK/RECIPE [name=value ...]         runs a recipe of a locked pack
+  ephrun lock ls [--json] | lock break NAME   team locks (ephrun.lock); break asks first
 
 Options:
   --dry-run        print the plan (resources, commands, cost) and change nothing
@@ -41,6 +42,8 @@ Options:
   -v, --verbose    more output (-vv for trace); tracebacks on errors
   -q, --quiet      only warnings and errors
   --log-file FILE  also write a debug log to FILE
+  --notify URL     POST start/success/failure to a Slack-compatible webhook
+                   (a secret; EPHRUN_NOTIFY_URL also sets it)
   --list           list the built-in recipes and commands with their summaries
   --version        print the version
   -h, --help       this help, or the recipe's with RECIPE
@@ -53,7 +56,7 @@ Exit codes: 0 success, 1 recipe failed, 2 usage or parameter error,
 // Commands whose output --json shapes; elsewhere it needs --dry-run.
 bool json_without_dry_run_ok(const std::string& recipe) {
   return recipe == "ephrun:ls" || recipe == "ephrun:history" || recipe == "ephrun:check" ||
-         recipe == "ephrun:pack";
+         recipe == "ephrun:pack" || recipe == "ephrun:lock";
 }
 
 // Commands that read their own words (`ephrun check a.lua b.lua n=v`): they
@@ -82,6 +85,7 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose);
   app.add_flag("-q,--quiet", quiet);
   app.add_option("--log-file", opts.log_file);
+  app.add_option("--notify", opts.notify_url);
   app.add_flag("-h,--help", opts.help);
   app.add_flag("--version", version);
   app.add_flag("--list", list);
@@ -117,7 +121,8 @@ int main(int argc, char** argv) {
   // Built-in commands are recipes shipped in stdlib/ephrun/cmd/; a Lua file
   // of the same name in the current directory still wins (see load_recipe).
   if ((recipe == "ls" || recipe == "reap" || recipe == "history" || recipe == "reaper" ||
-       recipe == "new" || recipe == "check" || recipe == "meta" || recipe == "pack") &&
+       recipe == "new" || recipe == "check" || recipe == "meta" || recipe == "pack" ||
+       recipe == "lock") &&
       !std::filesystem::is_regular_file(recipe))
     recipe = "ephrun:" + recipe;
   if (!older_than.empty()) {
@@ -171,6 +176,11 @@ int main(int argc, char** argv) {
   if (recipe == "ephrun:pack" && args.size() > 1 && args[0].starts_with("action=") &&
       args[1].find('=') == std::string::npos)
     args[1] = "target=" + args[1];
+  // `ephrun lock break NAME`: the action, then the lock's name.
+  if (recipe == "ephrun:lock") {
+    if (!args.empty() && args[0].find('=') == std::string::npos) args[0] = "action=" + args[0];
+    if (args.size() > 1 && args[1].find('=') == std::string::npos) args[1] = "name=" + args[1];
+  }
   if (opts.json && !opts.dry_run && !opts.help && !json_without_dry_run_ok(recipe)) {
     std::cerr << "ephrun: --json prints the plan of a --dry-run (or the output of `ephrun ls` "
                  "and `ephrun history`); add --dry-run\n";

@@ -506,6 +506,8 @@ int l_core_options(lua_State* L) {
   lua_setfield(L, -2, "verbosity");
   lua_pushstring(L, Runtime::of(L).run_id().c_str());
   lua_setfield(L, -2, "run_id");
+  lua_pushstring(L, o.notify_url.c_str());
+  lua_setfield(L, -2, "notify_url");
   return 1;
 }
 

@@ -78,12 +78,14 @@ int l_fs_write(lua_State* L) {
   if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
   mode_t mode = opt_mode(L, 3, 0644, "fs.write");
   bool atomic = lua::opt_bool_field(L, 3, "atomic", true);
+  bool exclusive = lua::opt_bool_field(L, 3, "exclusive", false);
+  if (exclusive && !atomic) luaL_error(L, "fs.write: exclusive=true needs atomic=true");
   if (!act(L, fmt::format("write {} bytes (mode {})", data.size(), sys::format_mode(mode)), path)) {
     lua_pushboolean(L, 1);
     return 1;
   }
   try {
-    sys::write_file(path, data, mode, atomic);
+    sys::write_file(path, data, mode, atomic, exclusive);
   } catch (const sys::Error& e) {
     return push_error(L, e);
   }

@@ -24,6 +24,7 @@ struct Options {
   int verbosity = 0;  // -1 quiet, 0 normal, 1+ verbose
   std::string log_file;
   bool help = false;
+  std::string notify_url;  // --notify; a secret (the stdlib registers it)
 };
 
 /// Whether a file shipped with ephrun exists at `rel` ("recipes/x.lua"),

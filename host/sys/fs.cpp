@@ -189,7 +189,8 @@ std::string read_file(const std::string& path) {
   return out;
 }
 
-void write_file(const std::string& path, const std::string& data, mode_t mode, bool atomic) {
+void write_file(const std::string& path, const std::string& data, mode_t mode, bool atomic,
+                bool exclusive) {
   if (!atomic) {
     Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
     if (fd.fd < 0) throw_errno("cannot write", path, errno);
@@ -210,7 +211,14 @@ void write_file(const std::string& path, const std::string& data, mode_t mode, b
     write_all(fd.fd, data, tmp);
     if (::fsync(fd.fd) != 0) throw_errno("cannot fsync", tmp, errno);
     if (::close(fd.release()) != 0) throw_errno("cannot write", tmp, errno);
-    if (::rename(tmp.c_str(), path.c_str()) != 0) throw_errno("cannot rename onto", path, errno);
+    // link(2) publishes the complete file only if the name is free, so an
+    // exclusive create is atomic and no reader ever sees it half written.
+    if (exclusive) {
+      if (::link(tmp.c_str(), path.c_str()) != 0) throw_errno("cannot create", path, errno);
+      ::unlink(tmp.c_str());
+    } else if (::rename(tmp.c_str(), path.c_str()) != 0) {
+      throw_errno("cannot rename onto", path, errno);
+    }
   } catch (...) {
     ::unlink(tmp.c_str());  // no Lua is called here: only our own errors pass
     throw;

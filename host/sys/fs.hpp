@@ -38,7 +38,9 @@ std::string read_file(const std::string& path);
 /// Writes `data` with permissions `mode` (applied exactly, umask aside). When
 /// `atomic`, writes a temporary file beside `path`, fsyncs it and renames it
 /// over `path`, so readers see the old or the new content, never a mix.
-void write_file(const std::string& path, const std::string& data, mode_t mode, bool atomic);
+/// `exclusive` (atomic only) fails with EEXIST instead when `path` exists.
+void write_file(const std::string& path, const std::string& data, mode_t mode, bool atomic,
+                bool exclusive = false);
 void append_file(const std::string& path, const std::string& data, mode_t mode);
 /// Creates `path` and its missing parents; an existing directory is fine.
 void mkdir_p(const std::string& path, mode_t mode);

@@ -9,6 +9,7 @@ local fs = {}
 ---@class ephrun.fs.WriteOpts
 ---@field mode? string|integer permissions, "0644" by default; applied exactly (umask aside). Write modes as strings: Lua has no octal literals
 ---@field atomic? boolean write a temporary file beside the target, fsync, rename over it (default true)
+---@field exclusive? boolean create only: fail with code "EEXIST" when the target exists (the file is linked into place, so it appears complete or not at all)
 
 ---@class ephrun.fs.Stat
 ---@field size integer bytes

@@ -89,8 +89,11 @@ function M.prepare(chunk, path, invoked, args, help)
     return "exit", 2
   end
   rawset(ephrun, "recipe_name", recipe.name)
+  local is_command = path:find("stdlib/ephrun/cmd/", 1, true) ~= nil
   return "run", function()
     core.phase("run")
+    if is_command then return recipe.run(p) end
+    local outcome <close> = require("ephrun.notify").run_started(recipe.name) -- luacheck: no unused
     return recipe.run(p)
   end, recipe.name, params.canonical(p, recipe.params)
 end

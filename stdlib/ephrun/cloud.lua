@@ -255,7 +255,7 @@ end
 --- `spec.ttl` (default 1h; `false` for none) bounds its life: the instance
 --- ends itself at expiry even if ephrun is killed. `keep=true` skips the
 --- destroy (loudly).
----@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string}
+---@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string, warn_cost?: number}
 ---@return ephrun.Instance
 function Cloud:launch(spec)
   -- A permanent server (the static provider) is attached to, never created.
@@ -273,6 +273,7 @@ function Cloud:launch(spec)
   local grace, lifetime_lines
   if ttl then grace, lifetime_lines = lifetime(self, ttl, ephrun.time.iso8601(expires)) end
   local worst = hourly and ttl and grace and hourly * (ttl + grace) / 3600 or nil
+  require("ephrun.notify").check_cost(worst, { provider = self.name, plan = spec.plan, warn_cost = spec.warn_cost })
   local tags = {
     ["ephrun-run"] = ephrun.run_id(),
     ["ephrun-recipe"] = rawget(ephrun, "recipe_name") or "?",

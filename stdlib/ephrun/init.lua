@@ -27,6 +27,7 @@ local modules = {
   fs = "ephrun.fs", proc = "ephrun.proc", xml = "ephrun.xml", ssh = "ephrun.ssh",
   keys = "ephrun.keys", params = "ephrun.params", cloud = "ephrun.cloud",
   journal = "ephrun.journal", cloudinit = "ephrun.cloudinit", aws = "ephrun.aws",
+  notify = "ephrun.notify",
 }
 
 setmetatable(M, {
@@ -45,6 +46,16 @@ setmetatable(M, {
 ---@return ephrun.Cloud
 function M.provider(name, opts)
   return require("ephrun.cloud").provider(name, opts)
+end
+
+--- Takes the team lock `name` for the rest of the run, or raises naming its
+--- holder and the lease it has left (see `ephrun.lock` in docs/api/lock.md).
+---@param name string
+---@param opts? ephrun.LockOpts
+---@return ephrun.Lock
+function M.lock(name, opts)
+  -- a tail call, so the errors of ephrun.lock point at the recipe's line
+  return require("ephrun.lock").lock(name, opts)
 end
 
 local recipe_marker = {}
@@ -325,8 +336,8 @@ function M.run_id()
   return core.options().run_id
 end
 
---- The command-line options: dry_run, json, yes, verbosity, run_id.
----@return {dry_run: boolean, json: boolean, yes: boolean, verbosity: integer, run_id: string}
+--- The command-line options: dry_run, json, yes, verbosity, run_id, notify_url.
+---@return {dry_run: boolean, json: boolean, yes: boolean, verbosity: integer, run_id: string, notify_url: string}
 function M.options()
   return core.options()
 end

@@ -39,6 +39,18 @@ it("write is atomic: a temporary file renamed over the target, with the mode ask
   raises(function() fs.write(p, "x", { mode = "0999" }) end, "not an octal mode")
 end)
 
+it("write{exclusive=true} creates only: an existing target is left alone with EEXIST", function()
+  local d = fs.tempdir("fs-spec-")
+  local p = fs.join(d, "holder.json")
+  eq(fs.write(p, "first", { exclusive = true, mode = "0600" }), true)
+  eq(fs.stat(p).perm, "0600")
+  local v, err, code = fs.write(p, "second", { exclusive = true })
+  eq(v, nil); contains(err, p); eq(code, "EEXIST")
+  eq(fs.read(p), "first")
+  eq(fs.list(d), { "holder.json" }) -- the losing temporary file is gone too
+  raises(function() fs.write(p, "x", { exclusive = true, atomic = false }) end, "needs atomic=true")
+end)
+
 it("expected failures return nil, message, code", function()
   local v, err, code = fs.read("/no/such/file")
   eq(v, nil); contains(err, "/no/such/file"); eq(code, "ENOENT")

@@ -295,6 +295,8 @@ return ephrun.recipe {
         if c.run_id then reaped_runs[c.run_id] = true end
         if not ephrun.dry_run() then
           io.stdout:write(("destroyed %s %s (%s)\n"):format(c.provider, c.id, c.why))
+          ephrun.notify.send("terminated", { recipe = c.recipe, run_id = c.run_id, provider = c.provider, id = c.id,
+            detail = ("%s %s destroyed by `ephrun reap` (%s)"):format(c.provider, c.id, c.why) })
         end
       else
         failures[#failures + 1] = ("%s %s: %s"):format(c.provider, c.id, tostring(err))
