@@ -102,7 +102,7 @@ function Provider.wait(inst, state, deadline, opts) end
 ---@return number|nil
 function Provider.price(spec, opts) end
 
---- Optional: vCPU, memory (MiB) and hourly price of `spec.plan`, for tables that
+--- Optional. vCPU, memory (MiB) and hourly price of `spec.plan`, for tables that
 --- compare plans (recipes/size-sweep.lua); nil when the plan is unknown.
 ---@param spec ephrun.provider.LaunchSpec
 ---@param opts table
