@@ -6,8 +6,8 @@
 --- whole of a `run`), so the sampler cannot be a second channel beside the
 --- job: it is a detached shell loop started over the session just before the
 --- job and stopped (with a last sample) just after. It stops by itself when
---- its stop file appears or after `max` seconds, so a launcher that died
---- cannot leave it running for long on a permanent server.
+--- its stop file appears, when the SSH connection that started it is gone, or
+--- after `max` seconds, so a launcher that died leaves nothing running.
 ---
 --- Inside a memory-limited cgroup (a local instance's plan, a container) the
 --- figures are the cgroup's, not the host's /proc/meminfo, which there would
@@ -80,10 +80,13 @@ local function sample_sh(dir, paths)
   return "d=" .. q(dir) .. "\n" .. SAMPLE_SH:gsub("@PATHS@", function() return paths end)
 end
 
--- The detached loop.
-local function sampler_script(dir, paths, max)
-  return ("%s\ncg_init\nend=$(( $(date +%%s) + %d ))\n"):format(sample_sh(dir, paths), max) .. [[
-while sleep 1 && [ ! -e "$d/stop" ] && [ "$(date +%s)" -lt "$end" ]; do
+-- The detached loop. It also ends with the SSH connection that started it
+-- (`conn`, the sshd process the session's commands are children of), so a
+-- launcher killed mid-job leaves no sampler behind.
+local function sampler_script(dir, paths, max, conn)
+  return ("%s\ncg_init\nend=$(( $(date +%%s) + %d ))\nconn=%s\n"):format(sample_sh(dir, paths), max,
+    q(conn or "")) .. [[
+while sleep 1 && [ ! -e "$d/stop" ] && [ "$(date +%s)" -lt "$end" ] && { [ -z "$conn" ] || [ -d "/proc/$conn" ]; }; do
   sample
 done
 ]]
@@ -121,8 +124,10 @@ function M.start(sh, opts)
   local dir = "/tmp/ephrun-measure-" .. random_name()
   local plist = table.concat(paths, " ")
   -- The first sample is taken before the job starts, whatever the loop's pace.
-  sh:run(sample_sh(dir, plist) .. '\nmkdir -p "$d" && cg_init && { oom_line; sample; } > "$d/first"', { stream = false })
-  local job = sh:run_detached(sampler_script(dir, plist, math.floor(opts.max or 86400)),
+  local first = sh:run(sample_sh(dir, plist) .. '\nmkdir -p "$d" && cg_init && { oom_line; sample; } > "$d/first"'
+    .. ' && echo "conn $PPID"', { stream = false })
+  local conn = first.stdout:match("conn (%d+)")
+  local job = sh:run_detached(sampler_script(dir, plist, math.floor(opts.max or 86400), conn),
     { log = dir .. "/samples" })
   return { sh = sh, dir = dir, pid = job.pid, paths = plist }
 end

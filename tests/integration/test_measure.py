@@ -3,14 +3,18 @@ whose plans the kernel enforces: a job that allocates more than the small plan's
 OOM-killed there with a warning, and runs clean on a larger plan; the figures (peak memory,
 vCPU, memory limit) come from the samples the instance gave. The dry-run plan shows the
 measured steps. No instance, user or cgroup is left behind."""
+import glob
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import unittest
 
-from common import BIN, env
+from common import BIN, env, wait_ready
 
 # The job touches `mb` MiB and ends at once: the peak is the kernel's own
 # high-water mark, so no timing decides whether a sample saw it.
@@ -38,10 +42,36 @@ return ephrun.recipe { name = "measure-test",
 
 MiB = 1 << 20
 
+HOLD = r'''
+local ephrun = require "ephrun"
+return ephrun.recipe { name = "measure-hold", params = { release = { default = "" } },
+  run = function(p)
+    local box <close> = ephrun.provider("local"):launch { ttl = "10m" }
+    local sh <close> = box:ssh()
+    print("DIR " .. box.raw.dir)
+    io.stdout:flush()
+    sh:run("echo JOB-STARTED; while [ ! -e " .. ephrun.shell_quote(p.release) .. " ]; do sleep 0.1; done",
+      { measure = true })
+  end }
+'''
+
+
+def samplers():
+    """pids of sampler loops (their script names their /tmp/ephrun-measure-* directory)."""
+    found = []
+    for f in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(f, "rb") as fh:
+                if re.search(rb"d='/tmp/ephrun-measure-[a-z]{12}'", fh.read()):
+                    found.append(int(f.split("/")[2]))
+        except OSError:
+            pass
+    return found
+
 
 class Measure(unittest.TestCase):
     def setUp(self):
-        self.tmp = tempfile.mkdtemp(prefix="ephrun-measure-test-")
+        self.tmp = tempfile.mkdtemp(prefix="ephrun-measured-job-")
         self.recipe = os.path.join(self.tmp, "job.lua")
         with open(self.recipe, "w") as f:
             f.write(JOB)
@@ -106,6 +136,37 @@ class Measure(unittest.TestCase):
         self.assertEqual(g["fn_out"], "second\n")
         self.assertGreaterEqual(g["fn_samples"], 2)
         self.assertEqual(g["fn_vcpu"], 2)
+
+    def test_sampler_ends_with_the_connection_when_ephrun_is_killed(self):
+        path = os.path.join(self.tmp, "hold.lua")
+        with open(path, "w") as f:
+            f.write(HOLD)
+        release = os.path.join(self.tmp, "release")
+        before = set(samplers())
+        p = subprocess.Popen([BIN, path, "release=" + release], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=self.env, cwd=self.tmp)
+        inst_dir = None
+        try:
+            inst_dir = wait_ready(p, "DIR ", timeout=60).split(" ", 1)[1]
+            wait_ready(p, "JOB-STARTED", timeout=60)
+            self.assertTrue(set(samplers()) - before, "no sampler runs during the measured job")
+            p.kill()
+            p.wait(timeout=30)
+            deadline = time.time() + 30
+            while set(samplers()) - before and time.time() < deadline:
+                time.sleep(0.1)
+            left = set(samplers()) - before
+            self.assertEqual(left, set(), "the sampler outlived the SSH connection: " + " | ".join(
+                "%d %s" % (pid, open("/proc/%d/cmdline" % pid, "rb").read()[:300]) for pid in left
+                if os.path.exists("/proc/%d" % pid)))
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            with open(release, "w"):
+                pass
+            if inst_dir and os.path.exists(os.path.join(inst_dir, "destroy.sh")):
+                subprocess.run(["sh", os.path.join(inst_dir, "destroy.sh")], timeout=60)
 
     def test_dry_run_plan_shows_the_measured_steps(self):
         r = subprocess.run([BIN, "--dry-run", self.recipe], capture_output=True, text=True, timeout=60,
