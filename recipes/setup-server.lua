@@ -194,7 +194,7 @@ end
 
 return ephrun.recipe {
   name = "setup-server",
-  summary = "One-time, idempotent set-up of a small VPS: packages, data directories, swap.",
+  summary = "One-time, idempotent set-up of a small VPS: data directories, services, DNS checks, packages, swap.",
   params = {
     host = { type = "string", required = true, doc = "the server's address" },
     port = { type = "number", default = 22, doc = "its SSH port" },
