@@ -73,10 +73,10 @@ class LocalSweep(SweepBase):
         self.assertEqual(len(big["times"]), 2)
         self.assertGreaterEqual(min(big["samples"]), 2)
         self.assertTrue(300 <= float(large["peak_mem_mb"]) <= 1024, large)
-        self.assertAlmostEqual(float(large["peak_mem_mb"]), big["peak_mem"] / 1048576, places=1)
+        self.assertAlmostEqual(float(large["peak_mem_mb"]), big["peak_mem"] / 1048576, delta=0.051)
         self.assertLessEqual(max(s["mem"] for s in big["series"]), big["peak_mem"])
         self.assertAlmostEqual(float(large["time_s"]), sorted(big["times"])[0] / 2 + sorted(big["times"])[1] / 2,
-                               places=2)
+                               delta=0.0051)
         self.assertEqual(len(plans["local-1c-256m"]["times"]), 1, "a failed run is not repeated")
         self.assertIn("local-1c-256m", texts)
         self.assertIn("local-2c-1g", texts)
@@ -112,7 +112,12 @@ class VultrSweep(SweepBase):
         self.assertEqual(rows["vc2-1c-1gb"]["cost_per_hour_usd"], "%.4f" % (5 / 730))
         for row in rows.values():
             self.assertEqual(row["met_target"], "yes", row)
-        self.assertEqual(js["cheapest"], "vc2-1c-1gb")
+        # cost per run is the hourly price times the measured median time, and the cheapest is
+        # the lowest of those (the 1 GB plan is not always it: its run may take twice as long)
+        plans = {p["plan"]: p for p in js["plans"]}
+        for name, p in plans.items():
+            self.assertAlmostEqual(p["cost_run"], p["price_hour"] * p["time"] / 3600, places=12)
+        self.assertEqual(js["cheapest"], min(plans, key=lambda n: (plans[n]["cost_run"], plans[n]["time"])))
         self.assertIn("Cost per run (USD)", texts)
 
 
