@@ -178,7 +178,8 @@ local function svg(rows, p)
   return head .. "\n" .. table.concat(body, "\n") .. "\n</svg>\n"
 end
 
--- Writing the report is an effect: a dry-run names the files and writes none.
+-- Writing and printing the report is an effect: a dry-run names the files and
+-- writes none (its figures would be placeholders).
 local function write_report(rows, p, best)
   local fs = ephrun.fs
   local files = { "sweep.md", "sweep.csv", "sweep.json", "sweep.svg" }
@@ -192,6 +193,7 @@ local function write_report(rows, p, best)
       assert(fs.write(fs.join(p.out, "sweep.json"), ephrun.json.encode {
         job = p.job, max_time = p.max_time, cheapest = best and best.plan or ephrun.json.null, plans = rows }))
       assert(fs.write(fs.join(p.out, "sweep.svg"), svg(rows, p)))
+      io.stdout:write(markdown(rows, p, best))
       return true
     end,
     placeholder = true,
@@ -229,8 +231,8 @@ return ephrun.recipe {
     local rows = ephrun.parallel(p.plans, function(plan) return sweep_one(cloud, p, plan) end)
     ephrun.phase("report")
     local best = cheapest(rows)
+    -- the table of a dry-run would be placeholders: the report step prints and writes it
     write_report(rows, p, best)
-    io.stdout:write(markdown(rows, p, best))
     return rows
   end,
 }

@@ -94,6 +94,7 @@ class LocalSweep(SweepBase):
         self.assertIn("measured: CPU, memory", r.stdout)
         self.assertIn("size-sweep report in", r.stdout)
         self.assertFalse(os.path.exists(self.out))
+        self.assertNotIn("Cheapest plan", r.stdout, "a dry-run printed a table of placeholder figures")
 
 
 class VultrSweep(SweepBase):
