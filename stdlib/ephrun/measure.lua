@@ -280,17 +280,19 @@ function M.parse(text, opts)
     out.load_peak = math.max(out.load_peak or 0, r.load or 0)
     out.cpu_peak = math.max(out.cpu_peak, s.cpu or 0)
   end
-  -- A job killed between two samples is seen by the kernel's own high-water
-  -- mark: when it rose during the job, the job set it.
-  if confined and last.cg.peak > first.cg.peak then
-    out.peak_mem = math.max(out.peak_mem, math.min(last.cg.peak, out.mem_total))
-  end
   out.duration = last.t - first.t
-  if #records > 1 then out.cpu_avg = cpu_between(first, last, confined) end
-  if last.net and first.net then out.net_rx, out.net_tx = last.net.rx - first.net.rx, last.net.tx - first.net.tx end
   if confined and first.cg.oom_kill and last.cg.oom_kill then
     out.oom_kills = last.cg.oom_kill - first.cg.oom_kill
   end
+  -- A peak between two samples (a short job, one the OOM killer ended) is
+  -- seen by the kernel's own high-water mark when it rose during the job.
+  -- That mark counts page cache too, so the cache still held at the end is
+  -- taken off: a job that read many files does not report them as its memory.
+  if confined and last.cg.peak > first.cg.peak then
+    out.peak_mem = math.max(out.peak_mem, math.min(last.cg.peak - last.cg.inactive, out.mem_total))
+  end
+  if #records > 1 then out.cpu_avg = cpu_between(first, last, confined) end
+  if last.net and first.net then out.net_rx, out.net_tx = last.net.rx - first.net.rx, last.net.tx - first.net.tx end
   if oom[1] and oom[#oom] and #oom > 1 then out.oom_kills = math.max(out.oom_kills, oom[#oom] - oom[1]) end
   out.swapped = math.max(0, out.peak_swap - swap0)
 
