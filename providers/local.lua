@@ -29,6 +29,13 @@ local SSHD = "/usr/sbin/sshd"
 
 local q = ephrun.shell_quote
 
+-- `local-<N>c-<M>m|g` → {vcpu, memory_mb}; nil for any other name.
+local function plan_spec(name)
+  local n, m, unit = tostring(name or ""):match("^local%-(%d+)c%-(%d+)([mg])$")
+  if not n or tonumber(n) < 1 or tonumber(m) < 1 then return nil end
+  return { vcpu = tonumber(n), memory_mb = tonumber(m) * (unit == "g" and 1024 or 1) }
+end
+
 local function read(path)
   local f = io.open(path, "r")
   if not f then return nil end
@@ -166,7 +173,7 @@ local function to_instance(m)
   return {
     id = m.id, host = "127.0.0.1", port = m.port, user = m.user, state = state_of(m),
     tags = m.tags or {}, dir = m.dir, workdir = m.workdir, created = m.created,
-    expires_at = m.expires_at, provider = "local",
+    expires_at = m.expires_at, provider = "local", plan = m.plan, limits = m.limits,
   }
 end
 
@@ -212,6 +219,7 @@ id=%s
 dir=%s
 work=%s
 user=%s
+cgroups=%s
 uid=
 [ -n "$user" ] && uid=$(id -u "$user" 2>/dev/null)
 end_instance() {
@@ -245,8 +253,11 @@ end_instance() {
     userdel -r "$user" 2>/dev/null || sleep 0.1
   done
   rm -rf "$work" "$dir"
+  # the plan's cgroups, empty once every process above has ended
+  for c in $cgroups; do n=0; while [ -d "$c" ] && ! rmdir "$c" 2>/dev/null && [ $n -lt 50 ]; do
+    n=$((n + 1)); sleep 0.1; done; done
 }
-]=]):format(q(o.id), q(o.dir), q(o.workdir), q(o.as_root and o.user or ""))
+]=]):format(q(o.id), q(o.dir), q(o.workdir), q(o.as_root and o.user or ""), q(o.limits.cgroups))
 end
 
 -- The by-hand destroy: ends the watchdog first, then the instance.
@@ -292,12 +303,79 @@ else
   echo "$(date -u +%%FT%%TZ) $dir is gone: ending the instance"
 fi
 end_instance
-]]):format(math.max(1, math.ceil(o.ttl)), tostring(o.boot_delay), SSHD)
+]]):format(math.max(1, math.ceil(o.ttl)), tostring(o.boot_delay), o.limits.argv)
 end
 
 -- The environment of the watchdog, and so of sshd: nothing of ephrun's (no
 -- secret such as VULTR_API_KEY can be read from its /proc/<pid>/environ).
 local WATCHDOG_ENV = { PATH = "/usr/sbin:/usr/bin:/sbin:/bin", LC_ALL = "C" }
+
+local function write_file(path, data)
+  local f = io.open(path, "w")
+  if not f then return false end
+  local ok = f:write(data)
+  ok = f:close() and ok
+  return ok and true or false
+end
+
+local function host_cpus()
+  local r = ephrun.proc.run({ "nproc" }, { stream = false, check = false })
+  return tonumber((r.stdout or ""):match("%d+")) or 1
+end
+
+-- A memory cgroup for the instance (v2, else v1 with a cpuacct group for CPU
+-- figures), or nil when this host cannot make one (not root, no delegation).
+local function make_cgroups(id, bytes)
+  local fs = ephrun.fs
+  local name = "ephrun-" .. id
+  local v2 = read("/sys/fs/cgroup/cgroup.controllers")
+  if v2 and v2:find("memory", 1, true) then
+    write_file("/sys/fs/cgroup/cgroup.subtree_control", "+memory")
+    local d = "/sys/fs/cgroup/" .. name
+    if fs.mkdir_p(d) and write_file(d .. "/memory.max", tostring(bytes)) then return { d }, "cgroup v2 memory.max" end
+    pcall(fs.remove, d)
+  end
+  local d = "/sys/fs/cgroup/memory/" .. name
+  if fs.exists("/sys/fs/cgroup/memory/memory.limit_in_bytes") and fs.mkdir_p(d) then
+    if write_file(d .. "/memory.limit_in_bytes", tostring(bytes)) then
+      write_file(d .. "/memory.memsw.limit_in_bytes", tostring(bytes))
+      local dirs = { d }
+      for _, m in ipairs { "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/cpu,cpuacct" } do
+        if fs.exists(m .. "/cpuacct.usage") and fs.mkdir_p(m .. "/" .. name) then
+          dirs[#dirs + 1] = m .. "/" .. name
+          break
+        end
+      end
+      return dirs, "cgroup v1 memory.limit_in_bytes"
+    end
+    pcall(fs.remove, d)
+  end
+end
+
+-- How sshd is started: inside the plan's cgroups and CPU set, or plainly.
+local function limits(o, spec)
+  local p = plan_spec(spec.plan)
+  if not p then return { argv = SSHD, cgroups = "" } end
+  local n = host_cpus()
+  if p.vcpu > n then
+    error(("local provider: plan %s wants %d CPUs; this machine has %d: choose local-%dc-..."):format(
+      spec.plan, p.vcpu, n, n), 0)
+  end
+  local bytes = p.memory_mb * 1024 * 1024
+  local cpus = p.vcpu == 1 and "0" or ("0-" .. (p.vcpu - 1))
+  local dirs, how = nil, nil
+  if o.as_root then dirs, how = make_cgroups(o.id, bytes) end
+  local argv = "taskset -c " .. cpus .. " " .. SSHD
+  if dirs then
+    argv = "/bin/sh -c 'for c in $1; do echo $$ > \"$c/cgroup.procs\" || exit 1; done; shift; exec \"$@\"' enter "
+      .. q(table.concat(dirs, " ")) .. " " .. argv
+  else
+    how = "RLIMIT_AS (prlimit --as) per process"
+    argv = "prlimit --as=" .. bytes .. " " .. argv
+  end
+  return { argv = argv, cgroups = dirs and table.concat(dirs, " ") or "", cpus = cpus,
+    memory = bytes, how = how, vcpu = p.vcpu }
+end
 
 -- Writes the instance's files and starts its watchdog (which boots sshd).
 local function start(o, ud, spec, as_root)
@@ -319,7 +397,9 @@ local function start(o, ud, spec, as_root)
   assert(fs.write(dir .. "/destroy.sh", destroy_script(o), { mode = "0700" }))
   local now = ephrun.time.now()
   local meta = { id = id, dir = dir, workdir = workdir, user = user, port = o.port, tags = spec.tags or {},
-    created = now, expires_at = now + ttl, boot_delay = o.boot_delay, run_id = ephrun.run_id() }
+    created = now, expires_at = now + ttl, boot_delay = o.boot_delay, run_id = ephrun.run_id(),
+    plan = spec.plan, limits = o.limits.how and { cpus = o.limits.cpus, memory = o.limits.memory,
+      how = o.limits.how, cgroups = o.limits.cgroups } or nil }
   assert(fs.write(dir .. "/meta.json", ephrun.json.encode(meta), { mode = "0600" }))
   -- setsid makes the watchdog a session leader: it survives ephrun, and
   -- destroy can end it with its sleep as one process group. Its program is
@@ -329,6 +409,26 @@ local function start(o, ud, spec, as_root)
   local wpid = tonumber(r.stdout:match("%d+"))
   if wpid then fs.write(dir .. "/watchdog.pid", wpid .. "\n") end
   return meta
+end
+
+-- Plans: `local-<N>c-<M>m` or `local-<N>c-<G>g` (any such name works; these
+-- are the ones listed). A plan maps to what the kernel enforces on the
+-- instance's sshd and so on every session: a CPU set (taskset) and a memory
+-- limit (a cgroup's memory.max on cgroup v2, memory.limit_in_bytes on v1,
+-- else RLIMIT_AS per process through prlimit). Other plan names (say a
+-- Vultr plan in a recipe's default) stay a label with no limit.
+M.plans = { "local-1c-256m", "local-1c-512m", "local-2c-1g", "local-2c-2g", "local-2c-4g" }
+
+--- vCPU and memory of a plan, for tables such as size-sweep's; nil for a
+--- plan name that is only a label. Price 0: a local instance costs nothing.
+---@param spec {plan?: string}
+---@return {plan: string, vcpu: integer, memory_mb: integer, price: number, enforced: string}|nil
+function M.plan_info(spec, _opts)
+  local p = plan_spec(spec and spec.plan)
+  if not p then return nil end
+  p.plan, p.price = spec.plan, 0
+  p.enforced = "taskset CPU set; memory by cgroup where writable, else RLIMIT_AS per process"
+  return p
 end
 
 --- Hourly price: always 0.
@@ -360,10 +460,17 @@ function M.launch(spec, opts)
   local user, workdir, as_root = login_user(id, dir)
   local o = { id = id, dir = dir, workdir = workdir, user = user, port = free_port(), ttl = ttl,
     boot_delay = boot_delay, as_root = as_root }
+  local lok, lim = pcall(limits, o, spec)
+  if not lok then
+    pcall(M.destroy, { id = id, dir = dir, workdir = workdir })
+    error(lim, 0)
+  end
+  o.limits = lim
   local ok, meta = pcall(start, o, ud, spec, as_root)
   if not ok then
     -- A half-made instance: end whatever started and remove its files.
     pcall(M.destroy, { id = id, dir = dir, workdir = workdir })
+    for c in lim.cgroups:gmatch("%S+") do pcall(ephrun.fs.remove, c) end
     error(meta, 0)
   end
   return to_instance(meta)

@@ -317,6 +317,18 @@ function M.price(spec, opts)
   return (tonumber(p.monthly_cost) or 0) / 730
 end
 
+--- vCPU, memory and hourly price of a plan from `/plans` (for tables such as
+--- size-sweep's); nil when the plan list cannot be read.
+---@param spec {plan?: string}
+---@return {plan: string, vcpu: integer, memory_mb: integer, disk_gb?: integer, price: number}|nil
+function M.plan_info(spec, opts)
+  local ok, all = pcall(plans, config(opts), opts)
+  local p = ok and spec and all[spec.plan]
+  if not p then return nil end
+  return { plan = spec.plan, vcpu = tonumber(p.vcpu_count), memory_mb = tonumber(p.ram), disk_gb = tonumber(p.disk),
+    price = (tonumber(p.monthly_cost) or 0) / 730 }
+end
+
 --- How the price is computed, printed in the plan.
 M.price_basis = "Vultr price: hourly = monthly_cost / 730 from /plans (billed by the hour up to the monthly cap)"
 

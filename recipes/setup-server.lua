@@ -1,8 +1,10 @@
 --- setup-server: the one-time set-up of a small VPS (the static provider),
 --- safe to run again: install packages that are missing, create data
 --- directories with their owner and mode before anything uses them, add swap
---- when RAM is small. Every step says whether it changed something or was
---- already done; a second run changes nothing. Needs root on the server
+--- when RAM is small (as much as RAM by default), and check what small VPSes
+--- get wrong: DNS from the server and its containers, services started before
+--- their data directories, swap well below RAM. Every step says whether it
+--- changed something, was already done, or what to do; a second run changes nothing. Needs root on the server
 --- (log in as root, or as a user with passwordless sudo).
 local ephrun = require "ephrun"
 
@@ -76,18 +78,31 @@ local function swap_script(p)
 set -e
 f=%s
 fstab=%s
+size=%s
 mem=$(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo)
 if [ "$mem" -ge %d ]; then echo "@@ unchanged ${mem} MB of RAM is at least %d MB: no swap needed"; exit 0; fi
+[ "$size" = ram ] && size="${mem}M"
+want=$(numfmt --from=iec "$size" --to-unit=1048576)
 did=''
 if ! awk 'NR > 1 { print $1 }' /proc/swaps | grep -qxF "$f"; then
   other=$(awk 'NR > 1 { printf "%%s ", $1 }' /proc/swaps)
-  if [ -n "$other" ]; then echo "@@ unchanged swap is already active ($other): nothing added"; exit 0; fi
+  if [ -n "$other" ]; then
+    have=$(awk 'NR > 1 { kb += $3 } END { print int(kb / 1024) }' /proc/swaps)
+    # swap well below RAM on a small host is what made a 1 GB bot crawl or die: say so
+    if [ "$have" -lt $((want / 2)) ]; then
+      echo "@@ todo swap is ${have} MB ($other) for ${mem} MB of RAM, under half of the ${want} MB wanted:" \
+        "add a swap file (swapfile=/swapfile2 swap_size=$((want - have))M) or enlarge $other"
+    else
+      echo "@@ unchanged swap is already active ($other): ${have} MB for ${mem} MB of RAM"
+    fi
+    exit 0
+  fi
   if [ ! -e "$f" ]; then
     mkdir -p "$(dirname "$f")"
-    fallocate -l %s "$f" 2>/dev/null || dd if=/dev/zero of="$f" bs=1M count=$(numfmt --from=iec %s --to-unit=1048576) status=none
+    fallocate -l "$size" "$f" 2>/dev/null || dd if=/dev/zero of="$f" bs=1M count="$want" status=none
     chmod 600 "$f"
     mkswap "$f" >/dev/null
-    did="created $f (%s)"
+    did="created $f ($size)"
     made=1
   fi
   if ! err=$(swapon "$f" 2>&1); then
@@ -105,13 +120,81 @@ if ! awk -v f="$f" '$1 == f && $3 == "swap" { found = 1 } END { exit !found }' "
 fi
 if [ -n "$did" ]; then echo "@@ changed ${mem} MB of RAM: $did"
 else echo "@@ unchanged $f is active and in $fstab"; fi
-]]):format(q(p.swapfile), q(p.fstab), p.swap_threshold_mb, p.swap_threshold_mb, q(p.swap_size), q(p.swap_size),
-    p.swap_size)
+]]):format(q(p.swapfile), q(p.fstab), q(p.swap_size), p.swap_threshold_mb, p.swap_threshold_mb)
+end
+
+-- DNS from the server, and from a container when Docker runs there: a host
+-- that resolves while its containers do not is a classic of small VPSes
+-- (systemd-resolved's 127.0.0.53 is not reachable from a container).
+local function dns_script(names, image)
+  for _, n in ipairs(names) do
+    if not n:match("^[%w][%w.%-]*$") then error(("dns: %q is not a host name"):format(n), 0) end
+  end
+  return ([[
+names=%s
+image=%s
+bad=''
+for n in $names; do getent ahosts "$n" >/dev/null 2>&1 || bad="$bad $n"; done
+if [ -n "$bad" ]; then
+  ns=$(awk '$1 == "nameserver" { printf "%%s%%s", sep, $2; sep = " " }' /etc/resolv.conf 2>/dev/null)
+  echo "@@ todo the server cannot resolve$bad (nameservers in /etc/resolv.conf: ${ns:-none}):" \
+    "fix /etc/resolv.conf or systemd-resolved (resolvectl status), then run setup-server again"
+else
+  echo "@@ unchanged the server resolves $names"
+fi
+command -v docker >/dev/null 2>&1 || exit 0
+if ! docker info >/dev/null 2>&1; then
+  echo "@@ todo Docker is installed but its daemon does not answer, so container DNS is not checked:" \
+    "start it (systemctl start docker) and run setup-server again"
+  exit 0
+fi
+if ! docker image inspect "$image" >/dev/null 2>&1 && ! docker pull -q "$image" >/dev/null 2>&1; then
+  echo "@@ todo cannot get image $image to check DNS inside a container (docker pull failed, itself often DNS):" \
+    "check the daemon's DNS ("dns" in /etc/docker/daemon.json) or pass dns_image=an image this server has"
+  exit 0
+fi
+cbad=''
+for n in $names; do docker run --rm "$image" nslookup "$n" >/dev/null 2>&1 || cbad="$cbad $n"; done
+if [ -n "$cbad" ]; then
+  echo "@@ todo containers cannot resolve$cbad although the server can:" \
+    "set "dns": ["1.1.1.1", "8.8.8.8"] in /etc/docker/daemon.json, then systemctl restart docker"
+else
+  echo "@@ unchanged containers resolve $names"
+fi
+]]):format(q(table.concat(names, " ")), q(image))
+end
+
+-- A service that started before its data directories existed has failed or
+-- written elsewhere: with the directories in place, (re)start what is not running.
+local function services_script(units, dirs)
+  local paths = {}
+  for _, d in ipairs(dirs) do paths[#paths + 1] = q(d.path) end
+  for _, u in ipairs(units) do
+    if not u:match("^[%w][%w@._:%-]*$") then error(("services: %q is not a systemd unit name"):format(u), 0) end
+  end
+  return ([[
+for d in %s; do
+  [ -d "$d" ] || { echo "@@ todo data directory $d is missing: services not started; run setup-server again"; exit 0; }
+done
+if ! command -v systemctl >/dev/null 2>&1 || [ ! -d /run/systemd/system ]; then
+  echo "@@ todo systemd is not running here: start %s yourself, now that the data directories exist"
+  exit 0
+fi
+for u in %s; do
+  if systemctl is-active -q "$u"; then
+    echo "@@ unchanged $u is running, its data directories exist"
+  elif systemctl restart "$u" 2>/dev/null; then
+    echo "@@ changed started $u now that its data directories exist"
+  else
+    echo "@@ todo $u does not start: see journalctl -u $u"
+  fi
+done
+]]):format(#paths > 0 and table.concat(paths, " ") or "", table.concat(units, " "), table.concat(units, " "))
 end
 
 return ephrun.recipe {
   name = "setup-server",
-  summary = "One-time, idempotent set-up of a small VPS: packages, data directories, swap.",
+  summary = "One-time, idempotent set-up of a small VPS: data directories, services, DNS checks, packages, swap.",
   params = {
     host = { type = "string", required = true, doc = "the server's address" },
     port = { type = "number", default = 22, doc = "its SSH port" },
@@ -124,13 +207,18 @@ return ephrun.recipe {
       doc = "data directories, each PATH[:OWNER[:GROUP]][:MODE], e.g. /srv/app/data:www-data:www-data:0750" },
     dir_mode = { default = "0755", doc = "mode of a data directory whose entry gives none" },
     swap_threshold_mb = { type = "number", default = 2048, min = 0, doc = "add swap when RAM is below this many MB (0: never)" },
-    swap_size = { default = "2G", doc = "size of the swap file (fallocate -l syntax: 512M, 2G)" },
+    swap_size = { default = "ram", doc = "size of the swap file: ram (as much as the server's RAM) or 512M, 2G" },
+    dns = { type = "list", default = { "deb.debian.org" },
+      doc = "names that must resolve from the server and from its containers (empty: no DNS check)" },
+    dns_image = { default = "busybox", doc = "image used to check DNS inside a container when Docker runs" },
+    services = { type = "list", default = {},
+      doc = "systemd units that use the data directories: started once the directories exist" },
     swapfile = { default = "/swapfile", doc = "path of the swap file" },
     fstab = { default = "/etc/fstab", doc = "fstab the swap file is added to (once)" },
   },
   run = function(p)
-    if not p.swap_size:match("^%d+[KMGkmg]?$") then
-      error(("swap_size %q: give a size such as 512M or 2G"):format(p.swap_size), 0)
+    if p.swap_size ~= "ram" and not p.swap_size:match("^%d+[KMGkmg]?$") then
+      error(("swap_size %q: give ram or a size such as 512M or 2G"):format(p.swap_size), 0)
     end
     local dirs = {}
     for _, e in ipairs(p.dirs) do dirs[#dirs + 1] = parse_dir(e, p.dir_mode) end
@@ -166,8 +254,13 @@ return ephrun.recipe {
         for line in r.stdout:gmatch("[^\n]+") do
           local status, text = line:match("^" .. MARK .. "(%a+) (.*)$")
           if status then
-            report[#report + 1] = { name, status == "changed" and "changed" or "already done", text }
-            ephrun.log.info("%s: %s: %s", name, status == "changed" and "changed" or "already done", text)
+            local said = status == "changed" and "changed" or status == "todo" and "needs action" or "already done"
+            report[#report + 1] = { name, said, text }
+            if status == "todo" then
+              ephrun.log.warn("%s: needs action: %s", name, text)
+            else
+              ephrun.log.info("%s: %s: %s", name, said, text)
+            end
           end
         end
       end }
@@ -178,6 +271,14 @@ return ephrun.recipe {
       step("dirs", ("ensure directory %s (owner %s, mode %s)"):format(d.path,
         d.owner and (d.owner .. (d.group and (":" .. d.group) or "")) or "unchanged", d.mode), dir_script(d))
     end
+    if #p.services > 0 then
+      step("services", "start when not running, once the data directories exist: " .. table.concat(p.services, " "),
+        services_script(p.services, dirs))
+    end
+    if #p.dns > 0 then
+      step("dns", "check that " .. table.concat(p.dns, " ") .. " resolve from the server and its containers",
+        dns_script(p.dns, p.dns_image))
+    end
     if #p.packages > 0 then
       step("packages", "install if missing: " .. table.concat(p.packages, " "), packages_script(p.packages))
     end
@@ -187,13 +288,18 @@ return ephrun.recipe {
     end
 
     ephrun.effect { kind = "report", what = "print what each step changed", run = function()
-      local out, changed = { "", "setup-server summary for " .. box.id }, 0
+      local out, changed, todo = { "", "setup-server summary for " .. box.id }, 0, 0
       for _, r in ipairs(report) do
         out[#out + 1] = ("  %-9s %-13s %s"):format(r[1], r[2], r[3])
         if r[2] == "changed" then changed = changed + 1 end
+        if r[2] == "needs action" then todo = todo + 1 end
       end
       out[#out + 1] = changed == 0 and "  nothing changed: the server was already set up"
         or ("  %d step%s changed something"):format(changed, changed == 1 and "" or "s")
+      if todo > 0 then
+        out[#out + 1] = ("  %d check%s need%s action: see above"):format(todo, todo == 1 and "" or "s",
+          todo == 1 and "s" or "")
+      end
       io.stdout:write(table.concat(out, "\n"), "\n")
     end }
   end,

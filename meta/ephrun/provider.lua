@@ -17,8 +17,8 @@
 --- `network`) and fails at once otherwise. A function the provider cannot do is left
 --- out: the lifecycle then says "provider 'x' cannot ..." and names the built-ins that can.
 ---
---- Under `--dry-run` no provider function is called except `price`, `preflight`,
---- `destroy_deadline` and `attach` (which must change nothing).
+--- Under `--dry-run` no provider function is called except `price`, `plan_info`,
+--- `preflight`, `destroy_deadline` and `attach` (which must change nothing).
 
 ---@alias ephrun.provider.State "pending"|"running"|"stopping"|"stopped"|"terminated"
 
@@ -101,6 +101,13 @@ function Provider.wait(inst, state, deadline, opts) end
 ---@param opts table
 ---@return number|nil
 function Provider.price(spec, opts) end
+
+--- Optional. vCPU, memory (MiB) and hourly price of `spec.plan`, for tables that
+--- compare plans (recipes/size-sweep.lua); nil when the plan is unknown.
+---@param spec ephrun.provider.LaunchSpec
+---@param opts table
+---@return {plan: string, vcpu: integer, memory_mb: integer, price: number}|nil
+function Provider.plan_info(spec, opts) end
 
 --- Where `instance:ssh()` connects.
 ---@param inst ephrun.provider.Instance

@@ -167,12 +167,24 @@ end
 --- line. A non-zero exit raises (naming the command, code and last stderr
 --- lines) unless `check=false`. On timeout or a signal the remote process is stopped.
 ---@param cmd string
----@param opts? {env?: table<string,string>, cwd?: string, stdin?: string, timeout?: number|string, check?: boolean, stream?: boolean, prefix?: string}
----@return {code: integer, signal?: string, stdout: string, stderr: string, duration: number}
+--- With `measure=true` (or a table {paths?, swap_warn?, disk_warn?}) the
+--- instance is sampled once a second while `cmd` runs (see ephrun.measure):
+--- the result also has `peak_mem`, `peak_swap`, `cpu_avg`, `cpu_peak`,
+--- `samples` and `warnings`, and the summary and warnings are logged.
+---@param cmd string
+---@param opts? {env?: table<string,string>, cwd?: string, stdin?: string, timeout?: number|string, check?: boolean, stream?: boolean, prefix?: string, measure?: boolean|{paths?: string[], swap_warn?: number, disk_warn?: number}}
+---@return {code: integer, signal?: string, stdout: string, stderr: string, duration: number, peak_mem?: integer, peak_swap?: integer, cpu_avg?: number, cpu_peak?: number, samples?: table[], warnings?: string[]}
 function Session:run(cmd, opts)
   opts = opts or {}
+  if opts.measure then
+    local plain = {}
+    for k, v in pairs(opts) do plain[k] = v end
+    plain.measure = nil
+    return (self:measure(function() return self:run(cmd, plain) end, opts.measure, cmd))
+  end
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
+  o.measure = nil
   o.timeout = seconds(opts.timeout, "timeout")
   if o.prefix == nil then o.prefix = "[" .. self.host .. "] " end
   local r = call(self, "run", cmd, o)
@@ -183,6 +195,39 @@ function Session:run(cmd, opts)
       tail ~= "" and (":\n" .. tail) or "")), "exit", 2)
   end
   return r
+end
+
+-- The session being measured: a run inside measure() is not measured again.
+local measuring = setmetatable({}, { __mode = "k" })
+
+--- Samples the instance once a second (CPU per core, load, memory, swap,
+--- disk on `opts.paths`, network; see ephrun.measure) while `fn(self)` runs,
+--- then logs a summary and warnings (swap in use, the OOM killer, a disk over
+--- 90%). Returns fn's first result (a table gets the figures copied onto it)
+--- and the figures.
+---@param fn fun(sh: ephrun.ssh.Session): any
+---@param opts? boolean|{paths?: string[], swap_warn?: number, disk_warn?: number, max?: number}
+---@return any result, table figures
+function Session:measure(fn, opts, what)
+  if measuring[self] then return fn(self), nil end
+  local mopts = type(opts) == "table" and opts or {}
+  local m = require "ephrun.measure"
+  local h = m.start(self, mopts)
+  measuring[self] = true
+  local ok, r = pcall(fn, self)
+  measuring[self] = nil
+  local label = "job"
+  if what then
+    local first = what:match("^[^\n]*")
+    label = "`" .. (#first > 60 and first:sub(1, 57) .. "..." or first) .. (first ~= what and " ..." or "") .. "`"
+  end
+  local fok, figures = pcall(m.finish, h, label, mopts, ok and type(r) == "table" and r or nil)
+  if not ok then
+    if not fok then log.debug("measure: could not stop the sampler: %s", tostring(figures)) end
+    error(r, 0)
+  end
+  if not fok then error(figures, 0) end
+  return r, figures
 end
 
 --- Starts `cmd` detached (setsid/nohup): it survives the connection. Returns a
@@ -271,8 +316,11 @@ end
 -- Arguments are those of the Session method.
 local planned = {}
 
-planned.run = function(_, cmd)
-  return { kind = "run", what = cmd }, { code = 0, stdout = "", stderr = "", duration = 0, dry_run = true }
+planned.run = function(_, cmd, opts)
+  local r = { code = 0, stdout = "", stderr = "", duration = 0, dry_run = true }
+  if not (opts or {}).measure then return { kind = "run", what = cmd }, r end
+  r.samples, r.warnings, r.peak_mem, r.peak_swap, r.cpu_avg, r.cpu_peak = {}, {}, 0, 0, 0, 0
+  return { kind = "run", what = cmd, details = { "measured: CPU, memory, swap, disk and network sampled once a second" } }, r
 end
 planned.run_detached = function(_, cmd, opts)
   local job_log = (opts or {}).log or "<job log>"
@@ -358,6 +406,16 @@ for name, real in pairs(Session) do
   end
 end
 PlanSession.__close = PlanSession.close
+
+-- measure() runs its function in a dry-run too, so the plan shows the steps
+-- inside it; the sampler itself is one step.
+PlanSession.measure = function(self, fn, _opts)
+  require("ephrun").effect { kind = "measure", where = self.host,
+    what = "sample CPU, memory, swap, disk and network once a second while the job runs",
+    run = function() error("ssh: a plan session cannot measure (nothing is connected)", 0) end,
+    placeholder = function() return true end }
+  return fn(self), { samples = {}, peak_mem = 0, peak_swap = 0, cpu_avg = 0, cpu_peak = 0, warnings = {}, dry_run = true }
+end
 
 --- The recording session `connect` and `wait` return under --dry-run: it has
 --- every method of a real session; each records a plan step through

@@ -1,0 +1,181 @@
+"""Measuring a job on the instance (sh:run{measure=true}, sh:measure) on the local provider,
+whose plans the kernel enforces: a job that allocates more than the small plan's memory is
+OOM-killed there with a warning, and runs clean on a larger plan; the figures (peak memory,
+vCPU, memory limit) come from the samples the instance gave. The dry-run plan shows the
+measured steps. No instance, user or cgroup is left behind."""
+import glob
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+
+from common import BIN, env, wait_ready
+
+# The job touches `mb` MiB and ends at once: the peak is the kernel's own
+# high-water mark, so no timing decides whether a sample saw it.
+JOB = r'''
+local ephrun = require "ephrun"
+return ephrun.recipe { name = "measure-test",
+  params = { plan = { default = "local-1c-256m" }, mb = { type = "number", default = 64 } },
+  run = function(p)
+    local cloud = ephrun.provider("local")
+    local box <close> = cloud:launch { plan = p.plan, ttl = "10m" }
+    local sh <close> = box:ssh()
+    local cmd = ("python3 -c 'b = bytearray(%d << 20)\nfor i in range(0, len(b), 4096): b[i] = 1'"):format(p.mb)
+    local r = sh:run(cmd, { measure = true, check = false })
+    local cores = r.samples[#r.samples] and r.samples[#r.samples].cores
+    local both, figures = sh:measure(function(s)
+      s:run("nproc", { stream = false })
+      return s:run("echo second", { stream = false })
+    end)
+    print("RESULT " .. ephrun.json.encode { code = r.code, peak_mem = r.peak_mem, mem_total = r.mem_total,
+      peak_swap = r.peak_swap, cpu_avg = r.cpu_avg, cpu_peak = r.cpu_peak, vcpu = r.vcpu, oom = r.oom_kills,
+      warnings = r.warnings, samples = #r.samples, cores = cores and #cores or -1, source = r.source,
+      disk = r.disk_peak, fn_out = both.stdout, fn_samples = figures and #figures.samples or -1, fn_vcpu = figures and figures.vcpu })
+  end }
+'''
+
+MiB = 1 << 20
+
+HOLD = r'''
+local ephrun = require "ephrun"
+return ephrun.recipe { name = "measure-hold", params = { release = { default = "" } },
+  run = function(p)
+    local box <close> = ephrun.provider("local"):launch { ttl = "10m" }
+    local sh <close> = box:ssh()
+    print("DIR " .. box.raw.dir)
+    io.stdout:flush()
+    sh:run("echo JOB-STARTED; while [ ! -e " .. ephrun.shell_quote(p.release) .. " ]; do sleep 0.1; done",
+      { measure = true })
+  end }
+'''
+
+
+def samplers():
+    """pids of sampler loops (their script names their /tmp/ephrun-measure-* directory)."""
+    found = []
+    for f in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(f, "rb") as fh:
+                if re.search(rb"d='/tmp/ephrun-measure-[a-z]{12}'", fh.read()):
+                    found.append(int(f.split("/")[2]))
+        except OSError:
+            pass
+    return found
+
+
+class Measure(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="ephrun-measured-job-")
+        self.recipe = os.path.join(self.tmp, "job.lua")
+        with open(self.recipe, "w") as f:
+            f.write(JOB)
+        self.env = env(EPHRUN_HOME=os.path.join(self.tmp, "home"))
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def cgroups(self):
+        found = []
+        for d in ("/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpuacct"):
+            if os.path.isdir(d):
+                found += [os.path.join(d, n) for n in os.listdir(d) if n.startswith("ephrun-loc-")]
+        return found
+
+    def ephrun(self, *args):
+        before = set(self.cgroups())
+        r = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=180, env=self.env, cwd=self.tmp)
+        self.assertEqual(set(self.cgroups()) - before, set(), "a plan's cgroup was left behind")
+        return r
+
+    def result(self, r):
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+        self.assertTrue(line, r.stdout + r.stderr)
+        return json.loads(line[0][len("RESULT "):])
+
+    @unittest.skipUnless(os.geteuid() == 0, "plans are enforced with cgroups and per-instance users as root")
+    def test_small_plan_oom_large_plan_clean(self):
+        small = self.ephrun(self.recipe, "plan=local-1c-256m", "mb=400")
+        s = self.result(small)
+        out = small.stdout + small.stderr
+        self.assertEqual(s["source"], "cgroup", "the local plan's memory limit is not what was measured")
+        self.assertNotEqual(s["code"], 0, "a 400 MiB job ran within a 256 MiB plan")
+        self.assertGreaterEqual(s["oom"], 1)
+        self.assertIn("the OOM killer ended", out)
+        self.assertTrue(any("OOM killer" in w for w in s["warnings"]), s)
+        self.assertEqual(s["mem_total"], 256 * MiB)
+        self.assertGreater(s["peak_mem"], 200 * MiB)
+        self.assertLessEqual(s["peak_mem"], 256 * MiB)
+        self.assertEqual(s["vcpu"], 1)
+        self.assertEqual(s["cores"], 1)
+        self.assertIn("memory peak", out)
+
+        large = self.ephrun(self.recipe, "plan=local-2c-1g", "mb=400")
+        g = self.result(large)
+        out = large.stdout + large.stderr
+        self.assertEqual(g["code"], 0, out)
+        self.assertEqual(g["oom"], 0)
+        self.assertFalse(g["warnings"], g)
+        self.assertNotIn("OOM killer", out)
+        self.assertEqual(g["mem_total"], 1024 * MiB)
+        self.assertGreater(g["peak_mem"], 400 * MiB)
+        self.assertEqual(g["vcpu"], 2)
+        self.assertEqual(g["cores"], 2)
+        for fig in (s, g):
+            self.assertGreaterEqual(fig["samples"], 2)
+            self.assertTrue(0 <= fig["cpu_avg"] <= 100 and 0 <= fig["cpu_peak"] <= 100, fig)
+            self.assertEqual(fig["peak_swap"], 0)
+            self.assertTrue(0 < fig["disk"]["/"] <= 100 and 0 < fig["disk"]["."] <= 100, fig["disk"])
+        # sh:measure(fn) returns fn's result and its own figures
+        self.assertEqual(g["fn_out"], "second\n")
+        self.assertGreaterEqual(g["fn_samples"], 2)
+        self.assertEqual(g["fn_vcpu"], 2)
+
+    def test_sampler_ends_with_the_connection_when_ephrun_is_killed(self):
+        path = os.path.join(self.tmp, "hold.lua")
+        with open(path, "w") as f:
+            f.write(HOLD)
+        release = os.path.join(self.tmp, "release")
+        before = set(samplers())
+        p = subprocess.Popen([BIN, path, "release=" + release], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=self.env, cwd=self.tmp)
+        inst_dir = None
+        try:
+            inst_dir = wait_ready(p, "DIR ", timeout=60).split(" ", 1)[1]
+            wait_ready(p, "JOB-STARTED", timeout=60)
+            self.assertTrue(set(samplers()) - before, "no sampler runs during the measured job")
+            p.kill()
+            p.wait(timeout=30)
+            deadline = time.time() + 30
+            while set(samplers()) - before and time.time() < deadline:
+                time.sleep(0.1)
+            left = set(samplers()) - before
+            self.assertEqual(left, set(), "the sampler outlived the SSH connection: " + " | ".join(
+                "%d %s" % (pid, open("/proc/%d/cmdline" % pid, "rb").read()[:300]) for pid in left
+                if os.path.exists("/proc/%d" % pid)))
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            with open(release, "w"):
+                pass
+            if inst_dir and os.path.exists(os.path.join(inst_dir, "destroy.sh")):
+                subprocess.run(["sh", os.path.join(inst_dir, "destroy.sh")], timeout=60)
+
+    def test_dry_run_plan_shows_the_measured_steps(self):
+        r = subprocess.run([BIN, "--dry-run", self.recipe], capture_output=True, text=True, timeout=60,
+                           env=self.env, cwd=self.tmp)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("measured: CPU, memory, swap, disk and network sampled once a second", r.stdout)
+        self.assertIn("sample CPU, memory, swap, disk and network once a second while the job runs", r.stdout)
+        self.assertIn("echo second", r.stdout, "the steps inside sh:measure(fn) are missing from the plan")
+
+
+if __name__ == "__main__":
+    unittest.main()
