@@ -12,6 +12,7 @@
 local ephrun = require "ephrun"
 local core = require "ephrun._core"
 
+---@class ephrun.aws
 local M = {}
 
 -- API versions of the Query services.

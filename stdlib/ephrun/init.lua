@@ -18,6 +18,8 @@ local core = require "ephrun._core"
 ---@field cloud ephrun.cloud
 ---@field journal ephrun.journal
 ---@field cloudinit ephrun.cloudinit
+---@field aws ephrun.aws
+---@field notify ephrun.notify
 ---@field recipe_name? string the running recipe's name, once its parameters are bound
 local M = {}
 

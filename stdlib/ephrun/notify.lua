@@ -6,6 +6,7 @@
 local ephrun = require "ephrun"
 local core = require "ephrun._core"
 
+---@class ephrun.notify
 local M = {}
 
 -- Slack attachment colours per event.

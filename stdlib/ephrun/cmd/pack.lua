@@ -18,6 +18,7 @@ end
 
 local actions = {}
 
+--- `pack add SOURCE [--ref REF] [--as NAME]`: locks a new pack and checks it out.
 function actions.add(p)
   if p.target == "" then fail("pack add needs a SOURCE: `ephrun pack add PATH-OR-GIT-URL [--ref REF] [--as NAME]`") end
   local name, e = packs.add(p.target, { ref = p.ref ~= "" and p.ref or nil, as = p.as ~= "" and p.as or nil })
@@ -27,6 +28,7 @@ function actions.add(p)
     e.sha256:sub(1, 16), packs.lock_path()))
 end
 
+--- `pack ls`: the locked packs and their pins.
 function actions.ls()
   local lock = packs.read_lock()
   local names = {}
@@ -53,6 +55,7 @@ function actions.ls()
   common.table({ "PACK", "VERSION", "COMMIT", "SOURCE", "SUMMARY" }, rows)
 end
 
+--- `pack update [NAME] [--ref REF]`: the only way to move a pin.
 function actions.update(p)
   local moved = packs.update(p.target ~= "" and p.target or nil, p.ref ~= "" and p.ref or nil)
   if ephrun.options().json then return json_out { updated = moved } end
@@ -67,6 +70,7 @@ function actions.update(p)
   if #names == 0 then io.stdout:write("No packs in ", packs.lock_path(), ".\n") end
 end
 
+--- `pack remove NAME`: drops the pack from the lock and deletes its checkouts.
 function actions.remove(p)
   if p.target == "" then fail("pack remove needs a NAME: `ephrun pack remove NAME` (see `ephrun pack ls`)") end
   packs.remove(p.target)
@@ -74,6 +78,7 @@ function actions.remove(p)
   io.stdout:write("Removed pack ", p.target, " from ", packs.lock_path(), "\n")
 end
 
+--- `pack verify`: checks (and fetches, if missing) every locked checkout against the lock.
 function actions.verify()
   local rows = packs.verify()
   local bad = 0
