@@ -565,7 +565,22 @@ int Runtime::prepare(const std::string& recipe, const std::string& path,
   lua_pushboolean(L, opts_.help);
   // Named like the run's root task: its log lines carry no task prefix either.
   Task* t = sched_->spawn(L, 5, "main", nullptr);
+  // The ended task's coroutine keeps (ok, results...) on its stack, and the
+  // scheduler lets go of it: hold it until its results are read.
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->thread_ref);
+  lua_State* co = lua_tothread(L, -1);
+  int co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   sched_->run_until(t);
+  if (t->ok) {
+    int n = lua_gettop(co) - 1;
+    lua_createtable(L, n, 0);
+    for (int i = 1; i <= n; ++i) {
+      lua_pushvalue(co, i + 1);
+      lua_xmove(co, L, 1);
+      lua_rawseti(L, -2, i);
+    }
+  }
+  luaL_unref(L, LUA_REGISTRYINDEX, co_ref);
   int sig = sched_->signal_received();
   if (exit_code_) {  // os.exit while loading: the cleanups pushed so far run, then its code
     sched_->cancel_on_signal = false;
@@ -574,7 +589,6 @@ int Runtime::prepare(const std::string& recipe, const std::string& path,
   }
   std::string what, error, traceback = t->traceback;
   if (t->ok) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->result_ref);
     lua_rawgeti(L, -1, 1);
     what = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
     lua_pop(L, 1);
