@@ -653,13 +653,15 @@ std::vector<ListRow> pack_rows(lua_State* L) {
   }
   if (lua_pcall(L, 0, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
     const char* why = lua_tostring(L, -1);
-    rows.push_back({"ephrun.lock", fmt::format("(cannot list the packs: {})", why ? why : "?"), ""});
+    rows.push_back(
+        {"ephrun.lock", fmt::format("(cannot list the packs: {})", why ? why : "?"), ""});
     lua_settop(L, top);
     return rows;
   }
   for (lua_Integer i = 1; lua_rawgeti(L, -1, i) == LUA_TTABLE; ++i) {
     std::string error = field("error");
-    rows.push_back({field("name"), error.empty() ? field("summary") : "(cannot be listed: " + error + ")",
+    rows.push_back({field("name"),
+                    error.empty() ? field("summary") : "(cannot be listed: " + error + ")",
                     field("origin")});
     lua_pop(L, 1);
   }
