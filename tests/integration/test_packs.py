@@ -361,6 +361,18 @@ class Packs(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertNotIn("Pack recipes", r.stdout)
 
+    def test_list_names_a_pack_recipe_that_fails_to_load(self):
+        broken = 'error("needs a config file")\n'
+        self.write_pack(recipes='"hello", "broken"', files={"recipes/broken.lua": broken})
+        commit = self.publish()
+        self.ok("pack", "add", self.bare)
+        r, lines = self.list_lines("team/")
+        self.assertEqual(len(lines), 2, r.stdout)
+        self.assertIn("team/broken", lines[1])
+        self.assertIn("(cannot be loaded: ", lines[1])
+        self.assertIn("recipes/broken.lua:1: needs a config file", lines[1])
+        self.assertRegex(lines[0], r"^team/hello +says hello +\(pack team@%s\)$" % commit[:12])
+
     def test_list_names_a_tampered_or_missing_pack_and_never_fetches(self):
         self.write_pack()
         commit = self.publish()
