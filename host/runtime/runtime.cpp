@@ -675,6 +675,9 @@ std::vector<ListRow> pack_rows(lua_State* L) {
 // file's top level (which only builds the table), never its `run`.
 int Runtime::list(std::ostream& out) {
   lua_State* L = L_;
+  // A top level that calls os.exit is a recipe that cannot be described, not
+  // the end of the listing.
+  install_os_exit();
   using Row = ListRow;
   std::vector<Row> recipes, commands;
   const char* dir = std::getenv("EPHRUN_LUA_DIR");

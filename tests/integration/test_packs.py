@@ -363,11 +363,16 @@ class Packs(unittest.TestCase):
 
     def test_list_names_a_pack_recipe_that_fails_to_load(self):
         broken = 'error("needs a config file")\n'
-        self.write_pack(recipes='"hello", "broken"', files={"recipes/broken.lua": broken})
+        # os.exit at the top level ends neither --list nor its exit status.
+        self.write_pack(recipes='"hello", "broken", "quits"',
+                        files={"recipes/broken.lua": broken, "recipes/quits.lua": "os.exit(3)\n"})
         commit = self.publish()
         self.ok("pack", "add", self.bare)
         r, lines = self.list_lines("team/")
-        self.assertEqual(len(lines), 2, r.stdout)
+        self.assertEqual(len(lines), 3, r.stdout)
+        self.assertIn("team/quits", lines[2])
+        self.assertIn("(cannot be loaded: os.exit(3) called", lines[2])
+        self.assertIn("Commands:", r.stdout)
         self.assertIn("team/broken", lines[1])
         self.assertIn("(cannot be loaded: ", lines[1])
         self.assertIn("recipes/broken.lua:1: needs a config file", lines[1])
