@@ -625,13 +625,57 @@ int Runtime::prepare(const std::string& recipe, const std::string& path,
   return code;
 }
 
+namespace {
+
+struct ListRow {
+  std::string name, summary, from;
+};
+
+// The recipes of the locked packs, from stdlib/ephrun/packs.lua's
+// list_recipes; a pack it cannot list is one row saying why.
+std::vector<ListRow> pack_rows(lua_State* L) {
+  int top = lua_gettop(L);
+  auto field = [L](const char* k) {
+    lua_getfield(L, -1, k);
+    std::string v = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
+    lua_pop(L, 1);
+    return v;
+  };
+  std::vector<ListRow> rows;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "ephrun.packs");
+  if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+    lua_getfield(L, -1, "list_recipes");
+    lua_remove(L, -2);
+  }
+  if (lua_pcall(L, 0, 1, 0) != LUA_OK || !lua_istable(L, -1)) {
+    const char* why = lua_tostring(L, -1);
+    rows.push_back(
+        {"ephrun.lock", fmt::format("(cannot list the packs: {})", why ? why : "?"), ""});
+    lua_settop(L, top);
+    return rows;
+  }
+  for (lua_Integer i = 1; lua_rawgeti(L, -1, i) == LUA_TTABLE; ++i) {
+    std::string error = field("error");
+    rows.push_back({field("name"),
+                    error.empty() ? field("summary") : "(cannot be listed: " + error + ")",
+                    field("origin")});
+    lua_pop(L, 1);
+  }
+  lua_settop(L, top);
+  return rows;
+}
+
+}  // namespace
+
 // `ephrun --list`: each built-in with its summary, read by running the
 // file's top level (which only builds the table), never its `run`.
 int Runtime::list(std::ostream& out) {
   lua_State* L = L_;
-  struct Row {
-    std::string name, summary, from;
-  };
+  // A top level that calls os.exit is a recipe that cannot be described, not
+  // the end of the listing.
+  install_os_exit();
+  using Row = ListRow;
   std::vector<Row> recipes, commands;
   const char* dir = std::getenv("EPHRUN_LUA_DIR");
   for (const EmbeddedFile* f = kEmbeddedFiles; f->path; ++f) {
@@ -669,11 +713,13 @@ int Runtime::list(std::ostream& out) {
     out << title << "\n";
     for (const auto& r : rows) {
       std::string line = fmt::format("  {:<{}}  {}", r.name, w, r.summary);
-      if (r.from != "built-in") line += "  (" + r.from + ")";
+      if (!r.from.empty() && r.from != "built-in") line += "  (" + r.from + ")";
       out << line << "\n";
     }
   };
   print("Built-in recipes (`ephrun NAME --help` lists the parameters):", recipes);
+  if (std::vector<Row> packs = pack_rows(L); !packs.empty())
+    print("Pack recipes (from ephrun.lock; `ephrun PACK/NAME` runs one):", packs);
   print("Commands:", commands);
   out << "A recipe file is run by its path: `ephrun ./my-recipe.lua`.\n";
   return kOk;

@@ -442,6 +442,53 @@ function M.recipe_file(spec)
   return nil, ("pack '%s' has no recipe '%s' (its recipes: %s)"):format(pack, name, table.concat(m.recipes or {}, ", "))
 end
 
+-- The summary of one recipe of a verified checkout, read as `--list` reads a
+-- built-in's: its top level runs (which only builds the table), never its `run`.
+local function summary_of(pack, root, name)
+  local ok, src, path = pcall(verified_source, pack, root, "recipes/" .. name .. ".lua")
+  if not ok then return nil, src end
+  local chunk, err = load(src, "@" .. path, "t")
+  if not chunk then return nil, err end
+  local recipe, summary = require("ephrun._main").describe(chunk, path)
+  if recipe == nil then return nil, summary end
+  return summary
+end
+
+--- For `ephrun --list`: a row `{name = "PACK/RECIPE", summary, origin}` for
+--- each recipe of each pack in the lockfile a run here would use, read from
+--- its verified checkout. A pack that cannot be listed (no checkout here, a
+--- changed file, an unmet `requires`, a lockfile that is not one) gives one
+--- row `{name = "PACK", error}` saying why and what to do. Never fetches.
+---@return {name: string, summary?: string, origin?: string, error?: string}[]
+function M.list_recipes()
+  local ok, lock = pcall(M.read_lock)
+  if not ok then return { { name = M.lock_path(), error = tostring(lock) } } end
+  local names, rows = {}, {}
+  for n in pairs(lock.packs) do names[#names + 1] = n end
+  table.sort(names)
+  for _, n in ipairs(names) do
+    local got, root, e, m = pcall(function()
+      local r, entry = M.checkout(n)
+      return r, entry, M.manifest(r)
+    end)
+    if not got then
+      local why = tostring(root):gsub("%s+", " ")
+      if not why:find("ephrun pack verify", 1, true) then
+        why = why .. "; `ephrun pack verify` checks every pack"
+      end
+      rows[#rows + 1] = { name = n, error = why }
+    else
+      local origin = ("pack %s@%s"):format(n, e.commit:sub(1, 12))
+      for _, r in ipairs(m.recipes or {}) do
+        local summary, err = summary_of(n, root, r)
+        rows[#rows + 1] = { name = n .. "/" .. r, origin = origin,
+          summary = summary or ("(cannot be loaded: %s)"):format(tostring(err):gsub("%s+", " ")) }
+      end
+    end
+  end
+  return rows
+end
+
 --- The verified source and path of provider `PACK/NAME` in a locked pack, or
 --- nil when `spec` is not of that form.
 ---@param spec string

@@ -5,6 +5,7 @@ a pack provider, provenance in the plan and in `history`."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -333,6 +334,76 @@ class Packs(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("no pack 'mine'", r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.data, "ephrun", "packs", "mine")))
+
+    def list_lines(self, prefix):
+        r = self.ok("--list")
+        self.assertIn("Built-in recipes", r.stdout)
+        self.assertNotIn("hello v1", r.stdout + r.stderr)  # describing a recipe never runs it
+        return r, [l.strip() for l in r.stdout.splitlines() if l.strip().startswith(prefix)]
+
+    def test_list_shows_locked_pack_recipes_with_summary_and_commit(self):
+        other = HELLO.replace('name = "hello"', 'name = "other"').replace("says hello", "says something else")
+        self.write_pack(recipes='"hello", "other"', files={"recipes/other.lua": other})
+        commit = self.publish()
+        self.ok("pack", "add", self.bare)
+        r, lines = self.list_lines("team/")
+        self.assertIn("Pack recipes", r.stdout)
+        origin = "(pack team@%s)" % commit[:12]
+        self.assertEqual(len(lines), 2, r.stdout)
+        self.assertRegex(lines[0], r"^team/hello +says hello +" + re.escape(origin) + "$")
+        self.assertRegex(lines[1], r"^team/other +says something else +" + re.escape(origin) + "$")
+        # From a subdirectory the same lockfile applies, as for a run; elsewhere there is none.
+        sub = os.path.join(self.team, "sub")
+        os.makedirs(sub)
+        r = subprocess.run([BIN, "--list"], capture_output=True, text=True, env=self.env, cwd=sub)
+        self.assertIn("team/hello", r.stdout, r.stderr)
+        r = subprocess.run([BIN, "--list"], capture_output=True, text=True, env=self.env, cwd=self.dir)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("Pack recipes", r.stdout)
+
+    def test_list_names_a_pack_recipe_that_fails_to_load(self):
+        broken = 'error("needs a config file")\n'
+        # os.exit at the top level ends neither --list nor its exit status.
+        self.write_pack(recipes='"hello", "broken", "quits"',
+                        files={"recipes/broken.lua": broken, "recipes/quits.lua": "os.exit(3)\n"})
+        commit = self.publish()
+        self.ok("pack", "add", self.bare)
+        r, lines = self.list_lines("team/")
+        self.assertEqual(len(lines), 3, r.stdout)
+        self.assertIn("team/quits", lines[2])
+        self.assertIn("(cannot be loaded: os.exit(3) called", lines[2])
+        self.assertIn("Commands:", r.stdout)
+        self.assertIn("team/broken", lines[1])
+        self.assertIn("(cannot be loaded: ", lines[1])
+        self.assertIn("recipes/broken.lua:1: needs a config file", lines[1])
+        self.assertRegex(lines[0], r"^team/hello +says hello +\(pack team@%s\)$" % commit[:12])
+
+    def test_list_names_a_tampered_or_missing_pack_and_never_fetches(self):
+        self.write_pack()
+        commit = self.publish()
+        self.ok("pack", "add", self.bare)
+        self.ok("pack", "add", self.work, "--as", "mine")
+        recipe = os.path.join(self.checkout(commit), "recipes", "hello.lua")
+        with open(recipe, "a") as f:
+            f.write("-- changed\n")
+        r, lines = self.list_lines("team")
+        self.assertEqual(len(lines), 1, r.stdout)
+        self.assertIn(recipe + " changed after it was locked", lines[0])
+        self.assertIn("ephrun pack verify", lines[0])
+        self.assertNotIn("says hello  (pack team", r.stdout)
+        self.assertIn("mine/hello", r.stdout)  # the intact pack is still listed
+        # A checkout that is not there is named, and --list does not fetch it.
+        shutil.rmtree(self.checkout(commit))
+        r, lines = self.list_lines("team")
+        self.assertEqual(len(lines), 1, r.stdout)
+        self.assertIn("not checked out here", lines[0])
+        self.assertIn("ephrun pack verify", lines[0])
+        self.assertFalse(os.path.exists(self.checkout(commit)))
+        # A lockfile that is not one is named too, and the built-ins are still listed.
+        with open(os.path.join(self.team, "ephrun.lock"), "w") as f:
+            f.write("not json")
+        r, _ = self.list_lines("")
+        self.assertIn("is not an ephrun lockfile", r.stdout)
 
 
 if __name__ == "__main__":
