@@ -153,6 +153,25 @@ class AwsStandin:
                 raise AssertionError("instance %s not %s after %ss: %r" % (iid, state, timeout, got))
             time.sleep(0.05)
 
+    def image_id(self):
+        """An AMI moto knows (with a root device), for launches that must name one."""
+        if not getattr(self, "_image", None):
+            _, out, _ = self.aws_cli("ec2", "describe-images", "--filters", "Name=architecture,Values=x86_64",
+                                     "Name=root-device-type,Values=ebs")
+            self._image = sorted(i["ImageId"] for i in out["Images"] if i.get("RootDeviceName"))[0]
+        return self._image
+
+    def leftovers(self):
+        """What ephrun made and did not remove: instances not terminated, its key pairs and security groups."""
+        _, res, _ = self.aws_cli("ec2", "describe-instances", "--filters",
+                                 "Name=instance-state-name,Values=pending,running,shutting-down,stopping,stopped")
+        _, keys, _ = self.aws_cli("ec2", "describe-key-pairs")
+        _, groups, _ = self.aws_cli("ec2", "describe-security-groups")
+        return {"instances": [i["InstanceId"] for r in res["Reservations"] for i in r["Instances"]],
+                "key_pairs": [k["KeyName"] for k in keys["KeyPairs"] if k["KeyName"].startswith("ephrun-")],
+                "security_groups": [g["GroupName"] for g in groups["SecurityGroups"]
+                                    if g["GroupName"].startswith("ephrun-")]}
+
     # -- the official AWS CLI
     def aws_cli(self, *args, check=True, env=None):
         """Runs `aws --endpoint-url URL ARGS --output json`; (returncode, parsed stdout or text, stderr)."""
