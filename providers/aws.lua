@@ -122,6 +122,8 @@ local function lift(e)
     message = "aws: " .. tostring(e) }
 end
 
+local NO_RETRIES = { retries = 0 }
+
 --- Counters for a benchmark or a curious user.
 M.stats = { requests = 0, throttled = 0 }
 
@@ -137,7 +139,9 @@ local function call(c, region, action, params, o)
   local repeatable = o.idempotent or action:match("^Describe") ~= nil
   while true do
     M.stats.requests = M.stats.requests + 1
-    local ok, r = pcall(s.ec2, s, action, params)
+    -- retries = 0: this loop is the one place that decides, so a capacity
+    -- error answered with a 500 is never sent again by the HTTP layer
+    local ok, r = pcall(s.ec2, s, action, params, NO_RETRIES)
     if ok then return r end
     if not aws.is_error(r) then error(r, 0) end
     local again = r.kind == "rate_limited" or (r.kind == "server" and repeatable)
