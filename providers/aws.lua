@@ -355,12 +355,12 @@ local launches = 0
 -- RunInstances' parameters for `spec`.
 local function run_params(c, region, spec, token)
   local ud = require("ephrun.cloudinit").parse(spec.user_data)
-  local image, root = spec.snapshot or spec.image or c.image
+  local image, root, user = spec.snapshot or spec.image or c.image
   if image and image ~= "" then
     root = root_device(c, region, image)
   else
     local d = default_image(c, region, spec.plan)
-    image, root = d.id, d.root
+    image, root, user = d.id, d.root, d.user
   end
   local tags = {}
   for k, v in pairs(spec.tags or {}) do tags[k] = v end
@@ -385,7 +385,7 @@ local function run_params(c, region, spec, token)
   if c.instance_profile then
     p.IamInstanceProfile = c.instance_profile:match("^arn:") and { Arn = c.instance_profile } or { Name = c.instance_profile }
   end
-  return p
+  return p, user
 end
 
 local function by_token(c, region, token)
@@ -411,7 +411,7 @@ function M.launch(spec, opts)
   local region = region_of(c, spec.region)
   launches = launches + 1
   local token = tostring(spec.client_token or ("%s-%d"):format(run_name(), launches)):sub(1, 64)
-  local params = run_params(c, region, spec, token)
+  local params, login_user = run_params(c, region, spec, token)
   -- Until the reply is in hand, a cleanup terminates whatever carries the token:
   -- a run interrupted mid-create leaves nothing.
   local guard = ephrun.defer(function()
@@ -425,7 +425,9 @@ function M.launch(spec, opts)
     local ok, r = pcall(call, c, region, "RunInstances", params, { once = true })
     if ok then
       guard:cancel()
-      return instances_of({ reservationSet = { r } }, region)[1]
+      local inst = instances_of({ reservationSet = { r } }, region)[1]
+      inst.login_user = login_user
+      return inst
     end
     if type(r) == "table" and r.code == "IdempotentInstanceTerminated" then
       errors.raise { kind = "invalid", message = ("aws: the instance of ClientToken %s was already made and terminated; "
@@ -437,6 +439,7 @@ function M.launch(spec, opts)
     if found then
       ephrun.log.warn("aws: RunInstances answered '%s' but instance %s exists; using it", tostring(r), found.id)
       guard:cancel()
+      found.login_user = login_user
       return found
     end
     if ephrun.time.monotonic() + delay > limit then error(r, 0) end

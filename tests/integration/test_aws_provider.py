@@ -176,6 +176,29 @@ class AwsProvider(unittest.TestCase):
         sent = [c["action"] for c in self.a.state()["log"][self.first_call:]]
         self.assertFalse([x for x in sent if not x.startswith("Describe")], sent)
 
+    def test_spot_with_a_max_price_is_priced_at_it_and_launched_as_spot(self):
+        self.env.update(EPHRUN_AWS_SPOT="true", EPHRUN_AWS_MAX_PRICE="0.05")
+        r = self.ephrun("deploy-fast", "provider=aws", "plan=c7i.8xlarge", "region=eu-west-1", "ttl=2h",
+                        "src=" + self.src, "--dry-run")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("$0.0510/hour", r.stdout)   # MaxPrice + 8 GB gp3, not the on-demand price
+        p = self.start(OPS, "mode=hang")
+        iid = self.ready(p)
+        self.assertEqual(self.describe(iid)["InstanceLifecycle"], "spot")
+        rc, _, err = self.finish(p, signal.SIGINT)
+        self.assertEqual(rc, 130, err)
+
+    def test_without_an_image_and_no_official_one_found_it_says_what_to_set(self):
+        del self.env["EPHRUN_AWS_IMAGE"]
+        r = self.ephrun("deploy-fast", "provider=aws", "plan=t3.micro", "region=eu-west-1", "src=" + self.src)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("no official Debian 12 or Ubuntu 24.04 x86_64 image found in eu-west-1", r.stderr)
+        self.assertIn("EPHRUN_AWS_IMAGE", r.stderr)
+        self.assertNotIn("stack traceback", r.stderr)
+        self.assertEqual(self.statuses("RunInstances"), [])
+        owners = [c for c in self.a.state()["log"][self.first_call:] if c["action"] == "DescribeImages"]
+        self.assertEqual(len(owners), 2, "Debian's owner, then Canonical's")
+
     # -- faults -------------------------------------------------------------------------------
 
     def test_sigint_while_the_instance_boots(self):
