@@ -107,7 +107,7 @@ class AwsProvider(unittest.TestCase):
         return self.a.aws_cli(*args)[1]
 
     def describe(self, iid):
-        return self.cli("ec2", "describe-instances", "--instance-ids", iid)["Reservations"][0]["Instances"][0]
+        return self.a.ec2().describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
 
     # -- what a launch makes ------------------------------------------------------------------
 

@@ -161,12 +161,23 @@ class AwsStandin:
             self._image = sorted(i["ImageId"] for i in out["Images"] if i.get("RootDeviceName"))[0]
         return self._image
 
+    def ec2(self):
+        """A botocore EC2 client for the stand-in: the same client the `aws` CLI uses, without
+        a process per call (for checks run after every test)."""
+        if not getattr(self, "_ec2", None):
+            import botocore.session
+            self._ec2 = botocore.session.get_session().create_client(
+                "ec2", region_name=REGION, endpoint_url=self.url, aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY)
+        return self._ec2
+
     def leftovers(self):
         """What ephrun made and did not remove: instances not terminated, its key pairs and security groups."""
-        _, res, _ = self.aws_cli("ec2", "describe-instances", "--filters",
-                                 "Name=instance-state-name,Values=pending,running,shutting-down,stopping,stopped")
-        _, keys, _ = self.aws_cli("ec2", "describe-key-pairs")
-        _, groups, _ = self.aws_cli("ec2", "describe-security-groups")
+        ec2 = self.ec2()
+        res = ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": [
+            "pending", "running", "shutting-down", "stopping", "stopped"]}])
+        keys = ec2.describe_key_pairs()
+        groups = ec2.describe_security_groups()
         return {"instances": [i["InstanceId"] for r in res["Reservations"] for i in r["Instances"]],
                 "key_pairs": [k["KeyName"] for k in keys["KeyPairs"] if k["KeyName"].startswith("ephrun-")],
                 "security_groups": [g["GroupName"] for g in groups["SecurityGroups"]
