@@ -26,6 +26,8 @@
 ---   destroy_deadline EPHRUN_AWS_DESTROY_DEADLINE (default 10m)
 ---   cleanup_deadline EPHRUN_AWS_CLEANUP_DEADLINE, how long deleting the security group
 ---              retries DependencyViolation (default 5m)
+---   regions    EPHRUN_AWS_REGIONS, the regions `list` (and so `ephrun reap`) scans, comma
+---              separated (default: the session's region)
 local ephrun = require "ephrun"
 local errors = require "ephrun.errors"
 local aws = require "ephrun.aws"
@@ -84,7 +86,13 @@ local function config(opts)
     user = setting(opts, "user", "EPHRUN_AWS_SSH_USER", nil),
     poll = positive(setting(opts, "poll", "EPHRUN_AWS_POLL", 2), "poll (EPHRUN_AWS_POLL)"),
     cleanup_deadline = setting(opts, "cleanup_deadline", "EPHRUN_AWS_CLEANUP_DEADLINE", 300),
+    regions = setting(opts, "regions", "EPHRUN_AWS_REGIONS", nil),
   }
+  if type(c.regions) == "string" then
+    local list = {}
+    for r in c.regions:gmatch("[^%s,]+") do list[#list + 1] = r end
+    c.regions = list
+  end
   if not c.volume_size then errors.raise { kind = "invalid", message = "aws: volume_size must be whole GB" } end
   if c.max_price then c.max_price = positive(c.max_price, "max_price (EPHRUN_AWS_MAX_PRICE)") end
   if type(c.cleanup_deadline) == "string" then
@@ -493,7 +501,7 @@ local function run_resources(c, region, run)
 end
 
 --- Instances not terminated whose tags include every `filter.tags` pair (all
---- of ephrun's when none are given), then, unless a tag other than
+--- of ephrun's when none are given), in each of the `regions`, then, unless a tag other than
 --- `ephrun-run` is asked for, the runs' security groups (`kind =
 --- "security-group"`) and key pairs (`kind = "key-pair"`), which `ephrun
 --- reap` removes after the instances.
@@ -501,7 +509,6 @@ end
 ---@return table[]
 function M.list(filter, opts)
   local c = config(opts)
-  local region = region_of(c)
   local want = (filter or {}).tags or {}
   local filters, other = { LIVE }, false
   for k, v in pairs(want) do
@@ -509,9 +516,12 @@ function M.list(filter, opts)
     if k ~= "ephrun-run" then other = true end
   end
   if next(want) == nil then filters[#filters + 1] = { Name = "tag-key", Value = { "ephrun-run" } } end
-  local out = describe(c, region, filters)
-  if not other then
-    for _, r in ipairs(run_resources(c, region, want["ephrun-run"])) do out[#out + 1] = r end
+  local out = {}
+  for _, region in ipairs(c.regions or { region_of(c) }) do
+    for _, i in ipairs(describe(c, region, filters)) do out[#out + 1] = i end
+    if not other then
+      for _, r in ipairs(run_resources(c, region, want["ephrun-run"])) do out[#out + 1] = r end
+    end
   end
   return out
 end

@@ -223,6 +223,19 @@ class AwsProvider(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("destroyed aws " + iid, r.stdout)
 
+    def test_reap_scans_the_regions_it_is_given(self):
+        p = self.start(OPS, "mode=hang")   # launches in eu-west-1
+        iid = self.ready(p)
+        p.kill()
+        p.communicate()
+        self.env.update(AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
+                        EPHRUN_AWS_REGIONS="us-east-1, eu-west-1")
+        r = self.ephrun("reap", "--yes")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("destroyed aws " + iid, r.stdout)
+        self.assertRegex(r.stdout, r"destroyed aws sg-\w+")
+        self.assertIn("destroyed aws ephrun-run-", r.stdout)
+
     def test_a_throttling_storm_does_not_reach_the_recipe(self):
         self.a.fault("*", "RequestLimitExceeded", count=15)
         r = self.ephrun(OPS, "mode=ops", "count=2")
