@@ -117,7 +117,13 @@ local function session(c, region)
 end
 
 local function region_of(c, region)
-  return session(c, region):region()
+  region = session(c, region):region()
+  -- deploy-fast's default region is Vultr's "ewr": say so before signing for it
+  if not region:match("^%l%l%-[%l%-]+%-%d+$") then
+    errors.raise { kind = "invalid", message = ("aws: region '%s' is not an AWS region: pass region=us-east-1 "
+      .. "(or another AWS region)"):format(region) }
+  end
+  return region
 end
 
 -- An ephrun.aws error as the contract's structured error (ephrun.errors),
@@ -622,8 +628,10 @@ function M.price(spec, opts)
     errors.raise { kind = "invalid", message = ("aws: '%s' is not an EC2 instance type (e.g. t3.micro, c7i.8xlarge)")
       :format(tostring(plan)) }
   end
-  local region = spec.region or c.region
-  if not region then
+  local region
+  if spec.region or c.region then
+    region = region_of(c, spec.region or c.region)
+  else
     local ok, r = pcall(region_of, c)
     region = ok and r or nil
   end

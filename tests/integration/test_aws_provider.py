@@ -176,6 +176,12 @@ class AwsProvider(unittest.TestCase):
         sent = [c["action"] for c in self.a.state()["log"][self.first_call:]]
         self.assertFalse([x for x in sent if not x.startswith("Describe")], sent)
 
+    def test_a_region_that_is_not_aws_is_refused_naming_the_parameter(self):
+        r = self.ephrun("deploy-fast", "provider=aws", "plan=t3.micro", "src=" + self.src, "--dry-run")
+        self.assertNotEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("aws: region 'ewr' is not an AWS region: pass region=us-east-1", r.stderr)
+        self.assertNotIn("stack traceback", r.stderr)
+
     def test_spot_with_a_max_price_is_priced_at_it_and_launched_as_spot(self):
         self.env.update(EPHRUN_AWS_SPOT="true", EPHRUN_AWS_MAX_PRICE="0.05")
         r = self.ephrun("deploy-fast", "provider=aws", "plan=c7i.8xlarge", "region=eu-west-1", "ttl=2h",
