@@ -272,6 +272,31 @@ class AwsProvider(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(self.statuses("RunInstances"), [500, 500, 200])
 
+    def test_a_create_whose_reply_is_lost_is_found_by_its_tag_not_made_twice(self):
+        self.a.fault("RunInstances", "InternalError", after=True)
+        r = self.ephrun(OPS, "mode=ops", "count=1")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(self.statuses("RunInstances"), [500])
+        self.assertIn("exists; using it", r.stderr)
+
+    def test_sigint_while_the_create_is_in_flight_terminates_what_it_made(self):
+        before = {i["id"] for i in self.a.state()["instances"]}
+        self.a.fault("RunInstances", "InternalError", after=True, delay=8)
+        p = self.start(OPS, "mode=hang")
+        deadline = time.monotonic() + 60
+        while not {i["id"] for i in self.a.state()["instances"]} - before:
+            self.assertLess(time.monotonic(), deadline, "the create was not carried out")
+            time.sleep(0.05)
+        rc, _, err = self.finish(p, signal.SIGINT)
+        self.assertEqual(rc, 130, err)
+        # only the mid-create guard can have terminated it: the launch never returned
+        self.assertEqual(self.statuses("TerminateInstances"), [200])
+        # the late reply is logged when it leaves: wait for it, so no later test counts it
+        deadline = time.monotonic() + 60
+        while self.statuses("RunInstances") != [500]:
+            self.assertLess(time.monotonic(), deadline, self.statuses("RunInstances"))
+            time.sleep(0.1)
+
     def test_resize_puts_the_old_type_back_when_the_start_has_no_capacity(self):
         self.a.fault("StartInstances", "InsufficientInstanceCapacity", count=1)
         r = self.ephrun(OPS, "mode=resize", "to=t3.large")

@@ -116,8 +116,8 @@ class AwsStandin:
     def config(self, **kw):
         return self._control("POST", "/_standin/config", kw)
 
-    def fault(self, action, code, count=1, status=None, message=None, service="ec2"):
-        f = {"action": action, "code": code, "count": count, "service": service}
+    def fault(self, action, code, count=1, status=None, message=None, service="ec2", after=False, delay=0):
+        f = {"action": action, "code": code, "count": count, "service": service, "after": after, "delay": delay}
         if status is not None:
             f["status"] = status
         if message is not None:
