@@ -149,7 +149,7 @@ local function call(c, region, action, params, o)
   o = o or {}
   local s = session(c, region)
   local limit = ephrun.time.monotonic() + (o.deadline or 300)
-  local delay = 0.5
+  local delay = 0.25
   local repeatable = o.idempotent or action:match("^Describe") ~= nil
   while true do
     M.stats.requests = M.stats.requests + 1
@@ -163,7 +163,7 @@ local function call(c, region, action, params, o)
     if o.once or not again or ephrun.time.monotonic() + delay > limit then error(lift(r), 0) end
     ephrun.log.debug("aws: %s: %s; again in %.1fs", action, tostring(r), delay)
     ephrun.time.sleep(delay * (1 + math.random() * 0.5))
-    delay = math.min(delay * 2, 20)
+    delay = math.min(delay * 2, 8)
   end
 end
 

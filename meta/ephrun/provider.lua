@@ -31,7 +31,7 @@
 ---@field host? string as `ssh_endpoint` gives it
 ---@field port? integer
 ---@field user? string
----@field kind? string "instance" (default), or another resource `list` returns (Vultr's "ssh-key")
+---@field kind? string "instance" (default), or another resource `list` returns (Vultr's "ssh-key", AWS's "key-pair" and "security-group")
 
 ---@class ephrun.provider.LaunchSpec
 ---@field plan? string the provider's size name

@@ -243,11 +243,11 @@ class AwsProvider(unittest.TestCase):
         self.assertIn("destroyed aws ephrun-run-", r.stdout)
 
     def test_a_throttling_storm_does_not_reach_the_recipe(self):
-        self.a.fault("*", "RequestLimitExceeded", count=15)
+        self.a.fault("*", "RequestLimitExceeded", count=8)
         r = self.ephrun(OPS, "mode=ops", "count=2")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("OPS OK", r.stdout)
-        self.assertGreaterEqual(sum(1 for c in self.a.state()["log"][self.first_call:] if c["status"] == 503), 15)
+        self.assertGreaterEqual(sum(1 for c in self.a.state()["log"][self.first_call:] if c["status"] == 503), 8)
         self.assertEqual(self.statuses("RunInstances").count(200), 2)
 
     def test_a_security_group_in_use_is_locked_until_its_instance_is_terminated(self):
