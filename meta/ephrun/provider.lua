@@ -31,7 +31,7 @@
 ---@field host? string as `ssh_endpoint` gives it
 ---@field port? integer
 ---@field user? string
----@field kind? string "instance" (default), or another resource `list` returns (Vultr's "ssh-key")
+---@field kind? string "instance" (default), or another resource `list` returns (Vultr's "ssh-key", AWS's "key-pair" and "security-group")
 
 ---@class ephrun.provider.LaunchSpec
 ---@field plan? string the provider's size name
@@ -42,6 +42,7 @@
 ---@field tags table<string,string> put on every resource made for it
 ---@field label? string
 ---@field user_data string cloud-init text (host key, authorized key, lifetime timer)
+---@field client_token? string the journal intent's idempotency token (AWS sends it as ClientToken)
 ---@field boot_delay? number local only: simulated boot time
 
 ---@class ephrun.provider.Endpoint

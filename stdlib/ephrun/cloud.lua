@@ -225,6 +225,14 @@ end
 -- Providers already warned about in this process (fifty launches, one warning).
 local warned_no_reaper = {}
 
+-- The idempotency token of journal intent `key`, which the provider sends with
+-- its create (AWS's ClientToken), so a resumed or retried create makes nothing twice.
+local function intent_token(j, key)
+  for _, r in ipairs(j.resources { run_id = ephrun.run_id(), live = true }) do
+    if r.key == key then return r.token end
+  end
+end
+
 -- What this provider's lifetime timer does (its `ttl_effect`), and what bounds
 -- the bill: `grace` seconds past the expiry (the reaper's interval) when
 -- billing ends at all, nil when nothing ends it without the launcher.
@@ -331,6 +339,7 @@ function Cloud:launch(spec)
       local ok, inst = pcall(self.impl.launch, {
         plan = spec.plan, region = spec.region, image = spec.image, snapshot = spec.snapshot,
         ttl = ttl or nil, tags = tags, label = spec.label, user_data = user_data,
+        client_token = jkey and intent_token(j, jkey),
         boot_delay = spec.boot_delay }, self.opts)
       if not ok then
         pcall(j.failed, jkey, tostring(inst)) -- the create's own error is the one to report

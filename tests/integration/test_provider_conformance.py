@@ -9,6 +9,7 @@ import unittest
 
 from common import BIN, SRC, env
 from vultr import VultrStandin
+from aws import AwsStandin
 
 SPEC = os.path.join(SRC, "tests", "lua", "provider_conformance_spec.lua")
 
@@ -29,6 +30,12 @@ class Conformance(unittest.TestCase):
             r = self.check("vultr", EPHRUN_VULTR_POLL="0.5", **v.env())
             self.assertNotIn(v.api_key, r.stdout + r.stderr)
             self.assertEqual(v.leftovers(), {"instances": [], "ssh_keys": []})
+
+    def test_aws(self):
+        with AwsStandin() as a:
+            r = self.check("aws", EPHRUN_AWS_POLL="0.5", EPHRUN_AWS_IMAGE=a.image_id(), **a.env())
+            self.assertNotIn(a.env()["AWS_SECRET_ACCESS_KEY"], r.stdout + r.stderr)
+            self.assertEqual(a.leftovers(), {"instances": [], "key_pairs": [], "security_groups": []})
 
     def test_an_unknown_provider_is_refused_naming_the_fixtures(self):
         tmp = tempfile.mkdtemp(prefix="ephrun-conformance-")

@@ -14,6 +14,7 @@ local FIXTURES = {
   ["local"] = { spec = {} },
   vultr = { spec = { plan = "vc2-1c-1gb", region = "ewr" }, resize_to = "vc2-2c-4gb",
     bad_credentials = { api_key = "ephrun-conformance-wrong-key" } },
+  aws = { spec = { plan = "t3.micro", region = "eu-west-1" }, resize_to = "t3.small" },
 }
 
 local STATES = { pending = true, running = true, stopping = true, stopped = true, terminated = true }

@@ -116,8 +116,8 @@ class AwsStandin:
     def config(self, **kw):
         return self._control("POST", "/_standin/config", kw)
 
-    def fault(self, action, code, count=1, status=None, message=None, service="ec2"):
-        f = {"action": action, "code": code, "count": count, "service": service}
+    def fault(self, action, code, count=1, status=None, message=None, service="ec2", after=False, delay=0):
+        f = {"action": action, "code": code, "count": count, "service": service, "after": after, "delay": delay}
         if status is not None:
             f["status"] = status
         if message is not None:
@@ -152,6 +152,36 @@ class AwsStandin:
             if time.monotonic() > deadline:
                 raise AssertionError("instance %s not %s after %ss: %r" % (iid, state, timeout, got))
             time.sleep(0.05)
+
+    def image_id(self):
+        """An AMI moto knows (with a root device), for launches that must name one."""
+        if not getattr(self, "_image", None):
+            _, out, _ = self.aws_cli("ec2", "describe-images", "--filters", "Name=architecture,Values=x86_64",
+                                     "Name=root-device-type,Values=ebs")
+            self._image = sorted(i["ImageId"] for i in out["Images"] if i.get("RootDeviceName"))[0]
+        return self._image
+
+    def ec2(self):
+        """A botocore EC2 client for the stand-in: the same client the `aws` CLI uses, without
+        a process per call (for checks run after every test)."""
+        if not getattr(self, "_ec2", None):
+            import botocore.session
+            self._ec2 = botocore.session.get_session().create_client(
+                "ec2", region_name=REGION, endpoint_url=self.url, aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY)
+        return self._ec2
+
+    def leftovers(self):
+        """What ephrun made and did not remove: instances not terminated, its key pairs and security groups."""
+        ec2 = self.ec2()
+        res = ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": [
+            "pending", "running", "shutting-down", "stopping", "stopped"]}])
+        keys = ec2.describe_key_pairs()
+        groups = ec2.describe_security_groups()
+        return {"instances": [i["InstanceId"] for r in res["Reservations"] for i in r["Instances"]],
+                "key_pairs": [k["KeyName"] for k in keys["KeyPairs"] if k["KeyName"].startswith("ephrun-")],
+                "security_groups": [g["GroupName"] for g in groups["SecurityGroups"]
+                                    if g["GroupName"].startswith("ephrun-")]}
 
     # -- the official AWS CLI
     def aws_cli(self, *args, check=True, env=None):

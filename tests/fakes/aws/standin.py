@@ -41,7 +41,9 @@ Control endpoints (not AWS, not faulted, not logged):
                                "status", "count"}: the next `count` matching calls get that AWS
                                error (RequestLimitExceeded storms, InsufficientInstanceCapacity);
                                status defaults: RequestLimitExceeded 503,
-                               InsufficientInstanceCapacity 500, others 400
+                               InsufficientInstanceCapacity 500, others 400; with "after": true
+                               the call is carried out first and only its reply replaced (after
+                               "delay" seconds): a create whose answer was lost
     GET|DELETE /_standin/faults
     POST /_standin/instances/ID/shutdown   {"args": ["-P", "+2"]}: as if run inside it
     POST /_standin/instances/ID/interrupt  {"action": "terminate", "seconds": 120}
@@ -807,7 +809,7 @@ class Handler(BaseHTTPRequestHandler):
                     fault = dict(f)
                     break
             S.faults = [f for f in S.faults if f["count"] > 0]
-        if fault:
+        if fault and not fault.get("after"):
             raise AwsError(fault["status"], fault["code"], fault["message"])
         if service == "ec2":
             self.EC2.before(action, params)
@@ -823,6 +825,9 @@ class Handler(BaseHTTPRequestHandler):
                 for inst in down:
                     with inst.oplock:
                         S.stop_sshd(inst)
+        if fault:  # "after": the call was carried out; its reply is lost (late, then an error)
+            time.sleep(float(fault.get("delay", 0)))
+            raise AwsError(fault["status"], fault["code"], fault["message"])
         self.send(status, data, rheaders)
         return status
 
@@ -852,7 +857,8 @@ class Handler(BaseHTTPRequestHandler):
                 f = {"action": doc.get("action", "*"), "service": doc.get("service", "ec2"), "code": code,
                      "message": doc.get("message") or "Injected by the stand-in: " + code,
                      "status": int(doc.get("status") or DEFAULT_STATUS.get(code, 400)),
-                     "count": int(doc.get("count", 1))}
+                     "count": int(doc.get("count", 1)),
+                     "after": bool(doc.get("after")), "delay": float(doc.get("delay") or 0)}
                 with S.lock:
                     S.faults.append(f)
                 return self.send(201, json.dumps(f).encode())
