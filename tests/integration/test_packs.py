@@ -84,7 +84,7 @@ class Packs(unittest.TestCase):
         self.assertEqual(r.returncode, 0, "ephrun %s\nstdout: %s\nstderr: %s" % (" ".join(args), r.stdout, r.stderr))
         return r
 
-    def write_pack(self, text="hello v1", version="1.0", recipes='"hello"', providers='"box"', requires=">= 0.1",
+    def write_pack(self, text="hello v1", version="1.0", recipes='"hello"', providers='"box"', requires=">= 0.2",
                    extra="", files=None):
         os.makedirs(os.path.join(self.work, "recipes"), exist_ok=True)
         os.makedirs(os.path.join(self.work, "providers"), exist_ok=True)
