@@ -480,27 +480,27 @@ local function run_of(name, tags)
   return tags["ephrun-run"] or tostring(name or ""):match("^ephrun%-run%-(.+)$")
 end
 
--- The per-run key pairs and security groups (of `run`, or every run).
+-- The per-run key pairs and security groups (of `run`, or every run): each
+-- kind's listing call, the reply's item set, and its name and id fields.
+local RUN_RESOURCES = {
+  { kind = "security-group", action = "DescribeSecurityGroups", set = "securityGroupInfo", name = "groupName",
+    id = "groupId" },
+  { kind = "key-pair", action = "DescribeKeyPairs", set = "keySet", name = "keyName", id = "keyName" },
+}
+
 local function run_resources(c, region, run)
   local out = {}
-  local g = call(c, region, "DescribeSecurityGroups", {})
-  for _, raw in ipairs(aws.list(g.securityGroupInfo)) do
-    local tags = aws.tags(raw.tagSet)
-    local r = run_of(raw.groupName, tags)
-    if r and raw.groupName == "ephrun-run-" .. r and (not run or r == run) then
-      tags["ephrun-run"] = r
-      out[#out + 1] = { id = raw.groupId, kind = "security-group", state = "running", region = region,
-        label = raw.groupName, tags = tags }
-    end
-  end
-  local k = call(c, region, "DescribeKeyPairs", {})
-  for _, raw in ipairs(aws.list(k.keySet)) do
-    local tags = aws.tags(raw.tagSet)
-    local r = run_of(raw.keyName, tags)
-    if r and raw.keyName == "ephrun-run-" .. r and (not run or r == run) then
-      tags["ephrun-run"] = r
-      out[#out + 1] = { id = raw.keyName, kind = "key-pair", state = "running", region = region,
-        label = raw.keyName, tags = tags }
+  for _, rk in ipairs(RUN_RESOURCES) do
+    local reply = call(c, region, rk.action, {})
+    for _, raw in ipairs(aws.list(reply[rk.set])) do
+      local name = raw[rk.name]
+      local tags = aws.tags(raw.tagSet)
+      local r = run_of(name, tags)
+      if r and name == "ephrun-run-" .. r and (not run or r == run) then
+        tags["ephrun-run"] = r
+        out[#out + 1] = { id = raw[rk.id], kind = rk.kind, state = "running", region = region, label = name,
+          tags = tags }
+      end
     end
   end
   return out
