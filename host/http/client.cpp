@@ -17,6 +17,7 @@
 
 #include "runtime/duration.hpp"
 #include "runtime/secrets.hpp"
+#include "sys/fs.hpp"
 
 namespace ephrun::http {
 
@@ -108,9 +109,7 @@ class TempFile {
     if (::fsync(fd_) != 0)
       throw std::runtime_error("cannot sync " + path_ + ": " + std::strerror(errno));
     // mkstemp makes the file 0600; a download gets the usual mode.
-    mode_t um = ::umask(0);
-    ::umask(um);
-    if (::fchmod(fd_, 0666 & ~um) != 0)
+    if (::fchmod(fd_, static_cast<mode_t>(0666 & ~sys::current_umask())) != 0)
       throw std::runtime_error("cannot chmod " + path_ + ": " + std::strerror(errno));
     ::close(fd_);
     fd_ = -1;

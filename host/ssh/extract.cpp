@@ -14,7 +14,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <memory>
 
 #include "ssh/error.hpp"
@@ -320,15 +319,6 @@ void TarExtractor::finish() {
   cv_.notify_all();
   if (worker_.joinable()) worker_.join();
   if (err_) std::rethrow_exception(err_);
-}
-
-unsigned current_umask() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("Umask:", 0) == 0)
-      return static_cast<unsigned>(std::stoul(line.substr(6), nullptr, 8));
-  return 022;
 }
 
 }  // namespace ephrun::ssh

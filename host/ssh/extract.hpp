@@ -91,8 +91,4 @@ class TarExtractor {
   std::thread worker_;
 };
 
-/// The process umask, read without changing it (Linux /proc/self/status; 022 when
-/// unreadable), for modes set by hand.
-unsigned current_umask();
-
 }  // namespace ephrun::ssh

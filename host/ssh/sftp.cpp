@@ -12,6 +12,7 @@
 #include "ssh/extract.hpp"
 #include "ssh/session_impl.hpp"
 #include "ssh/util.hpp"
+#include "sys/fs.hpp"
 
 namespace ephrun::ssh {
 
@@ -287,7 +288,7 @@ std::uint64_t download(Session& s, const std::string& remote, const std::string&
   // The remote's mode is a hint, not an order: setuid/setgid/sticky never come along
   // (a root-owned 4755 file would be a root shell here) and the umask applies.
   if (a.flags & LIBSSH2_SFTP_ATTR_PERMISSIONS)
-    ::fchmod(fd, static_cast<mode_t>(a.permissions & 0777 & ~current_umask()));
+    ::fchmod(fd, static_cast<mode_t>(a.permissions & 0777 & ~sys::current_umask()));
   if (a.flags & LIBSSH2_SFTP_ATTR_ACMODTIME) {
     timespec ts[2] = {{static_cast<time_t>(a.atime), 0}, {static_cast<time_t>(a.mtime), 0}};
     ::futimens(fd, ts);

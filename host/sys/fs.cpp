@@ -13,6 +13,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
 
 namespace ephrun::sys {
@@ -433,6 +434,15 @@ std::string join(const std::vector<std::string>& parts) {
       out += "/" + p;
   }
   return out;
+}
+
+unsigned current_umask() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("Umask:", 0) == 0)
+      return static_cast<unsigned>(std::stoul(line.substr(6), nullptr, 8));
+  return 022;
 }
 
 }  // namespace ephrun::sys

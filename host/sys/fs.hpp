@@ -33,6 +33,9 @@ class Error : public std::runtime_error {
 std::optional<mode_t> parse_mode(const std::string& text);
 /// "0644" for 0644.
 std::string format_mode(mode_t mode);
+/// The process umask, read without changing it (Linux /proc/self/status; 022 when
+/// unreadable): `umask(0)` and back would race with files other threads create.
+unsigned current_umask();
 
 std::string read_file(const std::string& path);
 /// Writes `data` with permissions `mode` (applied exactly, umask aside). When
