@@ -197,6 +197,90 @@ int l_xpcall(lua_State* L) {
   return pcall_finish(L, st, ctx);
 }
 
+// --- print and writes to stdout/stderr, redacted ---------------------------
+// A recipe's print(), io.write() and io.stdout/io.stderr:write() reach the
+// terminal without the logger, so they redact here; writes to files a recipe
+// opened stay byte for byte.
+
+bool is_std_stream(lua_State* L, int idx) {
+  auto* st = static_cast<luaL_Stream*>(luaL_testudata(L, idx, LUA_FILEHANDLE));
+  return st && st->closef && (st->f == stdout || st->f == stderr);
+}
+
+// The original file:write is upvalue 1; arguments are (file, ...).
+int l_file_write(lua_State* L) {
+  int n = lua_gettop(L);
+  if (n < 1 || !is_std_stream(L, 1)) {
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n, LUA_MULTRET);
+    return lua_gettop(L);
+  }
+  std::string out;
+  for (int i = 2; i <= n; ++i) {
+    size_t len = 0;
+    const char* s = luaL_checklstring(L, i, &len);  // numbers too, as file:write takes them
+    out.append(s, len);
+  }
+  out = redact(std::move(out));
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  lua_pushlstring(L, out.data(), out.size());
+  lua_call(L, 2, LUA_MULTRET);
+  return lua_gettop(L) - n;
+}
+
+// io.write(...) is io.output():write(...), through the redacting method.
+int l_io_write(lua_State* L) {
+  int n = lua_gettop(L);
+  lua_getglobal(L, "io");
+  lua_getfield(L, -1, "output");
+  lua_call(L, 0, 1);
+  lua_remove(L, -2);
+  lua_insert(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n + 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+int l_print(lua_State* L) {
+  int n = lua_gettop(L);
+  std::string out;
+  for (int i = 1; i <= n; ++i) {
+    size_t len = 0;
+    const char* s = luaL_tolstring(L, i, &len);
+    if (i > 1) out += '\t';
+    out.append(s, len);
+    lua_pop(L, 1);
+  }
+  out += '\n';
+  out = redact(std::move(out));
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  std::fflush(stdout);
+  return 0;
+}
+
+void redact_std_output(lua_State* L) {
+  lua_pushcfunction(L, l_print);
+  lua_setglobal(L, "print");
+  if (luaL_getmetatable(L, LUA_FILEHANDLE) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return;  // the io library is not open
+  }
+  lua_getfield(L, -1, "__index");
+  lua_getfield(L, -1, "write");
+  lua_pushcclosure(L, l_file_write, 1);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "write");  // __index.write
+  if (lua_getglobal(L, "io") == LUA_TTABLE) {
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, l_io_write, 1);
+    lua_setfield(L, -2, "write");
+  }
+  lua_pop(L, 4);
+}
+
 // --- shield -----------------------------------------------------------------
 
 struct ShieldGuard {
@@ -727,6 +811,7 @@ int luaopen_ephrun_core(lua_State* L) {
   lua_setglobal(L, "pcall");
   lua_pushcfunction(L, l_xpcall);
   lua_setglobal(L, "xpcall");
+  redact_std_output(L);
   luaL_newlib(L, kCoreFns);
   return 1;
 }

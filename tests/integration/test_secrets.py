@@ -112,6 +112,35 @@ class Forms(Base):
         self.assertEqual(step["what"], "curl -H 'Authorization: Bearer <secret:FORMS_TOKEN>'")
         self.assertEqual(step["details"][0], '{"token":"<secret:FORMS_TOKEN>"}')
 
+    def test_print_and_writes_to_stdout_and_stderr_are_redacted_but_files_are_not(self):
+        path = self.recipe("printer", r'''
+local ephrun = require "ephrun"
+return ephrun.recipe {
+  name = "printer",
+  run = function(p)
+    local v = ephrun.secret("FORMS_TOKEN")
+    print("print", v, ephrun.json.encode({ t = v }))
+    io.write("io.write ", ephrun.shell_quote(v), "\n")
+    io.stdout:write("stdout ", v, "\n")
+    io.stderr:write("stderr ", v, "\n")
+    local f = assert(io.open(p.out, "w"))
+    f:write(v)
+    f:close()
+  end,
+  params = { out = { type = "string" } },
+}
+''')
+        out = os.path.join(self.dir, "written")
+        r = self.ephrun(path, "out=" + out, FORMS_TOKEN=TRICKY)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertHidden(r.stdout + r.stderr)
+        self.assertIn("print\t<secret:FORMS_TOKEN>\t{\"t\":\"<secret:FORMS_TOKEN>\"}\n", r.stdout)
+        self.assertIn("io.write '<secret:FORMS_TOKEN>'\n", r.stdout)
+        self.assertIn("stdout <secret:FORMS_TOKEN>\n", r.stdout)
+        self.assertIn("stderr <secret:FORMS_TOKEN>\n", r.stderr)
+        with open(out) as f:
+            self.assertEqual(f.read(), TRICKY)  # a file the recipe writes is its own business
+
     def test_a_secret_shorter_than_4_characters_is_warned_about(self):
         path = self.recipe("short", 'local ephrun = require "ephrun"\n'
                            'return ephrun.recipe { name = "short", run = function()\n'
