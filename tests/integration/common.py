@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 
 BIN = os.environ.get("EPHRUN_BIN", os.path.join(os.path.dirname(__file__), "../../build/ephrun"))
 SRC = os.environ.get("EPHRUN_SOURCE_DIR", os.path.abspath(os.path.join(os.path.dirname(__file__), "../..")))
@@ -28,11 +28,18 @@ def start(args, **kw):
 
 
 def wait_ready(p, token="READY", timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        line = p.stdout.readline()
-        if not line:
-            break
-        if token in line:
-            return line.strip()
-    raise AssertionError("process never printed %s; stderr: %s" % (token, p.stderr.read() if p.poll() is not None else ""))
+    # readline blocks on a silent process: past the deadline the process is killed, which
+    # ends the read, so the deadline holds either way.
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    try:
+        while True:
+            line = p.stdout.readline()
+            if not line:
+                break
+            if token in line:
+                return line.strip()
+    finally:
+        timer.cancel()
+    p.wait()
+    raise AssertionError("process never printed %s within %ss; stderr: %s" % (token, timeout, p.stderr.read()))
