@@ -325,7 +325,7 @@ end
 
 -- A memory cgroup for the instance (v2, else v1 with a cpuacct group for CPU
 -- figures), or nil when this host cannot make one (not root, no delegation).
-local function make_cgroups(id, bytes)
+local function make_cgroups(id, bytes, user)
   local fs = ephrun.fs
   local name = "ephrun-" .. id
   local v2 = read("/sys/fs/cgroup/cgroup.controllers")
@@ -339,6 +339,9 @@ local function make_cgroups(id, bytes)
   if fs.exists("/sys/fs/cgroup/memory/memory.limit_in_bytes") and fs.mkdir_p(d) then
     if write_file(d .. "/memory.limit_in_bytes", tostring(bytes)) then
       write_file(d .. "/memory.memsw.limit_in_bytes", tostring(bytes))
+      -- the instance's user may reset the high-water mark, so each measured
+      -- job on it sees its own peak (ephrun.measure)
+      ephrun.proc.run({ "chown", user, d .. "/memory.max_usage_in_bytes" }, { stream = false, check = false })
       local dirs = { d }
       for _, m in ipairs { "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/cpu,cpuacct" } do
         if fs.exists(m .. "/cpuacct.usage") and fs.mkdir_p(m .. "/" .. name) then
@@ -364,7 +367,7 @@ local function limits(o, spec)
   local bytes = p.memory_mb * 1024 * 1024
   local cpus = p.vcpu == 1 and "0" or ("0-" .. (p.vcpu - 1))
   local dirs, how = nil, nil
-  if o.as_root then dirs, how = make_cgroups(o.id, bytes) end
+  if o.as_root then dirs, how = make_cgroups(o.id, bytes, o.user) end
   local argv = "taskset -c " .. cpus .. " " .. SSHD
   if dirs then
     argv = "/bin/sh -c 'for c in $1; do echo $$ > \"$c/cgroup.procs\" || exit 1; done; shift; exec \"$@\"' enter "
