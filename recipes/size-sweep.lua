@@ -22,17 +22,18 @@ end
 local function mb(bytes) return (bytes or 0) / 1048576 end
 
 -- vCPU, memory and price of a plan: the provider's own plan list where it has one.
-local function plan_facts(cloud, plan)
-  local info = cloud.impl.plan_info and cloud.impl.plan_info({ plan = plan }, cloud.opts) or {}
+local function plan_facts(cloud, plan, region)
+  local info = cloud.impl.plan_info and cloud.impl.plan_info({ plan = plan, region = region }, cloud.opts) or {}
   local price = info.price
-  if price == nil then price = cloud:price { plan = plan } end
+  if price == nil then price = cloud:price { plan = plan, region = region } end
   return { vcpu = info.vcpu, memory_mb = info.memory_mb, price = price }
 end
 
 -- One plan: launch, sync, setup, the repeats; returns its row.
 local function sweep_one(cloud, p, plan)
-  local facts = plan_facts(cloud, plan)
-  local box <close> = cloud:launch { plan = plan, region = p.region, ttl = p.ttl }
+  local facts = plan_facts(cloud, plan, p.region)
+  local box <close> = cloud:launch { plan = plan, region = p.region, image = p.image ~= "" and p.image or nil,
+    ttl = p.ttl }
   local sh <close> = box:ssh { deadline = p.ssh_deadline }
   sh:sync(p.src, "job", { exclude = { "node_modules" } })
   local row = { plan = plan, vcpu = facts.vcpu, memory_mb = facts.memory_mb, price_hour = facts.price,
@@ -86,6 +87,13 @@ end
 
 local function fmt_money(x) return x and ("%.4f"):format(x) or "" end
 
+-- A run of a few seconds costs a millionth of a dollar: keep three significant digits.
+local function fmt_run_cost(x)
+  if not x then return "" end
+  if x == 0 or x >= 0.01 then return fmt_money(x) end
+  return ("%.3g"):format(x)
+end
+
 local COLUMNS = { "plan", "vcpu", "memory_mb", "time_s", "peak_mem_mb", "peak_swap_mb", "cpu_avg_pct",
   "cost_per_run_usd", "cost_per_hour_usd", "met_target", "note" }
 
@@ -99,7 +107,7 @@ end
 local function cells(r)
   return { r.plan, tostring(r.vcpu or "?"), tostring(r.memory_mb or "?"), ("%.2f"):format(r.time),
     ("%.1f"):format(mb(r.peak_mem)), ("%.1f"):format(mb(r.peak_swap)), ("%.0f"):format(r.cpu_avg),
-    fmt_money(r.cost_run), fmt_money(r.price_hour), r.met and "yes" or "no",
+    fmt_run_cost(r.cost_run), fmt_money(r.price_hour), r.met and "yes" or "no",
     note(r) }
 end
 
@@ -116,7 +124,7 @@ local function markdown(rows, p, best)
   end
   out[#out + 1] = ""
   out[#out + 1] = best and ("Cheapest plan that met the target: **%s** ($%s per run, %.2f s)."):format(
-    best.plan, fmt_money(best.cost_run), best.time) or "No plan met the target."
+    best.plan, fmt_run_cost(best.cost_run), best.time) or "No plan met the target."
   return table.concat(out, "\n") .. "\n"
 end
 
@@ -171,7 +179,7 @@ local function svg(rows, p)
   local y = panel(body, rows, 30, "Wall time per run (median, s)", function(r) return r.time end,
     function(v) return ("%.2f s"):format(v or 0) end, p.max_time)
   y = panel(body, rows, y, "Cost per run (USD)", function(r) return r.cost_run end,
-    function(v) return v and ("$" .. fmt_money(v)) or "no price" end)
+    function(v) return v and ("$" .. fmt_run_cost(v)) or "no price" end)
   local head = ('<svg xmlns="http://www.w3.org/2000/svg" width="560" height="%d" font-family="sans-serif" '
     .. 'font-size="13">\n<title>size-sweep: %s</title>\n<rect width="100%%" height="100%%" fill="white"/>\n'
     .. '<text x="10" y="18" font-size="15">size-sweep: %s</text>'):format(y + 10, esc(p.job), esc(p.job))
@@ -208,7 +216,8 @@ return ephrun.recipe {
       choices = ephrun.cloud.builtin_providers { creates = true } },
     plans = { type = "list", default = { "local-1c-512m", "local-2c-1g", "local-2c-2g" },
       doc = "plans to compare, one instance each, in parallel" },
-    region = { default = "ewr", doc = "provider region" },
+    region = { default = "ewr", doc = "provider region (ewr is Vultr's; on AWS say eu-west-1 or the like)" },
+    image = { default = "", doc = "OS image of every instance (Vultr os_id, AWS ami-...; empty: the provider's default)" },
     src = { type = "path", default = ".", doc = "local directory synced to each instance as job/" },
     setup = { default = "", doc = "command run once per instance in job/ before the job (empty: none)" },
     job = { default = "make", doc = "the job, run in job/ and measured" },

@@ -7,17 +7,32 @@ parallel, the table takes vCPU, memory and price from /plans, and nothing is lef
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import unittest
 import xml.etree.ElementTree as ET
 
-from common import BIN, env
+from common import BIN, SRC, env
+from aws import REGION as AWS_REGION, SECRET_KEY as AWS_SECRET, AwsStandin
 from vultr import VultrStandin
 
 JOB = "import sys\nb = bytearray(int(sys.argv[1]) << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('done')\n"
 KEY = "vultr-test-key-0123456789abcdef"
+# Each job leaves its mark, then waits until every plan's job has: the sweep passes only
+# when the jobs ran at the same time (one after another, the first would wait in vain).
+BARRIER = r"""
+import os, sys, time
+d, n = sys.argv[1], int(sys.argv[2])
+open(os.path.join(d, "%s-%d" % (os.uname().nodename, os.getpid())), "w").close()
+end = time.time() + 120
+while len(os.listdir(d)) < n:
+    if time.time() > end:
+        sys.exit("only %d of %d jobs ran at the same time" % (len(os.listdir(d)), n))
+    time.sleep(0.05)
+print("all %d jobs at once" % n)
+"""
 
 
 class SweepBase(unittest.TestCase):
@@ -27,6 +42,8 @@ class SweepBase(unittest.TestCase):
         os.mkdir(self.src)
         with open(os.path.join(self.src, "job.py"), "w") as f:
             f.write(JOB)
+        with open(os.path.join(self.src, "barrier.py"), "w") as f:
+            f.write(BARRIER)
         self.out = os.path.join(self.tmp, "out")
         self.env = env(EPHRUN_HOME=os.path.join(self.tmp, "home"))
 
@@ -38,6 +55,14 @@ class SweepBase(unittest.TestCase):
                            text=True, timeout=300, env=self.env, cwd=self.tmp)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         return r
+
+    def barrier(self, n):
+        """The job's tail that waits until `n` jobs run at once (the instances' users reach it)."""
+        os.chmod(self.tmp, 0o711)
+        d = os.path.join(self.tmp, "barrier")
+        os.mkdir(d)
+        os.chmod(d, 0o1777)
+        return "python3 barrier.py %s %d" % (d, n)
 
     def report(self):
         with open(os.path.join(self.out, "sweep.csv")) as f:
@@ -102,7 +127,8 @@ class VultrSweep(SweepBase):
         with VultrStandin(api_key=KEY) as v:
             self.env.update(v.env())
             self.env["EPHRUN_VULTR_POLL"] = "0.5"
-            r = self.sweep("provider=vultr", "plans=vc2-1c-1gb,vc2-1c-2gb,vc2-2c-4gb", "job=python3 job.py 8")
+            r = self.sweep("provider=vultr", "plans=vc2-1c-1gb,vc2-1c-2gb,vc2-2c-4gb",
+                           "job=python3 job.py 8 && " + self.barrier(3), "--yes")
             self.assertNotIn(KEY, r.stdout + r.stderr)
             self.assertEqual(v.leftovers(), {"instances": [], "ssh_keys": []})
             creates = [e for e in v.state()["log"] if e["method"] == "POST" and e["path"] == "/v2/instances"]
@@ -120,6 +146,50 @@ class VultrSweep(SweepBase):
             self.assertAlmostEqual(p["cost_run"], p["price_hour"] * p["time"] / 3600, places=12)
         self.assertEqual(js["cheapest"], min(plans, key=lambda n: (plans[n]["cost_run"], plans[n]["time"])))
         self.assertIn("Cost per run (USD)", texts)
+
+
+
+def prices_lua(region, plan):
+    """On-demand price of `plan` and gp3 per GB-month in `region`, read from providers/aws/prices.lua."""
+    with open(os.path.join(SRC, "providers", "aws", "prices.lua")) as f:
+        text = f.read()
+    block = re.search(r'\["%s"\] = \{(.*?)\n    \},' % re.escape(region), text, re.S).group(1)
+    od = float(re.search(r'\["%s"\] = ([0-9.]+)' % re.escape(plan), block).group(1))
+    gp3 = float(re.search(r"gp3_gb_month = ([0-9.]+)", block).group(1))
+    return od, gp3, int(re.search(r"hours_per_month = (\d+)", text).group(1))
+
+
+class AwsSweep(SweepBase):
+    def test_three_types_in_parallel_priced_from_the_table_and_nothing_left(self):
+        plans = ["t3.small", "t3.medium", "t3.large"]
+        with AwsStandin(pending_seconds=1) as a:
+            self.env.update(a.env(EPHRUN_AWS_VOLUME_SIZE="10"))
+            r = self.sweep("provider=aws", "plans=" + ",".join(plans), "region=" + AWS_REGION,
+                           "image=" + a.image_id(), "job=python3 job.py 8 && " + self.barrier(3), "--yes")
+            self.assertNotIn(AWS_SECRET, r.stdout + r.stderr)
+            self.assertEqual(a.leftovers(), {"instances": [], "key_pairs": [], "security_groups": []})
+            self.assertEqual(len(a.calls("RunInstances")), 3)
+            made = a.ec2().describe_instances()["Reservations"]
+            self.assertEqual(sorted(i["InstanceType"] for res in made for i in res["Instances"]), sorted(plans))
+            _, types, _ = a.aws_cli("ec2", "describe-instance-types", "--instance-types", *plans)
+            specs = {t["InstanceType"]: (str(t["VCpuInfo"]["DefaultVCpus"]), str(t["MemoryInfo"]["SizeInMiB"]))
+                     for t in types["InstanceTypes"]}
+        rows, js, md, texts = self.report()
+        self.assertEqual(set(rows), set(plans))
+        by_plan = {p["plan"]: p for p in js["plans"]}
+        for plan in plans:
+            row, p = rows[plan], by_plan[plan]
+            self.assertEqual(row["met_target"], "yes", row)
+            self.assertEqual((row["vcpu"], row["memory_mb"]), specs[plan])
+            od, gp3, hours = prices_lua(AWS_REGION, plan)
+            self.assertAlmostEqual(p["price_hour"], od + 10 * gp3 / hours, places=12)
+            self.assertEqual(row["cost_per_hour_usd"], "%.4f" % p["price_hour"])
+            self.assertAlmostEqual(p["cost_run"], p["price_hour"] * p["time"] / 3600, places=15)
+            self.assertEqual(row["cost_per_run_usd"], "%.3g" % p["cost_run"])
+            self.assertGreaterEqual(min(p["samples"]), 2)
+        self.assertEqual(js["cheapest"], min(by_plan, key=lambda n: (by_plan[n]["cost_run"], by_plan[n]["time"])))
+        self.assertIn("Cheapest plan that met the target: **%s**" % js["cheapest"], md)
+        self.assertIn("run summary: 3 measured command(s)", r.stderr)
 
 
 if __name__ == "__main__":
