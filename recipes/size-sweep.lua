@@ -1,6 +1,7 @@
 --- size-sweep: the same job on several plans side by side, each instance
---- destroyed after, then a table (Markdown, CSV, JSON) and an SVG chart of
---- wall time and cost per plan, with the cheapest plan that met the target.
+--- destroyed after, then a table (Markdown, CSV, JSON) and a chart (SVG, and
+--- PNG where gnuplot is installed) of wall time and cost per plan, with the
+--- cheapest plan that met the target.
 ---
 --- Each plan runs in its own task: launch, sync `src`, run `setup` once, then
 --- `job` `repeat` times, measured (sh:run{measure=true}); wall time is the
@@ -186,11 +187,72 @@ local function svg(rows, p)
   return head .. "\n" .. table.concat(body, "\n") .. "\n</svg>\n"
 end
 
+-- The PNG chart is drawn by gnuplot (Debian's gnuplot-nox) where it is
+-- installed: its data and script stay beside it, so it can be drawn again.
+local GREEN, GREY = 0x3a9a4f, 0xb0b0b0
+
+local function gp_string(s) return "'" .. tostring(s):gsub("'", "''") .. "'" end
+
+local function chart_data(rows)
+  local out = { "# n\tplan\ttime_s\tcost_per_run_usd\tcolour (met the target: green)" }
+  for i, r in ipairs(rows) do
+    out[#out + 1] = ("%d\t\"%s\"\t%.6f\t%s\t%d"):format(i, r.plan:gsub('"', "'"), r.time,
+      r.cost_run and ("%.9g"):format(r.cost_run) or "NaN", r.met and GREEN or GREY)
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+local function chart_script(rows, p)
+  -- the time panel reaches the target too, so its line is always drawn inside
+  local top = p.max_time
+  for _, r in ipairs(rows) do top = math.max(top, r.time) end
+  local target = p.max_time > 0 and ("set arrow 1 from graph 0, first %g to graph 1, first %g nohead dt 2 "
+    .. "lw 2 lc rgb '#c0392b' front\nset label 1 'target' at graph 0.01, first %g offset 0,0.6 tc rgb '#c0392b'\n")
+    :format(p.max_time, p.max_time, p.max_time) or ""
+  return table.concat({
+    "# Draws sweep.png from sweep.dat: gnuplot sweep.gp",
+    "set terminal pngcairo size 800,600 noenhanced font 'sans,10'",
+    "set output 'sweep.png'",
+    "set multiplot layout 2,1 title " .. gp_string("size-sweep: " .. p.job),
+    "set style fill solid 0.9 border -1",
+    "set boxwidth 0.6",
+    "set xrange [0.4:*]",
+    "set grid ytics",
+    "set title 'Wall time per run (median, s)'",
+    ("set yrange [0:%g]"):format(top > 0 and top * 1.15 or 1),
+    target .. "plot 'sweep.dat' using 1:3:5:xtic(2) with boxes lc rgb variable notitle",
+    "unset arrow 1",
+    "unset label 1",
+    "set yrange [0:*]",
+    "set title 'Cost per run (USD)'",
+    "plot 'sweep.dat' using 1:4:5:xtic(2) with boxes lc rgb variable notitle",
+    "unset multiplot", "" }, "\n")
+end
+
+-- Writes sweep.dat and sweep.gp and runs gnuplot; the name of the PNG, or nil.
+local function write_png(rows, p)
+  local fs = ephrun.fs
+  local gnuplot = ephrun.proc.which("gnuplot")
+  if not gnuplot then
+    ephrun.log.info("size-sweep: no PNG chart (gnuplot is not installed: apt-get install gnuplot-nox); sweep.svg has it")
+    return nil
+  end
+  assert(fs.write(fs.join(p.out, "sweep.dat"), chart_data(rows)))
+  assert(fs.write(fs.join(p.out, "sweep.gp"), chart_script(rows, p)))
+  local r = ephrun.proc.run({ gnuplot, "sweep.gp" }, { cwd = p.out, stream = false, check = false, timeout = 60 })
+  if not r or not r.ok then
+    ephrun.log.warn("size-sweep: gnuplot could not draw sweep.png (%s); sweep.svg has the chart",
+      r and (r.stderr or ""):gsub("%s+$", "") or "it did not start")
+    return nil
+  end
+  return "sweep.png"
+end
+
 -- Writing and printing the report is an effect: a dry-run names the files and
 -- writes none (its figures would be placeholders).
 local function write_report(rows, p, best)
   local fs = ephrun.fs
-  local files = { "sweep.md", "sweep.csv", "sweep.json", "sweep.svg" }
+  local files = { "sweep.md", "sweep.csv", "sweep.json", "sweep.svg", "sweep.png (where gnuplot is installed)" }
   ephrun.effect {
     kind = "write", what = "size-sweep report in " .. p.out .. ": " .. table.concat(files, ", "),
     where = "local",
@@ -201,6 +263,7 @@ local function write_report(rows, p, best)
       assert(fs.write(fs.join(p.out, "sweep.json"), ephrun.json.encode {
         job = p.job, max_time = p.max_time, cheapest = best and best.plan or ephrun.json.null, plans = rows }))
       assert(fs.write(fs.join(p.out, "sweep.svg"), svg(rows, p)))
+      write_png(rows, p)
       io.stdout:write(markdown(rows, p, best))
       return true
     end,
@@ -223,7 +286,7 @@ return ephrun.recipe {
     job = { default = "make", doc = "the job, run in job/ and measured" },
     ["repeat"] = { type = "number", default = 1, min = 1, max = 100, doc = "runs of the job per plan (time: median)" },
     max_time = { type = "duration", default = "0s", min = 0, doc = "target wall time per run (0: none)" },
-    out = { type = "path", default = "size-sweep", doc = "local folder for sweep.md, .csv, .json and .svg" },
+    out = { type = "path", default = "size-sweep", doc = "local folder for sweep.md, .csv, .json, .svg (and .png with gnuplot)" },
     ttl = { type = "duration", default = "1h", doc = "hard lifetime of each instance" },
     ssh_deadline = { type = "duration", default = "5m", doc = "how long to wait for SSH once an instance runs" },
   },

@@ -1,6 +1,6 @@
 """recipes/size-sweep.lua: one job on several plans in parallel, each instance destroyed
-after, with a Markdown/CSV/JSON table and an SVG chart. On the local provider the plans'
-limits are enforced, so a job bigger than the small plan's memory fails there (with the
+after, with a Markdown/CSV/JSON table, an SVG chart and a PNG drawn by gnuplot. On the local
+provider the plans' limits are enforced, so a job bigger than the small plan's memory fails there (with the
 OOM warning in the table) and the larger plan is the cheapest that met the target; the
 figures in the table are the measured ones. On the Vultr stand-in, three plans run in
 parallel, the table takes vCPU, memory and price from /plans, and nothing is left."""
@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 import unittest
@@ -75,6 +76,31 @@ class SweepBase(unittest.TestCase):
         texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
         return rows, js, md, texts
 
+    def check_png(self, js, max_time):
+        """sweep.png is a real PNG drawn from sweep.dat, whose figures are the report's."""
+        if not shutil.which("gnuplot"):
+            self.skipTest("gnuplot is not installed (scripts/setup.sh installs gnuplot-nox)")
+        with open(os.path.join(self.out, "sweep.png"), "rb") as f:
+            png = f.read()
+        self.assertEqual(png[:8], b"\x89PNG\r\n\x1a\n")
+        self.assertEqual(struct.unpack(">II", png[16:24]), (800, 600))
+        with open(os.path.join(self.out, "sweep.dat")) as f:
+            dat = [ln.split("\t") for ln in f.read().splitlines() if not ln.startswith("#")]
+        self.assertEqual([d[1].strip('"') for d in dat], [p["plan"] for p in js["plans"]])
+        for d, p in zip(dat, js["plans"]):
+            self.assertAlmostEqual(float(d[2]), p["time"], places=5)
+            if "cost_run" in p:
+                self.assertAlmostEqual(float(d[3]), p["cost_run"], delta=1e-9 * max(1, p["cost_run"]))
+            else:
+                self.assertEqual(d[3], "NaN")
+            self.assertEqual(int(d[4]), 0x3a9a4f if p["met"] else 0xb0b0b0)
+        with open(os.path.join(self.out, "sweep.gp")) as f:
+            gp = f.read()
+        if max_time:
+            self.assertIn("first %g to graph 1" % max_time, gp)
+        else:
+            self.assertNotIn("set arrow 1 from", gp)
+
 
 @unittest.skipUnless(os.geteuid() == 0, "local plans are enforced with cgroups as root")
 class LocalSweep(SweepBase):
@@ -108,6 +134,7 @@ class LocalSweep(SweepBase):
         self.assertIn("target", texts)
         self.assertIn("destroyed local instance", r.stderr + r.stdout)
         self.assertEqual(os.listdir(os.path.join(self.tmp, "home", "local")), [])
+        self.check_png(js, max_time=300)
 
     def test_dry_run_writes_nothing(self):
         r = subprocess.run([BIN, "--dry-run", "size-sweep", "src=" + self.src, "out=" + self.out,
@@ -190,6 +217,7 @@ class AwsSweep(SweepBase):
         self.assertEqual(js["cheapest"], min(by_plan, key=lambda n: (by_plan[n]["cost_run"], by_plan[n]["time"])))
         self.assertIn("Cheapest plan that met the target: **%s**" % js["cheapest"], md)
         self.assertIn("run summary: 3 measured command(s)", r.stderr)
+        self.check_png(js, max_time=0)
 
 
 if __name__ == "__main__":
