@@ -253,9 +253,12 @@ end_instance() {
     userdel -r "$user" 2>/dev/null || sleep 0.1
   done
   rm -rf "$work" "$dir"
-  # the plan's cgroups, empty once every process above has ended
-  for c in $cgroups; do n=0; while [ -d "$c" ] && ! rmdir "$c" 2>/dev/null && [ $n -lt 50 ]; do
-    n=$((n + 1)); sleep 0.1; done; done
+  # The plan's cgroups, empty once every process above has ended. Whatever
+  # is still inside (it escaped the walk above, or is still exiting on a
+  # loaded machine) is this instance's too: end it and wait, up to 30 s.
+  for c in $cgroups; do n=0; while [ -d "$c" ] && ! rmdir "$c" 2>/dev/null && [ $n -lt 300 ]; do
+    n=$((n + 1)); p=$(cat "$c/cgroup.procs" 2>/dev/null); [ -n "$p" ] && kill -KILL $p 2>/dev/null
+    sleep 0.1; done; done
 }
 ]=]):format(q(o.id), q(o.dir), q(o.workdir), q(o.as_root and o.user or ""), q(o.limits.cgroups))
 end
