@@ -91,6 +91,20 @@ return ephrun.recipe { name = "measure-disk", params = { mnt = {}, mb = { type =
 '''
 
 
+INTERRUPTED = r'''
+local ephrun = require "ephrun"
+return ephrun.recipe { name = "measure-interrupted",
+  run = function()
+    local box <close> = ephrun.provider("local"):launch { ttl = "10m" }
+    local sh <close> = box:ssh()
+    sh:run("echo one", { measure = true })
+    print("MEASURED")
+    io.stdout:flush()
+    sh:run("sleep 600")
+  end }
+'''
+
+
 def samplers():
     """pids of sampler loops (their script names their /tmp/ephrun-measure-* directory)."""
     found = []
@@ -230,6 +244,29 @@ class Measure(unittest.TestCase):
         self.assertEqual([m["peak_mem"] for m in doc["measurements"]],
                          [s["peak_mem"] for s in self.seen(r.stderr)["runs"]])
         self.assertIn("run summary: 2 measured command(s)", r.stderr)
+
+    def test_an_interrupted_run_reports_what_it_measured_under_json(self):
+        path = os.path.join(self.tmp, "interrupted.lua")
+        with open(path, "w") as f:
+            f.write(INTERRUPTED)
+        p = subprocess.Popen([BIN, path, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=self.env, cwd=self.tmp)
+        try:
+            for line in p.stderr:  # under --json the recipe's own output goes to stderr
+                if "MEASURED" in line:
+                    break
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertEqual(p.returncode, 130, err)
+        doc = json.loads(out)
+        self.assertEqual((doc["ok"], doc["status"], doc["exit_code"]), (False, "interrupted", 130))
+        self.assertEqual([m["command"] for m in doc["measurements"]], ["echo one"])
+        self.assertIn("run summary: 1 measured command(s)", err)
+        self.assertEqual(os.listdir(os.path.join(self.tmp, "home", "local")), [])
 
     @unittest.skipUnless(os.geteuid() == 0, "mounting a small filesystem needs root")
     def test_a_job_that_fills_a_small_filesystem_warns_about_it(self):
