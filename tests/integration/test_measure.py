@@ -129,17 +129,18 @@ class Measure(unittest.TestCase):
     def tearDown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def cgroups(self):
-        found = []
-        for d in ("/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpuacct"):
-            if os.path.isdir(d):
-                found += [os.path.join(d, n) for n in os.listdir(d) if n.startswith("ephrun-loc-")]
-        return found
+    def cgroups(self, ids):
+        """Plan cgroups of the local instances `ids` that still exist."""
+        return [os.path.join(d, "ephrun-" + i) for i in ids
+                for d in ("/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpuacct")
+                if os.path.isdir(os.path.join(d, "ephrun-" + i))]
 
     def ephrun(self, *args):
-        before = set(self.cgroups())
         r = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=180, env=self.env, cwd=self.tmp)
-        self.assertEqual(set(self.cgroups()) - before, set(), "a plan's cgroup was left behind")
+        # only this run's instances: other runs on the machine make and remove cgroups meanwhile
+        ids = set(re.findall(r"destroyed local instance (loc-[0-9a-f]{10})", r.stdout + r.stderr))
+        self.assertTrue(ids, "no local instance was destroyed: " + r.stdout + r.stderr)
+        self.assertEqual(self.cgroups(ids), [], "a plan's cgroup was left behind")
         return r
 
     def result(self, r):
