@@ -37,7 +37,8 @@ Commands (a Lua file of that name in the current directory runs instead):
 
 Options:
   --dry-run        print the plan (resources, commands, cost) and change nothing
-  --json           with --dry-run, print the plan as JSON; with ls and history, JSON
+  --json           with --dry-run, print the plan as JSON; on a real run, its outcome
+                   and measured figures as JSON; with ls and history, JSON
   -y, --yes        do not ask for confirmation
   -v, --verbose    more output (-vv for trace); tracebacks on errors
   -q, --quiet      only warnings and errors
@@ -53,7 +54,7 @@ Exit codes: 0 success, 1 recipe failed, 2 usage or parameter error,
             141 output closed (SIGPIPE); os.exit(n) in a recipe: n, after the cleanups.
 )";
 
-// Commands whose output --json shapes; elsewhere it needs --dry-run.
+// Commands whose output --json shapes.
 bool json_without_dry_run_ok(const std::string& recipe) {
   return recipe == "ephrun:ls" || recipe == "ephrun:history" || recipe == "ephrun:check" ||
          recipe == "ephrun:pack" || recipe == "ephrun:lock";
@@ -181,9 +182,12 @@ int main(int argc, char** argv) {
     if (!args.empty() && args[0].find('=') == std::string::npos) args[0] = "action=" + args[0];
     if (args.size() > 1 && args[1].find('=') == std::string::npos) args[1] = "name=" + args[1];
   }
-  if (opts.json && !opts.dry_run && !opts.help && !json_without_dry_run_ok(recipe)) {
-    std::cerr << "ephrun: --json prints the plan of a --dry-run (or the output of `ephrun ls` "
-                 "and `ephrun history`); add --dry-run\n";
+  // A recipe's real run prints its outcome and measured figures under --json;
+  // commands other than these have no JSON shape.
+  if (opts.json && !opts.dry_run && !opts.help && recipe.starts_with("ephrun:") &&
+      !json_without_dry_run_ok(recipe)) {
+    std::cerr << "ephrun: --json has no meaning for `ephrun " << recipe.substr(7)
+              << "`; it applies to recipes, --dry-run, ls, history, check, pack and lock\n";
     return ephrun::kUsage;
   }
   opts.verbosity = quiet ? -1 : verbose;

@@ -642,6 +642,22 @@ function M.price(spec, opts)
   return hourly + c.volume_size * (table_ and table_.gp3_gb_month or 0) / PRICES.hours_per_month
 end
 
+--- vCPU and memory of an instance type (DescribeInstanceTypes) with its
+--- hourly price (`price`), for tables that compare plans such as size-sweep's;
+--- nil when the type cannot be described.
+---@param spec {plan?: string, region?: string}
+---@return {plan: string, vcpu: integer, memory_mb: integer, price: number|nil}|nil
+function M.plan_info(spec, opts)
+  local plan = spec and spec.plan
+  if plan == nil or plan == "" then return nil end
+  local ok, r = pcall(call, config(opts), spec.region, "DescribeInstanceTypes", { InstanceType = { plan } })
+  local t = ok and aws.list(r.instanceTypeSet)[1]
+  if not t then return nil end
+  local pok, price = pcall(M.price, spec, opts)
+  return { plan = plan, vcpu = tonumber((t.vCpuInfo or {}).defaultVCpus),
+    memory_mb = tonumber((t.memoryInfo or {}).sizeInMiB), price = pok and price or nil }
+end
+
 local function image_of(raw)
   local st = raw.imageState
   return { id = raw.imageId, description = raw.description, name = raw.name,

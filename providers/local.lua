@@ -253,9 +253,12 @@ end_instance() {
     userdel -r "$user" 2>/dev/null || sleep 0.1
   done
   rm -rf "$work" "$dir"
-  # the plan's cgroups, empty once every process above has ended
-  for c in $cgroups; do n=0; while [ -d "$c" ] && ! rmdir "$c" 2>/dev/null && [ $n -lt 50 ]; do
-    n=$((n + 1)); sleep 0.1; done; done
+  # The plan's cgroups, empty once every process above has ended. Whatever
+  # is still inside (it escaped the walk above, or is still exiting on a
+  # loaded machine) is this instance's too: end it and wait, up to 30 s.
+  for c in $cgroups; do n=0; while [ -d "$c" ] && ! rmdir "$c" 2>/dev/null && [ $n -lt 300 ]; do
+    n=$((n + 1)); p=$(cat "$c/cgroup.procs" 2>/dev/null); [ -n "$p" ] && kill -KILL $p 2>/dev/null
+    sleep 0.1; done; done
 }
 ]=]):format(q(o.id), q(o.dir), q(o.workdir), q(o.as_root and o.user or ""), q(o.limits.cgroups))
 end
@@ -325,7 +328,7 @@ end
 
 -- A memory cgroup for the instance (v2, else v1 with a cpuacct group for CPU
 -- figures), or nil when this host cannot make one (not root, no delegation).
-local function make_cgroups(id, bytes)
+local function make_cgroups(id, bytes, user)
   local fs = ephrun.fs
   local name = "ephrun-" .. id
   local v2 = read("/sys/fs/cgroup/cgroup.controllers")
@@ -339,6 +342,9 @@ local function make_cgroups(id, bytes)
   if fs.exists("/sys/fs/cgroup/memory/memory.limit_in_bytes") and fs.mkdir_p(d) then
     if write_file(d .. "/memory.limit_in_bytes", tostring(bytes)) then
       write_file(d .. "/memory.memsw.limit_in_bytes", tostring(bytes))
+      -- the instance's user may reset the high-water mark, so each measured
+      -- job on it sees its own peak (ephrun.measure)
+      ephrun.proc.run({ "chown", user, d .. "/memory.max_usage_in_bytes" }, { stream = false, check = false })
       local dirs = { d }
       for _, m in ipairs { "/sys/fs/cgroup/cpuacct", "/sys/fs/cgroup/cpu,cpuacct" } do
         if fs.exists(m .. "/cpuacct.usage") and fs.mkdir_p(m .. "/" .. name) then
@@ -364,7 +370,7 @@ local function limits(o, spec)
   local bytes = p.memory_mb * 1024 * 1024
   local cpus = p.vcpu == 1 and "0" or ("0-" .. (p.vcpu - 1))
   local dirs, how = nil, nil
-  if o.as_root then dirs, how = make_cgroups(o.id, bytes) end
+  if o.as_root then dirs, how = make_cgroups(o.id, bytes, o.user) end
   local argv = "taskset -c " .. cpus .. " " .. SSHD
   if dirs then
     argv = "/bin/sh -c 'for c in $1; do echo $$ > \"$c/cgroup.procs\" || exit 1; done; shift; exec \"$@\"' enter "

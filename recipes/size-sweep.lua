@@ -1,6 +1,7 @@
 --- size-sweep: the same job on several plans side by side, each instance
---- destroyed after, then a table (Markdown, CSV, JSON) and an SVG chart of
---- wall time and cost per plan, with the cheapest plan that met the target.
+--- destroyed after, then a table (Markdown, CSV, JSON) and a chart (SVG, and
+--- PNG where gnuplot is installed) of wall time and cost per plan, with the
+--- cheapest plan that met the target.
 ---
 --- Each plan runs in its own task: launch, sync `src`, run `setup` once, then
 --- `job` `repeat` times, measured (sh:run{measure=true}); wall time is the
@@ -22,17 +23,18 @@ end
 local function mb(bytes) return (bytes or 0) / 1048576 end
 
 -- vCPU, memory and price of a plan: the provider's own plan list where it has one.
-local function plan_facts(cloud, plan)
-  local info = cloud.impl.plan_info and cloud.impl.plan_info({ plan = plan }, cloud.opts) or {}
+local function plan_facts(cloud, plan, region)
+  local info = cloud.impl.plan_info and cloud.impl.plan_info({ plan = plan, region = region }, cloud.opts) or {}
   local price = info.price
-  if price == nil then price = cloud:price { plan = plan } end
+  if price == nil then price = cloud:price { plan = plan, region = region } end
   return { vcpu = info.vcpu, memory_mb = info.memory_mb, price = price }
 end
 
 -- One plan: launch, sync, setup, the repeats; returns its row.
 local function sweep_one(cloud, p, plan)
-  local facts = plan_facts(cloud, plan)
-  local box <close> = cloud:launch { plan = plan, region = p.region, ttl = p.ttl }
+  local facts = plan_facts(cloud, plan, p.region)
+  local box <close> = cloud:launch { plan = plan, region = p.region, image = p.image ~= "" and p.image or nil,
+    ttl = p.ttl }
   local sh <close> = box:ssh { deadline = p.ssh_deadline }
   sh:sync(p.src, "job", { exclude = { "node_modules" } })
   local row = { plan = plan, vcpu = facts.vcpu, memory_mb = facts.memory_mb, price_hour = facts.price,
@@ -86,6 +88,13 @@ end
 
 local function fmt_money(x) return x and ("%.4f"):format(x) or "" end
 
+-- A run of a few seconds costs a millionth of a dollar: keep three significant digits.
+local function fmt_run_cost(x)
+  if not x then return "" end
+  if x == 0 or x >= 0.01 then return fmt_money(x) end
+  return ("%.3g"):format(x)
+end
+
 local COLUMNS = { "plan", "vcpu", "memory_mb", "time_s", "peak_mem_mb", "peak_swap_mb", "cpu_avg_pct",
   "cost_per_run_usd", "cost_per_hour_usd", "met_target", "note" }
 
@@ -99,7 +108,7 @@ end
 local function cells(r)
   return { r.plan, tostring(r.vcpu or "?"), tostring(r.memory_mb or "?"), ("%.2f"):format(r.time),
     ("%.1f"):format(mb(r.peak_mem)), ("%.1f"):format(mb(r.peak_swap)), ("%.0f"):format(r.cpu_avg),
-    fmt_money(r.cost_run), fmt_money(r.price_hour), r.met and "yes" or "no",
+    fmt_run_cost(r.cost_run), fmt_money(r.price_hour), r.met and "yes" or "no",
     note(r) }
 end
 
@@ -116,7 +125,7 @@ local function markdown(rows, p, best)
   end
   out[#out + 1] = ""
   out[#out + 1] = best and ("Cheapest plan that met the target: **%s** ($%s per run, %.2f s)."):format(
-    best.plan, fmt_money(best.cost_run), best.time) or "No plan met the target."
+    best.plan, fmt_run_cost(best.cost_run), best.time) or "No plan met the target."
   return table.concat(out, "\n") .. "\n"
 end
 
@@ -171,18 +180,79 @@ local function svg(rows, p)
   local y = panel(body, rows, 30, "Wall time per run (median, s)", function(r) return r.time end,
     function(v) return ("%.2f s"):format(v or 0) end, p.max_time)
   y = panel(body, rows, y, "Cost per run (USD)", function(r) return r.cost_run end,
-    function(v) return v and ("$" .. fmt_money(v)) or "no price" end)
+    function(v) return v and ("$" .. fmt_run_cost(v)) or "no price" end)
   local head = ('<svg xmlns="http://www.w3.org/2000/svg" width="560" height="%d" font-family="sans-serif" '
     .. 'font-size="13">\n<title>size-sweep: %s</title>\n<rect width="100%%" height="100%%" fill="white"/>\n'
     .. '<text x="10" y="18" font-size="15">size-sweep: %s</text>'):format(y + 10, esc(p.job), esc(p.job))
   return head .. "\n" .. table.concat(body, "\n") .. "\n</svg>\n"
 end
 
+-- The PNG chart is drawn by gnuplot (Debian's gnuplot-nox) where it is
+-- installed: its data and script stay beside it, so it can be drawn again.
+local GREEN, GREY = 0x3a9a4f, 0xb0b0b0
+
+local function gp_string(s) return "'" .. tostring(s):gsub("'", "''") .. "'" end
+
+local function chart_data(rows)
+  local out = { "# n\tplan\ttime_s\tcost_per_run_usd\tcolour (met the target: green)" }
+  for i, r in ipairs(rows) do
+    out[#out + 1] = ("%d\t\"%s\"\t%.6f\t%s\t%d"):format(i, r.plan:gsub('"', "'"), r.time,
+      r.cost_run and ("%.9g"):format(r.cost_run) or "NaN", r.met and GREEN or GREY)
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+local function chart_script(rows, p)
+  -- the time panel reaches the target too, so its line is always drawn inside
+  local top = p.max_time
+  for _, r in ipairs(rows) do top = math.max(top, r.time) end
+  local target = p.max_time > 0 and ("set arrow 1 from graph 0, first %g to graph 1, first %g nohead dt 2 "
+    .. "lw 2 lc rgb '#c0392b' front\nset label 1 'target' at graph 0.01, first %g offset 0,0.6 tc rgb '#c0392b'\n")
+    :format(p.max_time, p.max_time, p.max_time) or ""
+  return table.concat({
+    "# Draws sweep.png from sweep.dat: gnuplot sweep.gp",
+    "set terminal pngcairo size 800,600 noenhanced font 'sans,10'",
+    "set output 'sweep.png'",
+    "set multiplot layout 2,1 title " .. gp_string("size-sweep: " .. p.job),
+    "set style fill solid 0.9 border -1",
+    "set boxwidth 0.6",
+    "set xrange [0.4:*]",
+    "set grid ytics",
+    "set title 'Wall time per run (median, s)'",
+    ("set yrange [0:%g]"):format(top > 0 and top * 1.15 or 1),
+    target .. "plot 'sweep.dat' using 1:3:5:xtic(2) with boxes lc rgb variable notitle",
+    "unset arrow 1",
+    "unset label 1",
+    "set yrange [0:*]",
+    "set title 'Cost per run (USD)'",
+    "plot 'sweep.dat' using 1:4:5:xtic(2) with boxes lc rgb variable notitle",
+    "unset multiplot", "" }, "\n")
+end
+
+-- Writes sweep.dat and sweep.gp and runs gnuplot; the name of the PNG, or nil.
+local function write_png(rows, p)
+  local fs = ephrun.fs
+  local gnuplot = ephrun.proc.which("gnuplot")
+  if not gnuplot then
+    ephrun.log.info("size-sweep: no PNG chart (gnuplot is not installed: apt-get install gnuplot-nox); sweep.svg has it")
+    return nil
+  end
+  assert(fs.write(fs.join(p.out, "sweep.dat"), chart_data(rows)))
+  assert(fs.write(fs.join(p.out, "sweep.gp"), chart_script(rows, p)))
+  local r = ephrun.proc.run({ gnuplot, "sweep.gp" }, { cwd = p.out, stream = false, check = false, timeout = 60 })
+  if not r or not r.ok then
+    ephrun.log.warn("size-sweep: gnuplot could not draw sweep.png (%s); sweep.svg has the chart",
+      r and (r.stderr or ""):gsub("%s+$", "") or "it did not start")
+    return nil
+  end
+  return "sweep.png"
+end
+
 -- Writing and printing the report is an effect: a dry-run names the files and
 -- writes none (its figures would be placeholders).
 local function write_report(rows, p, best)
   local fs = ephrun.fs
-  local files = { "sweep.md", "sweep.csv", "sweep.json", "sweep.svg" }
+  local files = { "sweep.md", "sweep.csv", "sweep.json", "sweep.svg", "sweep.png (where gnuplot is installed)" }
   ephrun.effect {
     kind = "write", what = "size-sweep report in " .. p.out .. ": " .. table.concat(files, ", "),
     where = "local",
@@ -193,6 +263,7 @@ local function write_report(rows, p, best)
       assert(fs.write(fs.join(p.out, "sweep.json"), ephrun.json.encode {
         job = p.job, max_time = p.max_time, cheapest = best and best.plan or ephrun.json.null, plans = rows }))
       assert(fs.write(fs.join(p.out, "sweep.svg"), svg(rows, p)))
+      write_png(rows, p)
       io.stdout:write(markdown(rows, p, best))
       return true
     end,
@@ -208,13 +279,14 @@ return ephrun.recipe {
       choices = ephrun.cloud.builtin_providers { creates = true } },
     plans = { type = "list", default = { "local-1c-512m", "local-2c-1g", "local-2c-2g" },
       doc = "plans to compare, one instance each, in parallel" },
-    region = { default = "ewr", doc = "provider region" },
+    region = { default = "ewr", doc = "provider region (ewr is Vultr's; on AWS say eu-west-1 or the like)" },
+    image = { default = "", doc = "OS image of every instance (Vultr os_id, AWS ami-...; empty: the provider's default)" },
     src = { type = "path", default = ".", doc = "local directory synced to each instance as job/" },
     setup = { default = "", doc = "command run once per instance in job/ before the job (empty: none)" },
     job = { default = "make", doc = "the job, run in job/ and measured" },
     ["repeat"] = { type = "number", default = 1, min = 1, max = 100, doc = "runs of the job per plan (time: median)" },
     max_time = { type = "duration", default = "0s", min = 0, doc = "target wall time per run (0: none)" },
-    out = { type = "path", default = "size-sweep", doc = "local folder for sweep.md, .csv, .json and .svg" },
+    out = { type = "path", default = "size-sweep", doc = "local folder for sweep.md, .csv, .json, .svg (and .png with gnuplot)" },
     ttl = { type = "duration", default = "1h", doc = "hard lifetime of each instance" },
     ssh_deadline = { type = "duration", default = "5m", doc = "how long to wait for SSH once an instance runs" },
   },

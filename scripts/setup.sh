@@ -9,6 +9,7 @@ PKGS=(
   libssh2-1-dev libarchive-dev libssl-dev libspdlog-dev libcli11-dev libsqlite3-dev catch2
   openssh-server openssh-client rsync pssh lua-check clang-format strace time python3-yaml
   cron  # the reaper's crontab path (tests/integration/test_reaper.py)
+  gnuplot-nox  # size-sweep's PNG chart (tests/integration/test_size_sweep.py)
   clang libclang-rt-14-dev
 )
 

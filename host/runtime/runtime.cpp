@@ -761,9 +761,37 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
       return kFailed;
     }
   }
+  // --json on a real run: stdout carries only the run's JSON document, so
+  // what the recipe and its children print goes to stderr meanwhile.
+  const bool json_run = opts_.json && !opts_.dry_run && !command;
+  int json_out = -1;
+  if (json_run) {
+    std::fflush(stdout);
+    json_out = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+    if (json_out >= 0) dup2(STDERR_FILENO, STDOUT_FILENO);
+  }
   Task* root = nullptr;
   Ending e = run_body(label, jrn.get(), root);
+  std::string measured = (!opts_.dry_run && !command) ? finish_run() : "[]";
 
+  if (json_run) {
+    nlohmann::json j = {{"recipe", label},
+                        {"run_id", run_id_},
+                        {"ok", e.code == kOk},
+                        {"status", e.status},
+                        {"exit_code", e.code}};
+    if (!root->ok) j["error"] = redact(root->error);
+    j["measurements"] = nlohmann::json::parse(measured, nullptr, false);
+    if (j["measurements"].is_discarded()) j["measurements"] = nlohmann::json::array();
+    std::fflush(stdout);
+    if (json_out >= 0) {
+      dup2(json_out, STDOUT_FILENO);
+      ::close(json_out);
+    }
+    std::string s = j.dump(2) + "\n";
+    fwrite(s.data(), 1, s.size(), stdout);
+    fflush(stdout);
+  }
   if (opts_.dry_run) {
     if (opts_.json) {
       auto j = plan_.render_json(label);
@@ -779,6 +807,34 @@ int Runtime::run(const std::string& recipe, const std::vector<std::string>& args
   }
   lua_settop(L, top);
   return e.code;
+}
+
+// After a real run's cleanups: ephrun._main.finish_run logs the run summary
+// (the figures of every measured command) and returns them as JSON text.
+std::string Runtime::finish_run() {
+  lua_State* L = L_;
+  int top = lua_gettop(L);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "ephrun._main");
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    spdlog::warn("run summary: {}", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+    lua_settop(L, top);
+    return "[]";
+  }
+  lua_getfield(L, -1, "finish_run");
+  lua_remove(L, -2);
+  Task* t = sched_->spawn(L, 0, "main", nullptr);
+  lua_State* co = t->co;
+  lua_pushthread(co);  // an ended task's results stay on its coroutine: keep it
+  lua_xmove(co, L, 1);
+  sched_->run_until(t);
+  std::string out = "[]";
+  if (!t->ok)
+    spdlog::warn("run summary: {}", redact(t->error));
+  else if (lua_gettop(co) >= 2 && lua_isstring(co, 2))
+    out = lua_tostring(co, 2);
+  lua_settop(L, top);
+  return out;
 }
 
 // No journal, no resource: a run that cannot record itself stops before its

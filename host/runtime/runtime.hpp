@@ -131,6 +131,7 @@ class Runtime {
               const std::vector<std::string>& args, std::string& label, std::string& bound_params);
   int run_cleanups();
   void print_still_cleaning(int sig);
+  std::string finish_run();
 
   Options opts_;
   lua_State* L_ = nullptr;

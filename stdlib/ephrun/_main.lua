@@ -98,6 +98,29 @@ function M.prepare(chunk, path, invoked, args, help)
   end, recipe.name, params.canonical(p, recipe.params)
 end
 
+--- After a real run, once its cleanups ran: logs the run summary of every
+--- measured command (figures, then warnings) and returns their figures as a
+--- JSON array, which `--json` prints.
+---@return string json
+function M.finish_run()
+  local measure = require "ephrun.measure"
+  local log = require "ephrun.log"
+  local lines = measure.run_summary()
+  if #lines > 0 then log.info("run summary: %d measured command(s)", #measure.recorded()) end
+  for _, l in ipairs(lines) do log[l.level]("  %s", l.text) end
+  local json = require "ephrun.json"
+  local list = json.array()
+  for i, r in ipairs(measure.recorded()) do
+    local warnings = json.array()
+    for j, w in ipairs(r.warnings or {}) do warnings[j] = w end
+    local copy = {}
+    for k, v in pairs(r) do copy[k] = v end
+    copy.warnings = warnings
+    list[i] = copy
+  end
+  return json.encode(list)
+end
+
 --- For `ephrun --list`: the recipe's name and summary, without running it.
 --- Returns name, summary or nil, message.
 ---@param chunk function

@@ -186,6 +186,7 @@ end
 ---@field port integer
 ---@field user string
 ---@field keep boolean
+---@field plan? string the plan it was launched with
 local Instance = {}
 Instance.__index = Instance
 
@@ -348,7 +349,7 @@ function Cloud:launch(spec)
       local o = setmetatable({ id = inst.id, cloud = self, raw = inst, ttl = ttl, tags = tags,
         keep = spec.keep and true or false, client_key = keys.client.private_key,
         host_key = keys.host.public_key, key_dir = keys.dir, journal_key = jkey,
-        hourly = hourly, started = started, expires = expires }, Instance)
+        hourly = hourly, started = started, expires = expires, plan = spec.plan }, Instance)
       -- The undo is on the cleanup stack before anything else can fail, the journal write
       -- included. A kept instance has it too until its launch is complete.
       local hinted, hint = pcall(o.destroy_hint, o)
@@ -610,6 +611,8 @@ function Instance:ssh(opts)
       if self.expires then
         s.lifetime = { expires = self.expires, ttl = self.ttl, what = self.cloud.name .. " instance " .. self.id }
       end
+      -- which instance, for the figures ephrun.measure reports (many share an address)
+      s.instance = { provider = self.cloud.name, id = self.id, plan = self.plan }
       return s
     end,
     placeholder = function() return M.plan_session(self.host) end,

@@ -54,6 +54,15 @@ cg_line() {
       "$(awk '$1=="oom_kill"{print $2}' $cgm/memory.oom_control)" "$(cat $cgm/memory.max_usage_in_bytes)"
   fi
 }
+# v1's high-water mark starts again at this job where the instance let us
+# (the local provider gives its user that file): a mark left by an earlier,
+# bigger job would hide this one's peak between two samples. v2's
+# memory.peak resets only for the file descriptor that wrote it, so v2 keeps
+# the mark of the whole cgroup and the parse uses it only when it rose.
+cg_reset() {
+  [ "$cgv" = 1 ] && [ -w "$cgm/memory.max_usage_in_bytes" ] && echo 0 > "$cgm/memory.max_usage_in_bytes"
+  return 0
+}
 oom_line() {
   n=$(dmesg 2>/dev/null | grep -ciE 'out of memory|oom-kill|killed process') || true
   if dmesg >/dev/null 2>&1; then echo "oomlog $n"; else echo "oomlog -"; fi
@@ -124,7 +133,7 @@ function M.start(sh, opts)
   local dir = "/tmp/ephrun-measure-" .. random_name()
   local plist = table.concat(paths, " ")
   -- The first sample is taken before the job starts, whatever the loop's pace.
-  local first = sh:run(sample_sh(dir, plist) .. '\nmkdir -p "$d" && cg_init && { oom_line; sample; } > "$d/first"'
+  local first = sh:run(sample_sh(dir, plist) .. '\nmkdir -p "$d" && cg_init && cg_reset 2>/dev/null && { oom_line; sample; } > "$d/first"'
     .. ' && echo "conn $PPID"', { stream = false })
   local conn = first.stdout:match("conn (%d+)")
   local job = sh:run_detached(sampler_script(dir, plist, math.floor(opts.max or 86400), conn),
@@ -326,13 +335,64 @@ function M.summary(m)
     human(m.mem_total), human(m.peak_swap), m.load_peak or 0, human(m.net_rx), human(m.net_tx), #m.samples)
 end
 
---- Stops the sampler, parses, logs the summary and warnings, and copies the
---- figures onto `into` (a run result) when given.
+-- Every command measured in this run, in the order they ended: the run
+-- summary and `--json` report them once the run is over.
+local recorded = {}
+
+-- Where a session runs, as a person tells instances apart: every local
+-- instance is 127.0.0.1, so its id and plan say more than the address.
+local function where_of(sh)
+  local i = sh.instance
+  if i and i.id then return ("%s instance %s%s"):format(i.provider, i.id, i.plan and (" (" .. i.plan .. ")") or "") end
+  return sh.host
+end
+
+local RECORDED = { "peak_mem", "peak_swap", "swapped", "cpu_avg", "cpu_peak", "mem_total", "vcpu", "load_peak",
+  "net_rx", "net_tx", "disk_peak", "oom_kills", "warnings", "source", "duration" }
+
+local function record(h, what, m)
+  local i = h.sh.instance or {}
+  local r = { what = what, command = h.command, host = h.sh.host, where = where_of(h.sh), provider = i.provider,
+    instance = i.id, plan = i.plan, samples = #m.samples }
+  for _, k in ipairs(RECORDED) do r[k] = m[k] end
+  recorded[#recorded + 1] = r
+end
+
+--- The figures of every command measured so far in this run (what `finish`
+--- saw, without the per-second samples): `what`, `command`, `host`, `where`,
+--- `provider`, `instance`, `plan`, `samples` (how many) and the figures of
+--- `parse`. The run summary and `--json` of a real run list them.
+---@return table[]
+function M.recorded()
+  return recorded
+end
+
+--- The run summary's lines for the recorded commands: each command's figures
+--- (`level = "info"`), then its warnings (`level = "warn"`). Empty when
+--- nothing was measured.
+---@return {level: "info"|"warn", text: string}[]
+function M.run_summary()
+  local human = require("ephrun.ssh").human_bytes
+  local out = {}
+  for n, r in ipairs(recorded) do
+    out[#out + 1] = { level = "info", text = ("%d. %s on %s: %.1f s, cpu avg %.0f%% (peak %.0f%%) of %s vCPU, "
+      .. "memory peak %s of %s, swap peak %s%s, %d samples"):format(n, r.what, r.where, r.duration or 0, r.cpu_avg,
+      r.cpu_peak, tostring(r.vcpu or "?"), human(r.peak_mem), human(r.mem_total), human(r.peak_swap),
+      (r.oom_kills or 0) > 0 and (", OOM kills " .. r.oom_kills) or "", r.samples) }
+    for _, w in ipairs(r.warnings or {}) do out[#out + 1] = { level = "warn", text = "   warning: " .. w } end
+  end
+  return out
+end
+
+--- Stops the sampler, parses, logs the summary and warnings, records the
+--- figures for the run summary, and copies them onto `into` (a run result)
+--- when given.
 ---@return table figures
 function M.finish(h, what, opts, into)
   local m = M.parse(M.stop_raw(h), opts)
-  log.info("measure %s on %s: %s", what, h.sh.host, M.summary(m))
-  for _, w in ipairs(m.warnings) do log.warn("measure %s on %s: %s", what, h.sh.host, w) end
+  log.info("measure %s on %s: %s", what, where_of(h.sh), M.summary(m))
+  for _, w in ipairs(m.warnings) do log.warn("measure %s on %s: %s", what, where_of(h.sh), w) end
+  record(h, what, m)
   if into then
     for _, k in ipairs { "samples", "peak_mem", "peak_swap", "cpu_avg", "cpu_peak", "mem_total", "vcpu",
       "load_peak", "net_rx", "net_tx", "disk_peak", "oom_kills", "swapped", "warnings", "source" } do

@@ -13,6 +13,7 @@ local M = {}
 ---@class ephrun.ssh.Session
 ---@field host string
 ---@field lifetime? {expires: number, ttl: number, what: string} set by instance:ssh(); errors past it say so
+---@field instance? {provider: string, id: string, plan?: string} set by instance:ssh(); names the instance in measured figures
 local Session = {}
 Session.__index = Session
 
@@ -213,6 +214,7 @@ function Session:measure(fn, opts, what)
   local mopts = type(opts) == "table" and opts or {}
   local m = require "ephrun.measure"
   local h = m.start(self, mopts)
+  h.command = what
   measuring[self] = true
   local ok, r = pcall(fn, self)
   measuring[self] = nil

@@ -56,6 +56,55 @@ return ephrun.recipe { name = "measure-hold", params = { release = { default = "
 '''
 
 
+# Two measured commands on the small plan: one the OOM killer ends, one that
+# fits; the recipe prints what its own results said, for the summary to match.
+SUMMARY = r'''
+local ephrun = require "ephrun"
+return ephrun.recipe { name = "measure-summary", params = { fail = { default = false } },
+  run = function(p)
+    local box <close> = ephrun.provider("local"):launch { plan = "local-1c-256m", ttl = "10m" }
+    local sh <close> = box:ssh()
+    local touch = "python3 -c 'b = bytearray(%d << 20)\nfor i in range(0, len(b), 4096): b[i] = 1'"
+    local seen = {}
+    for i, mb in ipairs { 400, 16 } do
+      local r = sh:run(touch:format(mb), { measure = true, check = false })
+      seen[i] = { code = r.code, peak_mem = r.peak_mem, peak_swap = r.peak_swap, cpu_avg = r.cpu_avg,
+        cpu_peak = r.cpu_peak, mem_total = r.mem_total, warnings = ephrun.json.array(r.warnings) }
+    end
+    print("SEEN " .. ephrun.json.encode { id = box.id, runs = seen })
+    if p.fail then error("the check after the measured jobs failed", 0) end
+  end }
+'''
+
+# A measured job that fills most of a small filesystem.
+DISK = r'''
+local ephrun = require "ephrun"
+return ephrun.recipe { name = "measure-disk", params = { mnt = {}, mb = { type = "number" } },
+  run = function(p)
+    local box <close> = ephrun.provider("local"):launch { ttl = "10m" }
+    local sh <close> = box:ssh()
+    local q = ephrun.shell_quote
+    local r = sh:run(("head -c %d /dev/zero > %s/fill"):format(p.mb << 20, q(p.mnt)), { measure = { paths = { p.mnt } } })
+    sh:run("rm -f " .. q(p.mnt .. "/fill"))
+    print("SEEN " .. ephrun.json.encode { disk = r.disk_peak[p.mnt], warnings = ephrun.json.array(r.warnings) })
+  end }
+'''
+
+
+INTERRUPTED = r'''
+local ephrun = require "ephrun"
+return ephrun.recipe { name = "measure-interrupted",
+  run = function()
+    local box <close> = ephrun.provider("local"):launch { ttl = "10m" }
+    local sh <close> = box:ssh()
+    sh:run("echo one", { measure = true })
+    print("MEASURED")
+    io.stdout:flush()
+    sh:run("sleep 600")
+  end }
+'''
+
+
 def samplers():
     """pids of sampler loops (their script names their /tmp/ephrun-measure-* directory)."""
     found = []
@@ -80,17 +129,18 @@ class Measure(unittest.TestCase):
     def tearDown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def cgroups(self):
-        found = []
-        for d in ("/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpuacct"):
-            if os.path.isdir(d):
-                found += [os.path.join(d, n) for n in os.listdir(d) if n.startswith("ephrun-loc-")]
-        return found
+    def cgroups(self, ids):
+        """Plan cgroups of the local instances `ids` that still exist."""
+        return [os.path.join(d, "ephrun-" + i) for i in ids
+                for d in ("/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpuacct")
+                if os.path.isdir(os.path.join(d, "ephrun-" + i))]
 
     def ephrun(self, *args):
-        before = set(self.cgroups())
         r = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=180, env=self.env, cwd=self.tmp)
-        self.assertEqual(set(self.cgroups()) - before, set(), "a plan's cgroup was left behind")
+        # only this run's instances: other runs on the machine make and remove cgroups meanwhile
+        ids = set(re.findall(r"destroyed local instance (loc-[0-9a-f]{10})", r.stdout + r.stderr))
+        self.assertTrue(ids, "no local instance was destroyed: " + r.stdout + r.stderr)
+        self.assertEqual(self.cgroups(ids), [], "a plan's cgroup was left behind")
         return r
 
     def result(self, r):
@@ -136,6 +186,112 @@ class Measure(unittest.TestCase):
         self.assertEqual(g["fn_out"], "second\n")
         self.assertGreaterEqual(g["fn_samples"], 2)
         self.assertEqual(g["fn_vcpu"], 2)
+
+    def seen(self, text):
+        line = [ln for ln in text.splitlines() if ln.startswith("SEEN ")]
+        self.assertTrue(line, text)
+        return json.loads(line[0][len("SEEN "):])
+
+    @unittest.skipUnless(os.geteuid() == 0, "plans are enforced with cgroups and per-instance users as root")
+    def test_run_summary_and_json_carry_every_measured_command(self):
+        path = os.path.join(self.tmp, "summary.lua")
+        with open(path, "w") as f:
+            f.write(SUMMARY)
+        r = self.ephrun(path, "--json")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        # stdout is the run's JSON document alone: what the recipe printed went to stderr
+        doc = json.loads(r.stdout)
+        seen = self.seen(r.stderr)
+        self.assertEqual((doc["ok"], doc["status"], doc["exit_code"], doc["recipe"]), (True, "ok", 0, "measure-summary"))
+        self.assertEqual(len(doc["measurements"]), 2, doc)
+        big, small = doc["measurements"]
+        for m, own in zip(doc["measurements"], seen["runs"]):
+            for k in ("peak_mem", "peak_swap", "cpu_avg", "cpu_peak", "mem_total", "warnings"):
+                self.assertEqual(m[k], own[k], k)
+            self.assertEqual((m["provider"], m["instance"], m["plan"]), ("local", seen["id"], "local-1c-256m"))
+            self.assertGreaterEqual(m["samples"], 2)
+        self.assertNotEqual(seen["runs"][0]["code"], 0, "a 400 MiB job ran within a 256 MiB plan")
+        self.assertIn("bytearray(400 << 20)", big["command"])
+        self.assertGreaterEqual(big["oom_kills"], 1)
+        self.assertTrue(any("OOM killer ended" in w for w in big["warnings"]), big)
+        self.assertEqual((small["oom_kills"], small["warnings"]), (0, []))
+        self.assertGreater(small["peak_mem"], 16 * MiB)
+        self.assertLess(small["peak_mem"], big["peak_mem"])
+        # the run summary, after the cleanups, lists both with their figures and the warning
+        err = r.stderr
+        tail = err[err.index("destroyed local instance " + seen["id"]):]
+        self.assertIn("run summary: 2 measured command(s)", tail)
+        human = lambda b: "%.1f MB" % (b / 1e6)
+        line1 = [ln for ln in tail.splitlines() if "1. `python3" in ln]
+        self.assertTrue(line1, tail)
+        self.assertIn("local instance %s (local-1c-256m)" % seen["id"], line1[0])
+        self.assertIn("memory peak %s of 268.4 MB" % human(big["peak_mem"]), line1[0])
+        self.assertIn("cpu avg %.0f%% (peak %.0f%%) of 1 vCPU" % (big["cpu_avg"], big["cpu_peak"]), line1[0])
+        self.assertIn("OOM kills", line1[0])
+        self.assertRegex(tail, r"1\. `python3[^\n]*\n[^\n]*warning: the OOM killer ended")
+        self.assertIn("2. `python3", tail)
+        self.assertIn("memory peak %s of 268.4 MB" % human(small["peak_mem"]), tail)
+
+    @unittest.skipUnless(os.geteuid() == 0, "plans are enforced with cgroups and per-instance users as root")
+    def test_a_failed_run_still_reports_its_figures_under_json(self):
+        path = os.path.join(self.tmp, "summary.lua")
+        with open(path, "w") as f:
+            f.write(SUMMARY)
+        r = self.ephrun(path, "fail=true", "--json")
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        doc = json.loads(r.stdout)
+        self.assertEqual((doc["ok"], doc["status"], doc["exit_code"]), (False, "failed", 1))
+        self.assertIn("the check after the measured jobs failed", doc["error"])
+        self.assertEqual([m["peak_mem"] for m in doc["measurements"]],
+                         [s["peak_mem"] for s in self.seen(r.stderr)["runs"]])
+        self.assertIn("run summary: 2 measured command(s)", r.stderr)
+
+    def test_an_interrupted_run_reports_what_it_measured_under_json(self):
+        path = os.path.join(self.tmp, "interrupted.lua")
+        with open(path, "w") as f:
+            f.write(INTERRUPTED)
+        p = subprocess.Popen([BIN, path, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=self.env, cwd=self.tmp)
+        try:
+            for line in p.stderr:  # under --json the recipe's own output goes to stderr
+                if "MEASURED" in line:
+                    break
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertEqual(p.returncode, 130, err)
+        doc = json.loads(out)
+        self.assertEqual((doc["ok"], doc["status"], doc["exit_code"]), (False, "interrupted", 130))
+        self.assertEqual([m["command"] for m in doc["measurements"]], ["echo one"])
+        self.assertIn("run summary: 1 measured command(s)", err)
+        self.assertEqual(os.listdir(os.path.join(self.tmp, "home", "local")), [])
+
+    @unittest.skipUnless(os.geteuid() == 0, "mounting a small filesystem needs root")
+    def test_a_job_that_fills_a_small_filesystem_warns_about_it(self):
+        mnt = os.path.join(self.tmp, "small")
+        os.mkdir(mnt)
+        os.chmod(self.tmp, 0o711)  # the instance's own user reaches the mount
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=1777", "ephrun-test-small", mnt], check=True)
+        self.addCleanup(subprocess.run, ["umount", mnt])
+        path = os.path.join(self.tmp, "disk.lua")
+        with open(path, "w") as f:
+            f.write(DISK)
+        r = self.ephrun(path, "mnt=" + mnt, "mb=15")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        full = self.seen(r.stdout)
+        self.assertGreater(full["disk"], 90, full)
+        self.assertEqual(len(full["warnings"]), 1, full)
+        self.assertIn("disk %s was %.0f%% full during the job" % (mnt, full["disk"]), full["warnings"][0])
+        self.assertRegex(r.stderr, r"warning: disk %s was 9\d%% full" % re.escape(mnt))
+        r = self.ephrun(path, "mnt=" + mnt, "mb=4")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        some = self.seen(r.stdout)
+        self.assertTrue(20 < some["disk"] < 90, some)
+        self.assertEqual(some["warnings"], [])
+        self.assertNotIn("full during the job", r.stderr)
 
     def test_sampler_ends_with_the_connection_when_ephrun_is_killed(self):
         path = os.path.join(self.tmp, "hold.lua")
