@@ -681,7 +681,7 @@ class ImdsHandler(BaseHTTPRequestHandler):
     def send(self, status, body=b"", ctype="text/plain"):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", length)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
