@@ -263,7 +263,7 @@ end
 --- `spec.ttl` (default 1h; `false` for none) bounds its life: the instance
 --- ends itself at expiry even if ephrun is killed. `keep=true` skips the
 --- destroy (loudly).
----@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string, warn_cost?: number}
+---@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string, warn_cost?: number, tags?: table<string, string>, volumes?: {size: integer, type?: string, device?: string, iops?: integer, throughput?: integer}[]}
 ---@return ephrun.Instance
 function Cloud:launch(spec)
   -- A permanent server (the static provider) is attached to, never created.
