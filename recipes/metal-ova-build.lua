@@ -249,8 +249,10 @@ return ephrun.recipe {
     local remote_size = math.tointeger(tonumber((remote.stdout or ""):match("\n(%d+)%s*$")))
     local fetched
     if upload_from == "instance" then
+      -- The instance profile's credentials come from IMDS; only the bucket's region is passed.
       sh:run(("cd build && aws s3 cp --only-show-errors --metadata %s %s %s"):format(
-        q(s3.SHA256_META .. "=" .. tostring(remote_sha)), q(ova), q(out.url(name))))
+        q(s3.SHA256_META .. "=" .. tostring(remote_sha)), q(ova), q(out.url(name))),
+        { env = { AWS_DEFAULT_REGION = out.bucket.session:region() } })
     else
       fetched = ephrun.fs.tempdir("ephrun-ova-") .. "/" .. name
       sh:fetch("build/" .. ova, fetched)

@@ -247,6 +247,9 @@ class OnAws(Base):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("destroyed aws " + iid, r.stdout)
         self.assertEqual(self.a.instance(iid)["state"], "terminated")
+        self.wait_events(["start", "terminated"])
+        forced = [m for m in self.receiver.messages() if m["event"] == "terminated"][0]
+        self.assertEqual(forced["recipe"], "metal-ova-build")
 
     def test_launcher_timeout(self):
         r = self.ephrun(*self.aws_args("b-slow", self.build(wait=True), "timeout=2s"))
@@ -276,6 +279,29 @@ class OnAws(Base):
         self.assertTrue(any("s3://%s/prewarmed/b-dry/" % BUCKET in u for u in ups), ups)
         made = [c for c in self.a.calls()[calls:] if c["method"] not in ("GET", "HEAD")]
         self.assertEqual(made, [], "the dry-run changed something")
+
+    def test_without_yes_and_without_a_terminal_nothing_is_launched(self):
+        calls = len(self.a.calls("RunInstances"))
+        r = self.ephrun(*self.aws_args("b-ask", self.build())[1:])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("no terminal to confirm on; pass --yes", r.stderr)
+        self.assertIn("at most $", r.stderr)
+        self.assertEqual(len(self.a.calls("RunInstances")), calls)
+        self.assertEqual(self.keys("ephrun-locks/ova-b-ask"), [], "the refused run kept its lock")
+
+    def test_dry_run_with_an_instance_profile_uploads_from_the_instance(self):
+        r = self.ephrun("--dry-run", "--json", *self.aws_args("b-prof", self.build(), "instance_profile=ova-builder"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        plan = json.loads(r.stdout)
+        ups = [s["what"] for s in plan["steps"] if s["kind"] == "upload"]
+        self.assertTrue(any("uploaded from the instance with aws s3 cp, instance profile ova-builder" in u
+                            for u in ups), ups)
+        runs = [s for s in plan["steps"] if s["kind"] == "run" and "aws s3 cp" in json.dumps(s)]
+        self.assertEqual(len(runs), 1, [s["what"] for s in plan["steps"]])
+        self.assertIn("s3://%s/prewarmed/b-prof/" % BUCKET, json.dumps(runs[0]))
+        self.assertNotIn("fetch", [s["kind"] for s in plan["steps"]])
+        est = [s for s in plan["steps"] if s["kind"] == "estimate"][0]
+        self.assertTrue(any("none billed (from the instance" in d for d in est["details"]), est)
 
 
 class OnLocal(Base):
