@@ -391,6 +391,12 @@ local function run_params(c, region, spec, token)
     TagSpecification = { { ResourceType = "instance", Tag = tag_list(tags) },
       { ResourceType = "volume", Tag = tag_list(tags) } },
   }
+  -- Extra EBS volumes (a build's scratch disk) from /dev/sdf on, deleted with the instance.
+  for i, v in ipairs(spec.volumes or {}) do
+    p.BlockDeviceMapping[#p.BlockDeviceMapping + 1] = { DeviceName = v.device or ("/dev/sd" .. string.char(101 + i)),
+      Ebs = { VolumeSize = math.tointeger(v.size), VolumeType = v.type or "gp3", Iops = v.iops, Throughput = v.throughput,
+        DeleteOnTermination = true } }
+  end
   if ud.authorized_keys[1] then p.KeyName = run_key_pair(c, region, ud.authorized_keys[1], tags) end
   if c.spot then
     p.InstanceMarketOptions = { MarketType = "spot", SpotOptions = { SpotInstanceType = "one-time",
@@ -617,7 +623,7 @@ function M.ssh_endpoint(inst, opts)
 end
 
 --- Hourly USD for `spec`: the on-demand price of the type in its region (or
---- the spot MaxPrice) plus the gp3 root volume; nil when the table does not
+--- the spot MaxPrice) plus the gp3 root and extra volumes; nil when the table does not
 --- have the type there.
 ---@return number|nil
 function M.price(spec, opts)
@@ -639,7 +645,9 @@ function M.price(spec, opts)
   local od = table_ and table_.instances[plan]
   local hourly = c.spot and c.max_price or od
   if not hourly then return nil end
-  return hourly + c.volume_size * (table_ and table_.gp3_gb_month or 0) / PRICES.hours_per_month
+  local gb = c.volume_size
+  for _, v in ipairs(spec.volumes or {}) do gb = gb + (tonumber(v.size) or 0) end
+  return hourly + gb * (table_ and table_.gp3_gb_month or 0) / PRICES.hours_per_month
 end
 
 --- vCPU and memory of an instance type (DescribeInstanceTypes) with its

@@ -43,6 +43,7 @@
 ---@field label? string
 ---@field user_data string cloud-init text (host key, authorized key, lifetime timer)
 ---@field client_token? string the journal intent's idempotency token (AWS sends it as ClientToken)
+---@field volumes? {size: integer, type?: string, device?: string, iops?: integer, throughput?: integer}[] extra block volumes, deleted with the instance (aws: EBS)
 ---@field boot_delay? number local only: simulated boot time
 
 ---@class ephrun.provider.Endpoint

@@ -264,7 +264,7 @@ end
 --- `spec.ttl` (default 1h; `false` for none) bounds its life: the instance
 --- ends itself at expiry even if ephrun is killed. `keep=true` skips the
 --- destroy (loudly).
----@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string, warn_cost?: number}
+---@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string, warn_cost?: number, tags?: table<string, string>, volumes?: {size: integer, type?: string, device?: string, iops?: integer, throughput?: integer}[]}
 ---@return ephrun.Instance
 function Cloud:launch(spec)
   -- A permanent server (the static provider) is attached to, never created.
@@ -291,6 +291,15 @@ function Cloud:launch(spec)
   -- `ephrun reap` leaves a kept instance alone until it expires, even when it finds it
   -- only by its tags.
   if spec.keep then tags["ephrun-keep"] = "true" end
+  -- The recipe's own tags (a team's Project/CostCenter...) go beside ephrun's, never over them.
+  local own = {}
+  for k, v in pairs(spec.tags or {}) do
+    if tags[k] == nil then
+      tags[k] = tostring(v)
+      own[#own + 1] = k .. "=" .. tostring(v)
+    end
+  end
+  table.sort(own)
   local what = describe(self, spec)
 
   local keys = ephrun.effect {
@@ -310,7 +319,11 @@ function Cloud:launch(spec)
   end
   details[#details + 1] = "user-data: this run's host key (ssh_keys), its authorized key" ..
     (ttl and (", shutdown -h +%dm"):format(math.max(1, math.ceil(ttl / 60))) or "") .. "; no secrets"
-  details[#details + 1] = ("tags: ephrun-run=%s ephrun-recipe=%s"):format(tags["ephrun-run"], tags["ephrun-recipe"])
+  details[#details + 1] = ("tags: ephrun-run=%s ephrun-recipe=%s%s"):format(tags["ephrun-run"], tags["ephrun-recipe"],
+    own[1] and (" " .. table.concat(own, " ")) or "")
+  for _, v in ipairs(spec.volumes or {}) do
+    details[#details + 1] = ("extra volume: %s GB %s, deleted with the instance"):format(tostring(v.size), v.type or "gp3")
+  end
   if hourly then
     details[#details + 1] = worst and ("price $%.4f/hour × %s%s = $%.2f worst case"):format(hourly,
       ephrun.time.format_duration(ttl), grace > 0 and (" + " .. ephrun.time.format_duration(grace) .. " reaper interval")
@@ -340,7 +353,7 @@ function Cloud:launch(spec)
       local ok, inst = pcall(self.impl.launch, {
         plan = spec.plan, region = spec.region, image = spec.image, snapshot = spec.snapshot,
         ttl = ttl or nil, tags = tags, label = spec.label, user_data = user_data,
-        client_token = jkey and intent_token(j, jkey),
+        client_token = jkey and intent_token(j, jkey), volumes = spec.volumes,
         boot_delay = spec.boot_delay }, self.opts)
       if not ok then
         pcall(j.failed, jkey, tostring(inst)) -- the create's own error is the one to report

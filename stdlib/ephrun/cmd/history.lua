@@ -15,6 +15,10 @@ return ephrun.recipe {
       r.duration = (r.ended or now) - r.started
       -- A run still marked running whose process is gone was killed (SIGKILL, crash, power).
       if r.status == "running" and not r.alive then r.status = "died" end
+      -- What a recipe recorded about its outcome (metal-ova-build: cost, the S3 keys).
+      local text = ephrun.fs.read(ephrun.cloud.state_dir() .. "/history/" .. r.id .. ".json")
+      local ok, result = pcall(ephrun.json.decode, text or "")
+      if text and ok and type(result) == "table" then r.result = result end
     end
     if ephrun.options().json then
       local list = ephrun.json.array()
@@ -28,8 +32,12 @@ return ephrun.recipe {
     end
     local cells = {}
     for _, r in ipairs(runs) do
+      local res = r.result
+      local keys = res and type(res.keys) == "table" and res.keys or {}
+      local outcome = res and ("  $%.4f%s"):format(tonumber(res.cost) or 0, keys[1] and (" " .. tostring(keys[1])
+        .. (#keys > 1 and (" +" .. (#keys - 1)) or "")) or "") or ""
       cells[#cells + 1] = { r.id, r.recipe, common.local_time(r.started), common.short_duration(r.duration),
-        r.status .. (r.detail and (" (" .. r.detail .. ")") or "") }
+        r.status .. (r.detail and (" (" .. r.detail .. ")") or "") .. outcome }
     end
     common.table({ "RUN", "RECIPE", "STARTED", "DURATION", "STATUS" }, cells)
   end,

@@ -736,14 +736,17 @@ class Handler(BaseHTTPRequestHandler):
     def send(self, status, body=b"", headers=None, ctype="application/json"):
         self.send_response(status)
         sent_type = False
+        length = str(len(body))
         for k, v in headers or []:
+            if k.lower() == "content-length" and self.command == "HEAD":
+                length = v  # a HEAD reply states the size of what a GET would send (S3's object size)
             if k.lower() in HOP:
                 continue
             sent_type = sent_type or k.lower() == "content-type"
             self.send_header(k, v)
         if not sent_type and body:
             self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", length)
         self.end_headers()
         if body and self.command != "HEAD":
             self.wfile.write(body)
