@@ -256,6 +256,27 @@ local function lifetime(self, ttl, expires_text)
     .. "(worst case unbounded); install one: ephrun reaper install" }
 end
 
+-- What the cost gate (ephrun.cost) is told about a launch: its worst case, or
+-- why it has none and what would give it one.
+local function launch_cost(self, what, spec, hourly, ttl, grace, worst)
+  local l = { what = what, worst = worst, provider = self.name, plan = spec.plan, warn_cost = spec.warn_cost }
+  if worst then
+    l.basis = worst > 0 and ("$%.4f/hour × %s%s"):format(hourly, ephrun.time.format_duration(ttl),
+      grace > 0 and (" + " .. ephrun.time.format_duration(grace) .. " reaper interval") or "") or nil
+  elseif not hourly then
+    l.unknown = ("%s has no price for %s"):format(self.name, tostring(spec.plan or "the default plan"))
+    l.remedy = "Use a plan whose price the provider knows, or run without a limit and confirm the launch"
+  elseif not ttl then
+    l.unknown = "ttl=false: no lifetime bounds how long it bills"
+    l.remedy = "Give it a lifetime (ttl=2h)"
+  else
+    l.unknown = ("%s's lifetime timer only stops the CPU (a halted instance still bills) and no reaper is "
+      .. "installed, so nothing ends the billing if ephrun is killed"):format(self.name)
+    l.remedy = "Install the reaper (ephrun reaper install), which deletes it once expired"
+  end
+  return l
+end
+
 --- Launches an instance for this run: generates the run's client key and a
 --- host key, builds cloud-init user-data (host key, authorized key, lifetime
 --- timer), tags it (run id, recipe, expiry), writes the journal intent, creates
@@ -281,7 +302,7 @@ function Cloud:launch(spec)
   local grace, lifetime_lines
   if ttl then grace, lifetime_lines = lifetime(self, ttl, ephrun.time.iso8601(expires)) end
   local worst = hourly and ttl and grace and hourly * (ttl + grace) / 3600 or nil
-  require("ephrun.notify").check_cost(worst, { provider = self.name, plan = spec.plan, warn_cost = spec.warn_cost })
+  if hourly == 0 then worst = 0 end -- free: no lifetime makes it cost anything
   local tags = {
     ["ephrun-run"] = ephrun.run_id(),
     ["ephrun-recipe"] = rawget(ephrun, "recipe_name") or "?",
@@ -291,6 +312,8 @@ function Cloud:launch(spec)
   -- only by its tags.
   if spec.keep then tags["ephrun-keep"] = "true" end
   local what = describe(self, spec)
+  -- Refused or confirmed before anything is made, the run's keys included.
+  local cost_lines = require("ephrun.cost").gate_launch(launch_cost(self, what, spec, hourly, ttl, grace, worst))
 
   local keys = ephrun.effect {
     kind = "keys", what = "generate this run's ed25519 client key and instance host key",
@@ -316,6 +339,7 @@ function Cloud:launch(spec)
       or "", worst) or ("price $%.4f/hour, worst case unbounded"):format(hourly)
   end
   if hourly and self.impl.price_basis then details[#details + 1] = self.impl.price_basis end
+  for _, line in ipairs(cost_lines) do details[#details + 1] = line end
   if spec.keep then details[#details + 1] = "keep=true: NOT destroyed at the end of the run" end
   local obj = ephrun.effect {
     kind = "launch", what = what, where = self.name, cost = worst, details = details,
