@@ -334,9 +334,10 @@ function Cloud:launch(spec)
     (ttl and (", shutdown -h +%dm"):format(math.max(1, math.ceil(ttl / 60))) or "") .. "; no secrets"
   details[#details + 1] = ("tags: ephrun-run=%s ephrun-recipe=%s"):format(tags["ephrun-run"], tags["ephrun-recipe"])
   if hourly then
-    details[#details + 1] = worst and ("price $%.4f/hour × %s%s = $%.2f worst case"):format(hourly,
+    details[#details + 1] = (ttl and grace) and ("price $%.4f/hour × %s%s = $%.2f worst case"):format(hourly,
       ephrun.time.format_duration(ttl), grace > 0 and (" + " .. ephrun.time.format_duration(grace) .. " reaper interval")
-      or "", worst) or ("price $%.4f/hour, worst case unbounded"):format(hourly)
+      or "", worst) or hourly == 0 and "price $0/hour: free, however long it runs"
+      or ("price $%.4f/hour, worst case unbounded"):format(hourly)
   end
   if hourly and self.impl.price_basis then details[#details + 1] = self.impl.price_basis end
   for _, line in ipairs(cost_lines) do details[#details + 1] = line end

@@ -102,7 +102,7 @@ class VultrSweep(SweepBase):
         with VultrStandin(api_key=KEY) as v:
             self.env.update(v.env())
             self.env["EPHRUN_VULTR_POLL"] = "0.5"
-            r = self.sweep("provider=vultr", "plans=vc2-1c-1gb,vc2-1c-2gb,vc2-2c-4gb", "job=python3 job.py 8")
+            r = self.sweep("--yes", "provider=vultr", "plans=vc2-1c-1gb,vc2-1c-2gb,vc2-2c-4gb", "job=python3 job.py 8")
             self.assertNotIn(KEY, r.stdout + r.stderr)
             self.assertEqual(v.leftovers(), {"instances": [], "ssh_keys": []})
             creates = [e for e in v.state()["log"] if e["method"] == "POST" and e["path"] == "/v2/instances"]
