@@ -550,7 +550,17 @@ function Instance:resize(plan, opts)
     where = self.cloud.name,
     details = new_hourly and { ("new price $%.4f/hour"):format(new_hourly) } or nil,
     run = function()
-      local inst = f(self.raw, plan, seconds(opts.deadline, "resize: deadline"), self.cloud.opts)
+      local ok, inst = pcall(f, self.raw, plan, seconds(opts.deadline, "resize: deadline"), self.cloud.opts)
+      if not ok then
+        -- A failed resize may still have moved the instance (AWS: stopped, started again on the
+        -- old type, at a new address): what comes next must reach it where it is now.
+        local got, cur = pcall(self.cloud.impl.get, self.id, self.cloud.opts)
+        if got and type(cur) == "table" then
+          for k, v in pairs(cur) do self.raw[k] = v end
+          self:_endpoint()
+        end
+        error(inst, 0)
+      end
       if type(inst) == "table" then
         for k, v in pairs(inst) do self.raw[k] = v end
         self:_endpoint()
@@ -597,6 +607,39 @@ function Instance:start(opts)
       end
     end,
   }
+end
+
+--- An existing instance of this provider, by id, to work on (snapshot, halt,
+--- resize, start, ssh): nothing is created, and this run never destroys it.
+--- SSH uses the key and the pinned host key of the ephrun run that launched
+--- it (its `ephrun-run` tag names the run's key directory, which `keep=true`
+--- leaves), so it must have been launched from this machine's state directory.
+---@param id string
+---@return ephrun.Instance
+function Cloud:adopt(id)
+  if type(id) ~= "string" or id == "" then error("adopt: expected an instance id", 2) end
+  if not self.impl.get then error("provider '" .. self.name .. "' cannot look instances up", 2) end
+  local raw = self.impl.get(id, self.opts)
+  if not raw or raw.state == "terminated" then
+    error(("%s instance %s does not exist (or is terminated): `ephrun ls` shows what is alive"):format(self.name, id), 0)
+  end
+  local run = raw.tags and raw.tags["ephrun-run"]
+  local dir = run and (M.state_dir() .. "/runs/" .. run)
+  local key = dir and ephrun.fs.read(dir .. "/id_ed25519")
+  local known = dir and ephrun.fs.read(dir .. "/known_hosts")
+  local host_key = known and known:match("^%S+%s+(%S+%s+%S+)")
+  if not key or not host_key then
+    error(("%s instance %s was not kept by an ephrun run of this machine (%s): its login key and pinned host key "
+      .. "are not here; launch it with keep=true, or use the provider's console"):format(self.name, id,
+      dir and ("no key in " .. dir) or "it has no ephrun-run tag"), 0)
+  end
+  local o = setmetatable({ id = id, cloud = self, raw = raw, tags = raw.tags or {}, keep = true, adopted = true,
+    client_key = key, host_key = host_key, key_dir = dir, hourly = self:price { plan = raw.plan, region = raw.region },
+    started = ephrun.time.now() }, Instance)
+  o:_endpoint()
+  ephrun.log.info("adopted %s instance %s (plan %s, launched by run %s); it is not destroyed by this run",
+    self.name, id, tostring(raw.plan), run)
+  return o
 end
 
 --- Snapshots this provider holds (`filter.description` narrows them).
