@@ -68,8 +68,10 @@ return ephrun.recipe {
   summary = "Snapshot, stop, change the type, start and verify an instance; back to the old type if there is no capacity.",
   params = {
     provider = { default = "local", doc = "local | vultr | aws", choices = ephrun.cloud.builtin_providers { can = "resize" } },
-    instance = { default = "", doc = "id of the instance to resize (one kept by an ephrun run here); empty: launch one of size `from` to show it" },
-    from = { default = "", doc = "size of the instance launched when `instance` is empty (default per provider: t3.large, vc2-1c-1gb, local-2c-1g)" },
+    instance = { default = "",
+      doc = "id of the instance to resize (one kept by an ephrun run here); empty: launch one of size `from` to show it" },
+    from = { default = "",
+      doc = "size of the instance launched when `instance` is empty (default per provider: t3.large, vc2-1c-1gb, local-2c-1g)" },
     to = { default = "", doc = "the new size (default per provider: t3.micro, vc2-2c-4gb, local-1c-512m)" },
     region = { default = "", doc = "region of the launched instance (default ewr for vultr; AWS_REGION for aws)" },
     snapshot = { default = true, doc = "snapshot the root volume first (providers without snapshots skip it, saying so)" },
