@@ -3,6 +3,7 @@
 max_cost (also in --dry-run), and an unknown worst case is above any limit. Against the AWS
 stand-in (a timer that ends billing, so a known worst case) and the Vultr stand-in (a timer
 that only stops the CPU: unknown without a reaper)."""
+import json
 import os
 import pty
 import re
@@ -19,12 +20,6 @@ from aws import AwsStandin
 from vultr import VultrStandin
 
 RECIPE = os.path.join(RECIPES, "cost_launch.lua")
-
-
-def plan_total(stdout):
-    m = re.search(r"Total worst-case cost: \$(\d+\.\d\d)", stdout)
-    assert m, stdout
-    return float(m.group(1))
 
 
 class PtyRun:
@@ -126,9 +121,10 @@ class CostOnAws(unittest.TestCase):
         return path
 
     def worst(self, *args):
-        r = self.ephrun("--dry-run", *args)
+        """The plan's exact worst case (the text plan rounds to cents)."""
+        r = self.ephrun("--dry-run", "--json", *args)
         self.assertEqual(r.returncode, 0, r.stderr)
-        return plan_total(r.stdout)
+        return json.loads(r.stdout[r.stdout.index("{"):])["total_cost"]  # after the recipe's own prints
 
     # -- item 1: confirmation
     def test_without_terminal_or_yes_refuses_before_anything_is_made(self):
@@ -150,7 +146,7 @@ class CostOnAws(unittest.TestCase):
     def test_terminal_prompt_shows_the_whole_runs_worst_case_and_yes_launches(self):
         one = self.worst()
         two = self.worst("count=2")
-        self.assertAlmostEqual(two, 2 * one, delta=0.011)
+        self.assertAlmostEqual(two, 2 * one, places=9)
         t = PtyRun([RECIPE, "count=2"], self.env)
         try:
             t.expect(r"worst case \$[\d.]+.*This run's worst case so far: \$[\d.]+ \(1 paid launch\)\. Proceed\? \[y/N\]")
@@ -195,10 +191,10 @@ class CostOnAws(unittest.TestCase):
 
     # -- item 2: limits
     def test_max_cost_refuses_above_it_in_a_real_run_and_in_a_dry_run(self):
-        worst = self.worst()
+        worst = self.worst("plan=c5n.metal", "ttl=3h")
         limit = "%.2f" % (worst / 2)
         for extra in ([], ["--dry-run"]):
-            r = self.ephrun("--yes", "--max-cost", limit, *extra)
+            r = self.ephrun("plan=c5n.metal", "ttl=3h", "--yes", "--max-cost", limit, *extra)
             self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
             self.assertIn("would be $%.2f, above the limit $%s (--max-cost)" % (worst, limit), r.stderr)
             self.assertIn("nothing was created", r.stderr)
@@ -218,14 +214,13 @@ class CostOnAws(unittest.TestCase):
         self.assertEqual(self.created(), 2)  # and the cleanup destroyed both (tearDown checks)
 
     def test_the_lower_of_budget_and_max_cost_wins(self):
-        worst = self.worst()
-        low = "%.4f" % (worst / 2)
-        r = self.ephrun("--dry-run", "--max-cost", "%.2f" % (worst + 5), COST_TEST_BUDGET=low)
+        worst = self.worst("plan=c5n.metal")
+        r = self.ephrun("plan=c5n.metal", "--dry-run", "--max-cost", "%.2f" % (worst + 5), COST_TEST_BUDGET="2")
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
-        self.assertIn("budget = %s in recipe cost-launch" % low.rstrip("0").rstrip("."), r.stderr)
-        r = self.ephrun("--dry-run", "--max-cost", low, COST_TEST_BUDGET="%.2f" % (worst + 5))
+        self.assertIn("above the limit $2.00 (budget = 2 in recipe cost-launch", r.stderr)
+        r = self.ephrun("plan=c5n.metal", "--dry-run", "--max-cost", "2", COST_TEST_BUDGET="%.2f" % (worst + 5))
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
-        self.assertIn("(--max-cost)", r.stderr)
+        self.assertIn("above the limit $2.00 (--max-cost)", r.stderr)
         # a budget alone limits but does not answer the question
         r = self.ephrun(COST_TEST_BUDGET="%.2f" % (worst + 5))
         self.assertIn("no terminal to confirm on", r.stderr)
@@ -246,15 +241,15 @@ class CostOnAws(unittest.TestCase):
 
     # -- item 3: the config file
     def test_config_max_cost_refuses_and_the_flag_overrides_it(self):
-        worst = self.worst()
-        path = self.write_config("# mine\nwarn_cost = 0.001\nmax_cost = %.4f\n" % (worst / 2))
-        r = self.ephrun("--dry-run")
+        worst = self.worst("plan=c5n.metal")
+        path = self.write_config("# mine\nwarn_cost = 1\nmax_cost = 2\n")
+        r = self.ephrun("plan=c5n.metal", "--dry-run")
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
-        self.assertIn("(max_cost in %s:3)" % path, r.stderr)
-        r = self.ephrun("--dry-run", EPHRUN_MAX_COST="%.2f" % (worst + 1))
+        self.assertIn("above the limit $2.00 (max_cost in %s:3)" % path, r.stderr)
+        r = self.ephrun("plan=c5n.metal", "--dry-run", EPHRUN_MAX_COST="%.2f" % (worst + 1))
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertRegex(r.stderr, r"cost warning .*over the \$0\.00 limit")
-        r = self.ephrun("--dry-run", "--max-cost", "%.2f" % (worst + 1), "--warn-cost", "1000")
+        self.assertIn("over the $1.00 limit", r.stderr)
+        r = self.ephrun("plan=c5n.metal", "--dry-run", "--max-cost", "%.2f" % (worst + 1), "--warn-cost", "1000")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertNotIn("cost warning", r.stderr)
 
