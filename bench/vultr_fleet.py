@@ -39,7 +39,7 @@ def main():
         with VultrStandin(api_key="bench-key", rate_limit=a.rate_limit) as v:
             tmp = tempfile.mkdtemp(prefix="ephrun-bench-fleet-")
             env = dict(os.environ, EPHRUN_HOME=os.path.join(tmp, "home"), **v.env())
-            r = subprocess.run([os.path.abspath(a.bin), os.path.join(ROOT, "bench", "vultr_fleet.lua"),
+            r = subprocess.run([os.path.abspath(a.bin), "--yes", os.path.join(ROOT, "bench", "vultr_fleet.lua"),
                                 "count=%d" % a.count], capture_output=True, text=True, env=env, timeout=900)
             if r.returncode != 0:
                 sys.exit("run %d failed:\n%s%s" % (i, r.stdout, r.stderr))

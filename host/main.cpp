@@ -1,8 +1,12 @@
 // ephrun: runs recipes that rent a machine for one job and give it back.
 #include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include "runtime/embedded.hpp"
 #include "runtime/log.hpp"
@@ -39,7 +43,10 @@ Options:
   --dry-run        print the plan (resources, commands, cost) and change nothing
   --json           with --dry-run, print the plan as JSON; on a real run, its outcome
                    and measured figures as JSON; with ls and history, JSON
-  -y, --yes        do not ask for confirmation
+  -y, --yes        do not ask for confirmation (the cost of a paid launch, ...)
+  --max-cost USD   refuse a run whose worst-case cost is above USD (before
+                   anything is made); a worst case within it needs no --yes
+  --warn-cost USD  warn and notify when the run's worst case passes USD
   -v, --verbose    more output (-vv for trace); tracebacks on errors
   -q, --quiet      only warnings and errors
   --log-file FILE  also write a debug log to FILE
@@ -53,6 +60,21 @@ Exit codes: 0 success, 1 recipe failed, 2 usage or parameter error,
             130 interrupted (SIGINT), 143 terminated (SIGTERM), 129 hangup (SIGHUP),
             141 output closed (SIGPIPE); os.exit(n) in a recipe: n, after the cleanups.
 )";
+
+// A dollar amount given to --max-cost/--warn-cost: a finite number >= 0.
+std::optional<double> parse_usd(const std::string& flag, const std::string& text, bool& bad) {
+  if (text.empty()) return std::nullopt;
+  std::string t = text.starts_with("$") ? text.substr(1) : text;
+  char* end = nullptr;
+  errno = 0;
+  double v = std::strtod(t.c_str(), &end);
+  if (t.empty() || end == t.c_str() || *end != '\0' || errno != 0 || !std::isfinite(v) || v < 0) {
+    std::cerr << "ephrun: " << flag << " expects an amount of USD such as 5 or 12.50, not '" << text
+              << "'\n";
+    bad = true;
+  }
+  return v;
+}
 
 // Commands whose output --json shapes.
 bool json_without_dry_run_ok(const std::string& recipe) {
@@ -87,6 +109,9 @@ int main(int argc, char** argv) {
   app.add_flag("-q,--quiet", quiet);
   app.add_option("--log-file", opts.log_file);
   app.add_option("--notify", opts.notify_url);
+  std::string max_cost, warn_cost;
+  app.add_option("--max-cost", max_cost);
+  app.add_option("--warn-cost", warn_cost);
   app.add_flag("-h,--help", opts.help);
   app.add_flag("--version", version);
   app.add_flag("--list", list);
@@ -107,6 +132,10 @@ int main(int argc, char** argv) {
     std::cerr << "ephrun: " << e.what() << "\n\n" << kUsage;
     return ephrun::kUsage;
   }
+  bool bad_usd = false;
+  opts.max_cost = parse_usd("--max-cost", max_cost, bad_usd);
+  opts.warn_cost = parse_usd("--warn-cost", warn_cost, bad_usd);
+  if (bad_usd) return ephrun::kUsage;
   if (version) {
     std::cout << "ephrun " << EPHRUN_VERSION << " (commit " << EPHRUN_COMMIT << ")\n";
     return 0;

@@ -666,6 +666,21 @@ function M.plan_info(spec, opts)
     memory_mb = tonumber((t.memoryInfo or {}).sizeInMiB), price = pok and price or nil }
 end
 
+--- vCPU, memory (MiB) and hourly price of `spec.plan` (DescribeInstanceTypes and
+--- the price table), as resize-instance checks a resized instance against; nil when
+--- EC2 does not know the type.
+---@return {plan: string, vcpu: integer, memory_mb: integer, price: number|nil}|nil
+function M.plan_info(spec, opts)
+  local c = config(opts)
+  if not spec or not spec.plan then return nil end
+  local ok, r = pcall(call, c, region_of(c, spec.region or c.region), "DescribeInstanceTypes",
+    { InstanceType = { spec.plan } })
+  local t = ok and aws.list(r.instanceTypeSet)[1]
+  if not t then return nil end
+  return { plan = spec.plan, vcpu = tonumber(t.vCpuInfo and t.vCpuInfo.defaultVCpus),
+    memory_mb = tonumber(t.memoryInfo and t.memoryInfo.sizeInMiB), price = M.price(spec, opts) }
+end
+
 local function image_of(raw)
   local st = raw.imageState
   return { id = raw.imageId, description = raw.description, name = raw.name,
@@ -800,7 +815,7 @@ function M.resize(inst, plan, deadline, opts)
   local cur = M.get(inst.id, opts) or errors.raise { kind = "not_found", message = "aws instance " .. inst.id .. " is gone" }
   if cur.plan == plan and cur.state == "running" then return cur end
   local old = cur.plan
-  M.halt(inst, deadline, opts)
+  if cur.state ~= "stopped" then M.halt(inst, deadline, opts) end
   local function set_type(t)
     call(c, region, "ModifyInstanceAttribute", { InstanceId = inst.id, InstanceType = { Value = t } }, { idempotent = true })
   end

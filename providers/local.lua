@@ -222,8 +222,7 @@ user=%s
 cgroups=%s
 uid=
 [ -n "$user" ] && uid=$(id -u "$user" 2>/dev/null)
-end_instance() {
-  [ -d "$dir" ] && : > "$dir/destroying"
+kill_instance_processes() {
   n=0
   while [ $n -lt 100 ]; do
     n=$((n + 1))
@@ -245,6 +244,10 @@ end_instance() {
     kill -KILL $all 2>/dev/null
     sleep 0.02
   done
+}
+end_instance() {
+  [ -d "$dir" ] && : > "$dir/destroying"
+  kill_instance_processes
   # userdel refuses while another account command holds the passwd lock: try again.
   n=0
   while [ -n "$user" ] && id -u "$user" >/dev/null 2>&1 && [ $n -lt 50 ]; do
@@ -364,8 +367,8 @@ local function limits(o, spec)
   if not p then return { argv = SSHD, cgroups = "" } end
   local n = host_cpus()
   if p.vcpu > n then
-    error(("local provider: plan %s wants %d CPUs; this machine has %d: choose local-%dc-..."):format(
-      spec.plan, p.vcpu, n, n), 0)
+    errors.raise { kind = "capacity", message = ("local provider: plan %s wants %d CPUs; this machine has %d: "
+      .. "choose local-%dc-..."):format(spec.plan, p.vcpu, n, n) }
   end
   local bytes = p.memory_mb * 1024 * 1024
   local cpus = p.vcpu == 1 and "0" or ("0-" .. (p.vcpu - 1))
@@ -573,7 +576,86 @@ function M.ssh_endpoint(inst, _opts)
   return { host = "127.0.0.1", port = inst.port, user = inst.user }
 end
 
--- No snapshot, resize, halt or start: a local instance has no disk image and
--- no sizes, and the lifecycle says "provider 'local' cannot ..." for them.
+-- What the instance's scripts are made from, rebuilt from its meta.json.
+local function shape_of(m)
+  return { id = m.id, dir = m.dir, workdir = m.workdir, user = m.user, as_root = uid() == 0,
+    limits = { cgroups = m.limits and m.limits.cgroups or "" } }
+end
+
+local function live_meta(inst)
+  local m = load_meta(dir_of(inst))
+  if not m then
+    errors.raise { kind = "not_found", message = ("local instance %s is gone"):format(tostring(inst.id or inst)) }
+  end
+  return m
+end
+
+--- Powers the instance off: sshd and every process of its sessions end (as
+--- a halted machine's would); its files and its lifetime watchdog stay.
+---@return table instance
+function M.halt(inst, deadline, _opts)
+  local m = live_meta(inst)
+  ephrun.proc.run({ "/bin/sh", "-c", end_instance_sh(shape_of(m)) .. [[
+sshd_pid=$(cat "$dir/sshd.started" 2>/dev/null)
+kill_instance_processes
+rm -f "$dir/sshd.pid"
+]] }, { stream = false })
+  return M.wait(inst, "stopped", deadline or 60)
+end
+
+--- Powers a halted instance on: sshd starts again inside its plan's limits
+--- (which `resize` may have changed). Raises `capacity` when this machine
+--- cannot give the plan its CPUs.
+---@return table instance
+function M.start(inst, deadline, _opts)
+  local m = live_meta(inst)
+  if state_of(m) == "running" then return to_instance(m) end
+  local o = shape_of(m)
+  local lim = limits(o, { plan = m.plan })
+  m.limits = lim.how and { cpus = lim.cpus, memory = lim.memory, how = lim.how,
+    cgroups = lim.cgroups ~= "" and lim.cgroups or o.limits.cgroups } or nil
+  assert(ephrun.fs.write(m.dir .. "/meta.json", ephrun.json.encode(m), { mode = "0600" }))
+  ephrun.fs.remove(m.dir .. "/sshd.pid")
+  local cmd = ("exec %s -D -f %s -E %s"):format(lim.argv, q(m.dir .. "/sshd_config"), q(m.dir .. "/sshd.log"))
+  local r = ephrun.proc.run({ [[setsid /bin/sh -c "$1" ephrun-sshd </dev/null >>"$2" 2>&1 & echo $!]], cmd,
+    m.dir .. "/watchdog.log" }, { shell = true, stream = false, env_clear = true, env = WATCHDOG_ENV })
+  local pid = tonumber(r.stdout:match("%d+"))
+  if pid then assert(ephrun.fs.write(m.dir .. "/sshd.started", pid .. "\n")) end
+  return M.wait(inst, "running", deadline or 60)
+end
+
+--- Changes the plan (`local-<N>c-<M>m|g`): halts the instance, sets the plan,
+--- starts it inside the new limits. When this machine has not the CPUs for
+--- it, the old plan is put back and started, and the capacity error raised.
+---@return table instance
+function M.resize(inst, plan, deadline, opts)
+  if not plan_spec(plan) then
+    errors.raise { kind = "invalid", message = ("local provider: '%s' is not a local plan (local-<N>c-<M>m or "
+      .. "local-<N>c-<G>g, e.g. %s)"):format(tostring(plan), M.plans[1]) }
+  end
+  local m = live_meta(inst)
+  local old = m.plan
+  if old == plan and state_of(m) == "running" then return to_instance(m) end
+  if state_of(m) ~= "stopped" then M.halt(inst, deadline, opts) end
+  local function set_plan(name)
+    local cur = live_meta(inst)
+    cur.plan = name
+    assert(ephrun.fs.write(cur.dir .. "/meta.json", ephrun.json.encode(cur), { mode = "0600" }))
+  end
+  set_plan(plan)
+  local ok, err = pcall(M.start, inst, deadline, opts)
+  if not ok then
+    if errors.is(err, "capacity") then
+      ephrun.log.warn("local: no capacity to start %s as %s; putting back %s", tostring(inst.id), plan, tostring(old))
+      set_plan(old)
+      M.start(inst, deadline, opts)
+    end
+    error(err, 0)
+  end
+  return M.get(inst.id)
+end
+
+-- No snapshot: a local instance has no disk image, and the lifecycle says
+-- "provider 'local' cannot take snapshots".
 
 return M

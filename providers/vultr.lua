@@ -668,14 +668,17 @@ function M.snapshot_hint(id, opts)
   return ("curl -X DELETE -H \"Authorization: Bearer $VULTR_API_KEY\" %s"):format(q(c.url .. "/snapshots/" .. id))
 end
 
---- Changes the plan (`PATCH plan`) and waits until the instance reports it and runs again.
+--- Changes the plan (`PATCH plan`) and waits until the instance reports it and runs again
+--- (a halted instance keeps its new plan powered off: it is started).
 ---@return table instance
 function M.resize(inst, plan, deadline, opts)
   local c = config(opts)
   call(c, opts, "PATCH", "/instances/" .. inst.id, { plan = plan })
   local raw = poll_until(c, opts, inst, deadline or 1800, "plan " .. plan, function(r)
-    return r.plan == plan and state_of(r) == "running"
+    local st = state_of(r)
+    return r.plan == plan and (st == "running" or st == "stopped")
   end)
+  if state_of(raw) == "stopped" then return M.start(inst, deadline, opts) end
   return to_instance(raw, c)
 end
 

@@ -592,6 +592,14 @@ int l_core_options(lua_State* L) {
   lua_setfield(L, -2, "run_id");
   lua_pushstring(L, o.notify_url.c_str());
   lua_setfield(L, -2, "notify_url");
+  if (o.max_cost) {
+    lua_pushnumber(L, *o.max_cost);
+    lua_setfield(L, -2, "max_cost");
+  }
+  if (o.warn_cost) {
+    lua_pushnumber(L, *o.warn_cost);
+    lua_setfield(L, -2, "warn_cost");
+  }
   return 1;
 }
 
@@ -686,6 +694,37 @@ int l_core_read_password(lua_State* L) {
   if (!line.empty()) Secrets::global().add(name, line);
   lua_pushlstring(L, line.data(), line.size());
   return 1;
+}
+
+// _core.read_line(fd) -> line | nil at end of input
+// A worker thread polls the descriptor instead of blocking in read(): signals
+// go to the signal thread, so Ctrl-C at a prompt reaches the reader only as
+// the task's cancellation, which then is raised in the task.
+int l_core_read_line(lua_State* L) {
+  int fd = static_cast<int>(luaL_checkinteger(L, 1));
+  return await(L, "read an answer from the terminal", [fd](const CancelToken& tok) -> Outcome {
+    std::string line;
+    for (;;) {
+      if (tok.cancelled()) return Outcome::fail(tok.reason());
+      pollfd pfd{fd, POLLIN, 0};
+      int n = poll(&pfd, 1, 100);
+      if (n < 0 && errno != EINTR) break;
+      if (n <= 0) continue;
+      char c = 0;
+      ssize_t got = read(fd, &c, 1);
+      if (got < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (got != 1) {
+        if (line.empty()) return Outcome{[](lua_State* L2) { return lua_pushnil(L2), 1; }};
+        break;
+      }
+      if (c == '\n') break;
+      line += c;
+    }
+    return Outcome{[line](lua_State* L2) {
+      lua_pushlstring(L2, line.data(), line.size());
+      return 1;
+    }};
+  });
 }
 
 // _core.builtin_files(dir) -> sorted names of the shipped files directly in
@@ -787,6 +826,7 @@ const luaL_Reg kCoreFns[] = {
     {"recipe_dir", l_core_recipe_dir},
     {"isatty", lua::safe<l_core_isatty>},
     {"read_password", lua::safe<l_core_read_password>},
+    {"read_line", lua::safe<l_core_read_line>},
     {"builtin_files", lua::safe<l_core_builtin_files>},
     {"shield", lua::safe<l_core_shield>},
     {"checkpoint", lua::safe<l_core_checkpoint>},

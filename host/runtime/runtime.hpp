@@ -24,7 +24,9 @@ struct Options {
   int verbosity = 0;  // -1 quiet, 0 normal, 1+ verbose
   std::string log_file;
   bool help = false;
-  std::string notify_url;  // --notify; a secret (the stdlib registers it)
+  std::string notify_url;           // --notify; a secret (the stdlib registers it)
+  std::optional<double> max_cost;   // --max-cost USD: refuse a worst case above it
+  std::optional<double> warn_cost;  // --warn-cost USD: warn above it
 };
 
 /// Whether a file shipped with ephrun exists at `rel` ("recipes/x.lua"),

@@ -89,6 +89,7 @@ function M.prepare(chunk, path, invoked, args, help)
     return "exit", 2
   end
   rawset(ephrun, "recipe_name", recipe.name)
+  require("ephrun.cost")._set_recipe(recipe, path)
   local is_command = path:find("stdlib/ephrun/cmd/", 1, true) ~= nil
   return "run", function()
     core.phase("run")

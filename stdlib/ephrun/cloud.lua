@@ -257,6 +257,27 @@ local function lifetime(self, ttl, expires_text)
     .. "(worst case unbounded); install one: ephrun reaper install" }
 end
 
+-- What the cost gate (ephrun.cost) is told about a launch: its worst case, or
+-- why it has none and what would give it one.
+local function launch_cost(self, what, spec, hourly, ttl, grace, worst)
+  local l = { what = what, worst = worst, provider = self.name, plan = spec.plan, warn_cost = spec.warn_cost }
+  if worst then
+    l.basis = worst > 0 and ("$%.4f/hour × %s%s"):format(hourly, ephrun.time.format_duration(ttl),
+      grace > 0 and (" + " .. ephrun.time.format_duration(grace) .. " reaper interval") or "") or nil
+  elseif not hourly then
+    l.unknown = ("%s has no price for %s"):format(self.name, tostring(spec.plan or "the default plan"))
+    l.remedy = "Use a plan whose price the provider knows, or run without a limit and confirm the launch"
+  elseif not ttl then
+    l.unknown = "ttl=false: no lifetime bounds how long it bills"
+    l.remedy = "Give it a lifetime (ttl=2h)"
+  else
+    l.unknown = ("%s's lifetime timer only stops the CPU (a halted instance still bills) and no reaper is "
+      .. "installed, so nothing ends the billing if ephrun is killed"):format(self.name)
+    l.remedy = "Install the reaper (ephrun reaper install), which deletes it once expired"
+  end
+  return l
+end
+
 --- Launches an instance for this run: generates the run's client key and a
 --- host key, builds cloud-init user-data (host key, authorized key, lifetime
 --- timer), tags it (run id, recipe, expiry), writes the journal intent, creates
@@ -282,7 +303,7 @@ function Cloud:launch(spec)
   local grace, lifetime_lines
   if ttl then grace, lifetime_lines = lifetime(self, ttl, ephrun.time.iso8601(expires)) end
   local worst = hourly and ttl and grace and hourly * (ttl + grace) / 3600 or nil
-  require("ephrun.notify").check_cost(worst, { provider = self.name, plan = spec.plan, warn_cost = spec.warn_cost })
+  if hourly == 0 then worst = 0 end -- free: no lifetime makes it cost anything
   local tags = {
     ["ephrun-run"] = ephrun.run_id(),
     ["ephrun-recipe"] = rawget(ephrun, "recipe_name") or "?",
@@ -301,6 +322,8 @@ function Cloud:launch(spec)
   end
   table.sort(own)
   local what = describe(self, spec)
+  -- Refused or confirmed before anything is made, the run's keys included.
+  local cost_lines = require("ephrun.cost").gate_launch(launch_cost(self, what, spec, hourly, ttl, grace, worst))
 
   local keys = ephrun.effect {
     kind = "keys", what = "generate this run's ed25519 client key and instance host key",
@@ -325,11 +348,13 @@ function Cloud:launch(spec)
     details[#details + 1] = ("extra volume: %s GB %s, deleted with the instance"):format(tostring(v.size), v.type or "gp3")
   end
   if hourly then
-    details[#details + 1] = worst and ("price $%.4f/hour × %s%s = $%.2f worst case"):format(hourly,
+    details[#details + 1] = (ttl and grace) and ("price $%.4f/hour × %s%s = $%.2f worst case"):format(hourly,
       ephrun.time.format_duration(ttl), grace > 0 and (" + " .. ephrun.time.format_duration(grace) .. " reaper interval")
-      or "", worst) or ("price $%.4f/hour, worst case unbounded"):format(hourly)
+      or "", worst) or hourly == 0 and "price $0/hour: free, however long it runs"
+      or ("price $%.4f/hour, worst case unbounded"):format(hourly)
   end
   if hourly and self.impl.price_basis then details[#details + 1] = self.impl.price_basis end
+  for _, line in ipairs(cost_lines) do details[#details + 1] = line end
   if spec.keep then details[#details + 1] = "keep=true: NOT destroyed at the end of the run" end
   local obj = ephrun.effect {
     kind = "launch", what = what, where = self.name, cost = worst, details = details,
@@ -539,7 +564,17 @@ function Instance:resize(plan, opts)
     where = self.cloud.name,
     details = new_hourly and { ("new price $%.4f/hour"):format(new_hourly) } or nil,
     run = function()
-      local inst = f(self.raw, plan, seconds(opts.deadline, "resize: deadline"), self.cloud.opts)
+      local ok, inst = pcall(f, self.raw, plan, seconds(opts.deadline, "resize: deadline"), self.cloud.opts)
+      if not ok then
+        -- A failed resize may still have moved the instance (AWS: stopped, started again on the
+        -- old type, at a new address): what comes next must reach it where it is now.
+        local got, cur = pcall(self.cloud.impl.get, self.id, self.cloud.opts)
+        if got and type(cur) == "table" then
+          for k, v in pairs(cur) do self.raw[k] = v end
+          self:_endpoint()
+        end
+        error(inst, 0)
+      end
       if type(inst) == "table" then
         for k, v in pairs(inst) do self.raw[k] = v end
         self:_endpoint()
@@ -586,6 +621,39 @@ function Instance:start(opts)
       end
     end,
   }
+end
+
+--- An existing instance of this provider, by id, to work on (snapshot, halt,
+--- resize, start, ssh): nothing is created, and this run never destroys it.
+--- SSH uses the key and the pinned host key of the ephrun run that launched
+--- it (its `ephrun-run` tag names the run's key directory, which `keep=true`
+--- leaves), so it must have been launched from this machine's state directory.
+---@param id string
+---@return ephrun.Instance
+function Cloud:adopt(id)
+  if type(id) ~= "string" or id == "" then error("adopt: expected an instance id", 2) end
+  if not self.impl.get then error("provider '" .. self.name .. "' cannot look instances up", 2) end
+  local raw = self.impl.get(id, self.opts)
+  if not raw or raw.state == "terminated" then
+    error(("%s instance %s does not exist (or is terminated): `ephrun ls` shows what is alive"):format(self.name, id), 0)
+  end
+  local run = raw.tags and raw.tags["ephrun-run"]
+  local dir = run and (M.state_dir() .. "/runs/" .. run)
+  local key = dir and ephrun.fs.read(dir .. "/id_ed25519")
+  local known = dir and ephrun.fs.read(dir .. "/known_hosts")
+  local host_key = known and known:match("^%S+%s+(%S+%s+%S+)")
+  if not key or not host_key then
+    error(("%s instance %s was not kept by an ephrun run of this machine (%s): its login key and pinned host key "
+      .. "are not here; launch it with keep=true, or use the provider's console"):format(self.name, id,
+      dir and ("no key in " .. dir) or "it has no ephrun-run tag"), 0)
+  end
+  local o = setmetatable({ id = id, cloud = self, raw = raw, tags = raw.tags or {}, keep = true, adopted = true,
+    client_key = key, host_key = host_key, key_dir = dir, hourly = self:price { plan = raw.plan, region = raw.region },
+    started = ephrun.time.now() }, Instance)
+  o:_endpoint()
+  ephrun.log.info("adopted %s instance %s (plan %s, launched by run %s); it is not destroyed by this run",
+    self.name, id, tostring(raw.plan), run)
+  return o
 end
 
 --- Snapshots this provider holds (`filter.description` narrows them).

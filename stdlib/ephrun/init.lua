@@ -80,6 +80,8 @@ local recipe_marker = {}
 ---@field summary? string
 ---@field usage? string what follows `ephrun NAME` in the --help usage line (default "[name=value ...] [--dry-run] ...")
 ---@field params? table<string, ephrun.ParamSpec>
+---@field budget? number USD: a run whose worst case is above it is refused (the lower of it and --max-cost wins)
+---@field warn_cost? number USD: warn and notify when the run's worst case passes it (below --warn-cost and EPHRUN_WARN_COST)
 ---@field run fun(p: table): any
 
 --- Declares a recipe; a recipe file returns the result.
@@ -90,6 +92,12 @@ function M.recipe(def)
   if type(def) ~= "table" then error("ephrun.recipe expects a table", 3) end
   if type(def.name) ~= "string" or def.name == "" then error("ephrun.recipe: 'name' must be a non-empty string", 3) end
   if type(def.run) ~= "function" then error("ephrun.recipe: 'run' must be a function", 3) end
+  for _, k in ipairs { "budget", "warn_cost" } do
+    local v = def[k]
+    if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0 or v == math.huge) then
+      error(("ephrun.recipe: '%s' must be an amount of USD (a number such as 20), got %s"):format(k, tostring(v)), 3)
+    end
+  end
   def.params = def.params or {}
   require("ephrun.params").validate_specs(def.params, 4)
   def[recipe_marker] = true
@@ -344,8 +352,10 @@ function M.options()
   return core.options()
 end
 
---- Asks the user to confirm `question` (y/N). True under --yes or --dry-run;
---- raises when there is no terminal to ask on.
+--- Asks the user to confirm `question` (y/N) on the terminal. True under
+--- --yes or --dry-run; raises when there is no terminal to ask on. Ctrl-C
+--- while it waits cancels the run like anywhere else (other tasks go on
+--- meanwhile).
 ---@param question string
 ---@return boolean
 function M.confirm(question)
@@ -356,8 +366,9 @@ function M.confirm(question)
   end
   io.stderr:write(question, " [y/N] ")
   io.stderr:flush()
-  local answer = io.read("l") or ""
-  return answer:match("^%s*[yY]") ~= nil
+  local answer = core.read_line(0)
+  if answer == nil then io.stderr:write("\n") end
+  return (answer or ""):match("^%s*[yY]") ~= nil
 end
 
 ---@class ephrun.Cancelled

@@ -29,6 +29,15 @@ function M.url()
   local u = core.options().notify_url
   if u == nil or u == "" then u = os.getenv("EPHRUN_NOTIFY_URL") end
   if u == nil or u == "" then
+    -- the config file names where the URL is kept (@env:VAR, @file:PATH), never the URL
+    local ref, where = require("ephrun.config").get("notify")
+    if ref then
+      local v, why = require("ephrun.params").resolve_secret(ref)
+      if not v then error(("notify in %s: %s"):format(where, why), 0) end
+      u = v
+    end
+  end
+  if u == nil or u == "" then
     url_cache = false
     return nil
   end

@@ -230,12 +230,26 @@ def sshd_config(title, ip, port, key, ak, user, marker_name, inst_id, home, extr
     ]) + "\n"
 
 
-def start_sshd(inst_dir):
-    """Starts the guest's sshd on its sshd_config; returns the Popen."""
+def size_limits(vcpu=None, memory_mb=None):
+    """The argv prefix that makes a guest look like a machine of that size to its
+    sessions: `nproc` shows `vcpu` CPUs (at most this machine's), and no process
+    can map more than `memory_mb` (RLIMIT_AS, which `ulimit -v` shows)."""
+    prefix = []
+    if vcpu:
+        n = max(1, min(int(vcpu), os.cpu_count() or 1))
+        prefix += ["taskset", "-c", "0" if n == 1 else "0-%d" % (n - 1)]
+    if memory_mb:
+        prefix += ["prlimit", "--as=%d" % (int(memory_mb) * 1024 * 1024)]
+    return prefix
+
+
+def start_sshd(inst_dir, vcpu=None, memory_mb=None):
+    """Starts the guest's sshd on its sshd_config, within `size_limits` when a
+    size is given; returns the Popen."""
     logf = open(os.path.join(inst_dir, "sshd.log"), "ab")
     try:
         return subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", os.path.join(inst_dir, "sshd_config")],
+            size_limits(vcpu, memory_mb) + [SSHD, "-D", "-e", "-f", os.path.join(inst_dir, "sshd_config")],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, preexec_fn=die_with_parent)
     finally:
         logf.close()

@@ -112,7 +112,7 @@ class AwsProvider(unittest.TestCase):
     # -- what a launch makes ------------------------------------------------------------------
 
     def test_a_launch_makes_what_the_design_says_and_sigint_removes_it_all(self):
-        p = self.start(OPS, "mode=hang")
+        p = self.start("--yes", OPS, "mode=hang")
         iid = self.ready(p)
         inst = self.describe(iid)
         tags = {t["Key"]: t["Value"] for t in inst["Tags"]}
@@ -153,7 +153,7 @@ class AwsProvider(unittest.TestCase):
 
     def test_deploy_fast_on_aws(self):
         out = os.path.join(self.tmp, "out")
-        r = self.ephrun("deploy-fast", "provider=aws", "plan=t3.micro", "region=eu-west-1", "src=" + self.src,
+        r = self.ephrun("--yes", "deploy-fast", "provider=aws", "plan=t3.micro", "region=eu-west-1", "src=" + self.src,
                         "out=" + out, "-v", "--log-file", os.path.join(self.tmp, "run.log"))
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("destroyed: aws instance", r.stdout)
@@ -188,7 +188,7 @@ class AwsProvider(unittest.TestCase):
                         "src=" + self.src, "--dry-run")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("$0.0510/hour", r.stdout)   # MaxPrice + 8 GB gp3, not the on-demand price
-        p = self.start(OPS, "mode=hang")
+        p = self.start("--yes", OPS, "mode=hang")
         iid = self.ready(p)
         self.assertEqual(self.describe(iid)["InstanceLifecycle"], "spot")
         rc, _, err = self.finish(p, signal.SIGINT)
@@ -196,7 +196,7 @@ class AwsProvider(unittest.TestCase):
 
     def test_without_an_image_and_no_official_one_found_it_says_what_to_set(self):
         del self.env["EPHRUN_AWS_IMAGE"]
-        r = self.ephrun("deploy-fast", "provider=aws", "plan=t3.micro", "region=eu-west-1", "src=" + self.src)
+        r = self.ephrun("--yes", "deploy-fast", "provider=aws", "plan=t3.micro", "region=eu-west-1", "src=" + self.src)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("no official Debian 12 or Ubuntu 24.04 x86_64 image found in eu-west-1", r.stderr)
         self.assertIn("EPHRUN_AWS_IMAGE", r.stderr)
@@ -209,7 +209,7 @@ class AwsProvider(unittest.TestCase):
 
     def test_sigint_while_the_instance_boots(self):
         self.a.config(pending_seconds=60)
-        p = self.start(OPS, "mode=hang")
+        p = self.start("--yes", OPS, "mode=hang")
         deadline = time.monotonic() + 60
         while 200 not in self.statuses("RunInstances"):
             self.assertLess(time.monotonic(), deadline, "no RunInstances")
@@ -219,7 +219,7 @@ class AwsProvider(unittest.TestCase):
         self.assertEqual(self.statuses("TerminateInstances"), [200])
 
     def test_sigkill_leaves_what_reap_removes(self):
-        p = self.start(OPS, "mode=hang")
+        p = self.start("--yes", OPS, "mode=hang")
         iid = self.ready(p)
         p.kill()
         p.communicate()
@@ -230,7 +230,7 @@ class AwsProvider(unittest.TestCase):
         self.assertIn("destroyed aws " + iid, r.stdout)
 
     def test_reap_scans_the_regions_it_is_given(self):
-        p = self.start(OPS, "mode=hang")   # launches in eu-west-1
+        p = self.start("--yes", OPS, "mode=hang")   # launches in eu-west-1
         iid = self.ready(p)
         p.kill()
         p.communicate()
@@ -244,14 +244,14 @@ class AwsProvider(unittest.TestCase):
 
     def test_a_throttling_storm_does_not_reach_the_recipe(self):
         self.a.fault("*", "RequestLimitExceeded", count=8)
-        r = self.ephrun(OPS, "mode=ops", "count=2")
+        r = self.ephrun("--yes", OPS, "mode=ops", "count=2")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("OPS OK", r.stdout)
         self.assertGreaterEqual(sum(1 for c in self.a.state()["log"][self.first_call:] if c["status"] == 503), 8)
         self.assertEqual(self.statuses("RunInstances").count(200), 2)
 
     def test_a_security_group_in_use_is_locked_until_its_instance_is_terminated(self):
-        r = self.ephrun(OPS, "mode=in-use")
+        r = self.ephrun("--yes", OPS, "mode=in-use")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("IN USE: aws security group", r.stdout)
         self.assertIn("GROUP DELETED", r.stdout)
@@ -260,7 +260,7 @@ class AwsProvider(unittest.TestCase):
     def test_no_capacity_on_create_fails_cleanly(self):
         self.a.fault("RunInstances", "InsufficientInstanceCapacity", count=1,
                      message="We currently do not have sufficient t3.micro capacity.")
-        r = self.ephrun("deploy-fast", "provider=aws", "plan=t3.micro", "region=eu-west-1", "src=" + self.src)
+        r = self.ephrun("--yes", "deploy-fast", "provider=aws", "plan=t3.micro", "region=eu-west-1", "src=" + self.src)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("InsufficientInstanceCapacity", r.stderr)
         self.assertNotIn("Traceback", r.stderr)
@@ -268,13 +268,13 @@ class AwsProvider(unittest.TestCase):
 
     def test_a_500_on_create_is_sent_again_without_a_second_instance(self):
         self.a.fault("RunInstances", "InternalError", count=2)
-        r = self.ephrun(OPS, "mode=ops", "count=1")
+        r = self.ephrun("--yes", OPS, "mode=ops", "count=1")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(self.statuses("RunInstances"), [500, 500, 200])
 
     def test_a_create_whose_reply_is_lost_is_found_by_its_tag_not_made_twice(self):
         self.a.fault("RunInstances", "InternalError", after=True)
-        r = self.ephrun(OPS, "mode=ops", "count=1")
+        r = self.ephrun("--yes", OPS, "mode=ops", "count=1")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(self.statuses("RunInstances"), [500])
         self.assertIn("exists; using it", r.stderr)
@@ -282,7 +282,7 @@ class AwsProvider(unittest.TestCase):
     def test_sigint_while_the_create_is_in_flight_terminates_what_it_made(self):
         before = {i["id"] for i in self.a.state()["instances"]}
         self.a.fault("RunInstances", "InternalError", after=True, delay=8)
-        p = self.start(OPS, "mode=hang")
+        p = self.start("--yes", OPS, "mode=hang")
         deadline = time.monotonic() + 60
         while not {i["id"] for i in self.a.state()["instances"]} - before:
             self.assertLess(time.monotonic(), deadline, "the create was not carried out")
@@ -299,18 +299,18 @@ class AwsProvider(unittest.TestCase):
 
     def test_resize_puts_the_old_type_back_when_the_start_has_no_capacity(self):
         self.a.fault("StartInstances", "InsufficientInstanceCapacity", count=1)
-        r = self.ephrun(OPS, "mode=resize", "to=t3.large")
+        r = self.ephrun("--yes", OPS, "mode=resize", "to=t3.large")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("RESIZE failed capacity t3.micro running", r.stdout)
 
     def test_resize(self):
-        r = self.ephrun(OPS, "mode=resize", "to=t3.small")
+        r = self.ephrun("--yes", OPS, "mode=resize", "to=t3.small")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("RESIZE ok - t3.small running", r.stdout)
 
     def test_ssh_never_ready_destroys_everything(self):
         self.a.config(start_sshd=False)
-        r = self.ephrun("deploy-fast", "provider=aws", "plan=t3.micro", "region=eu-west-1", "src=" + self.src,
+        r = self.ephrun("--yes", "deploy-fast", "provider=aws", "plan=t3.micro", "region=eu-west-1", "src=" + self.src,
                         "ssh_deadline=3s")
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("ssh", r.stderr)

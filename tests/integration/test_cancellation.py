@@ -70,7 +70,7 @@ class CtrlCDuringThePriceLookup(unittest.TestCase):
         self.v._control("POST", "/_standin/faults",
                         {"method": "GET", "path": "^/v2/plans", "status": 500, "count": 1, "delay": 30})
         e = env(EPHRUN_HOME=os.path.join(self.tmp, "home"), EPHRUN_VULTR_POLL="0.5", **self.v.env())
-        p = subprocess.Popen([BIN, OPS, "mode=hang"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        p = subprocess.Popen([BIN, "--yes", OPS, "mode=hang"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=e, cwd=self.tmp)
         try:
             deadline = time.monotonic() + 30

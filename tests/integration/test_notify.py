@@ -12,6 +12,7 @@ import unittest
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from common import BIN, env, wait_ready
+from vultr import VultrStandin
 
 OK_RECIPE = r'''
 local ephrun = require "ephrun"
@@ -32,10 +33,12 @@ end }
 LAUNCH_RECIPE = r'''
 local ephrun = require "ephrun"
 return ephrun.recipe { name = "notify-launch", params = { unbounded = { default = false },
-  warn_cost = { default = 0, type = "number", min = 0 }, hold = { default = false } },
+  warn_cost = { default = 0, type = "number", min = 0 }, hold = { default = false },
+  provider = { default = "local" }, plan = { default = "" }, region = { default = "" } },
   run = function(p)
-  local cloud = ephrun.provider("local")
-  local box <close> = cloud:launch { ttl = not p.unbounded and "1h", warn_cost = p.warn_cost > 0 and p.warn_cost or nil }
+  local cloud = ephrun.provider(p.provider)
+  local box <close> = cloud:launch { ttl = not p.unbounded and "1h", warn_cost = p.warn_cost > 0 and p.warn_cost or nil,
+    plan = p.plan ~= "" and p.plan or nil, region = p.region ~= "" and p.region or nil }
   print("READY " .. box.id)
   io.stdout:flush()
   if p.hold then ephrun.time.sleep(600) end
@@ -191,18 +194,37 @@ class NotifyTest(unittest.TestCase):
     def test_cost_warning_at_launch(self):
         rec = Receiver()
         self.addCleanup(rec.close)
-        # no TTL: the worst case is unbounded, over any limit
-        r = self.ephrun([self.recipe(LAUNCH_RECIPE), "unbounded=true", "warn_cost=5", "--yes"], url=rec.url)
+        # a paid launch with no TTL: the worst case is unbounded, over any limit
+        with VultrStandin(lock_seconds=0) as v:
+            r = self.ephrun([self.recipe(LAUNCH_RECIPE), "provider=vultr", "plan=vc2-1c-1gb", "region=ewr", "unbounded=true",
+                             "warn_cost=5", "--yes"], url=rec.url, EPHRUN_VULTR_POLL="0.2", **v.env())
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(rec.events(), ["start", "cost_warning", "success"])
         self.assertIn("unbounded", rec.messages()[1]["detail"])
         self.assertIn("cost warning", r.stderr)
-        # a bounded, free launch under the limit says nothing
-        rec2 = Receiver()
-        self.addCleanup(rec2.close)
-        r = self.ephrun([self.recipe(LAUNCH_RECIPE), "warn_cost=5", "--yes"], url=rec2.url)
+        # a free launch costs nothing, even without a TTL: it says nothing
+        for args in (["warn_cost=5"], ["warn_cost=5", "unbounded=true"]):
+            rec2 = Receiver()
+            self.addCleanup(rec2.close)
+            r = self.ephrun([self.recipe(LAUNCH_RECIPE), "--yes"] + args, url=rec2.url)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(rec2.events(), ["start", "success"])
+
+    def test_the_config_file_names_the_webhook_by_reference(self):
+        rec = Receiver()
+        self.addCleanup(rec.close)
+        xdg = os.path.join(self.dir, "xdg")
+        os.makedirs(os.path.join(xdg, "ephrun"))
+        with open(os.path.join(xdg, "ephrun", "config"), "w") as f:
+            f.write("notify = @env:TEAM_HOOK   # the URL is a secret: kept in the environment\n")
+        r = self.ephrun([self.recipe(OK_RECIPE)], XDG_CONFIG_HOME=xdg, TEAM_HOOK=rec.url)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(rec2.events(), ["start", "success"])
+        self.assertEqual(rec.events(), ["start", "success"])
+        self.assert_secret(rec.url, r)
+        r = self.ephrun([self.recipe(OK_RECIPE)], XDG_CONFIG_HOME=xdg)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("notify in %s:1: environment variable TEAM_HOOK is not set" % os.path.join(xdg, "ephrun", "config"),
+                      r.stderr)
 
     def test_reap_notifies_forced_termination(self):
         rec = Receiver()

@@ -19,7 +19,7 @@ class Conformance(unittest.TestCase):
         tmp = tempfile.mkdtemp(prefix="ephrun-conformance-")
         self.addCleanup(shutil.rmtree, tmp, True)
         e = env(EPHRUN_HOME=os.path.join(tmp, "home"), EPHRUN_SOURCE_DIR=SRC, **extra_env)
-        r = subprocess.run([BIN, SPEC, "provider=" + provider], capture_output=True, text=True, timeout=600,
+        r = subprocess.run([BIN, "--yes", SPEC, "provider=" + provider], capture_output=True, text=True, timeout=600,
                            env=e, cwd=tmp)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("provider_conformance: 13 run, 0 failed", r.stdout)
@@ -40,7 +40,7 @@ class Conformance(unittest.TestCase):
     def test_an_unknown_provider_is_refused_naming_the_fixtures(self):
         tmp = tempfile.mkdtemp(prefix="ephrun-conformance-")
         self.addCleanup(shutil.rmtree, tmp, True)
-        r = subprocess.run([BIN, SPEC, "provider=nosuch"], capture_output=True, text=True, timeout=60,
+        r = subprocess.run([BIN, "--yes", SPEC, "provider=nosuch"], capture_output=True, text=True, timeout=60,
                            env=env(EPHRUN_HOME=tmp, EPHRUN_SOURCE_DIR=SRC), cwd=tmp)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("no conformance fixture for provider 'nosuch'", r.stdout + r.stderr)

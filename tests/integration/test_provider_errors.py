@@ -23,7 +23,7 @@ class VultrErrorKinds(unittest.TestCase):
             v.fault("DELETE", inst, 403, body={"error": "Server is currently locked", "status": 403})
             v.fault("DELETE", inst, 423, body={"error": "Please try again later", "status": 423})
             e = env(EPHRUN_HOME=os.path.join(tmp, "home"), EPHRUN_VULTR_POLL="0.5", **v.env())
-            r = subprocess.run([BIN, os.path.join(RECIPES, "vultr_error_kinds.lua")], capture_output=True,
+            r = subprocess.run([BIN, "--yes", os.path.join(RECIPES, "vultr_error_kinds.lua")], capture_output=True,
                                text=True, timeout=300, env=e, cwd=tmp)
             out = r.stdout + r.stderr
             self.assertEqual(r.returncode, 0, out)

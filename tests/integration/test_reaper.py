@@ -152,7 +152,7 @@ class Reaper(unittest.TestCase):
         self.assertEqual(self.our_cron_lines(), [])
 
     def test_installed_cron_job_deletes_an_expired_instance_and_leaves_the_rest(self):
-        p = subprocess.Popen([BIN, self.recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        p = subprocess.Popen([BIN, "--yes", self.recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=self.env, cwd=self.tmp)
         try:
             short, long_ = wait_ready(p, "READY", timeout=90).split()[1:]
@@ -252,7 +252,7 @@ class Reaper(unittest.TestCase):
         r = self.ephrun("deploy-fast", "provider=vultr", "src=" + self.src, "--dry-run")
         self.assertIn("the reaper (ephrun-reaper, every 3m 00s) deletes it once expired", r.stdout)
 
-        p = subprocess.Popen([BIN, self.recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        p = subprocess.Popen([BIN, "--yes", self.recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=self.env, cwd=self.tmp)
         try:
             short, long_ = wait_ready(p, "READY", timeout=90).split()[1:]
@@ -327,7 +327,7 @@ class Reaper(unittest.TestCase):
         self.assertIn("No reaper is installed", self.ephrun("reaper", "status").stdout)
 
     def test_reap_expired_leaves_what_has_time_left(self):
-        p = subprocess.Popen([BIN, self.recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        p = subprocess.Popen([BIN, "--yes", self.recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=self.env, cwd=self.tmp)
         try:
             short, long_ = wait_ready(p, "READY", timeout=90).split()[1:]

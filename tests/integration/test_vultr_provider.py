@@ -74,7 +74,7 @@ class VultrProvider(unittest.TestCase):
 
     def test_deploy_fast_on_vultr(self):
         out = os.path.join(self.tmp, "out")
-        r = self.ephrun("deploy-fast", "provider=vultr", "plan=vc2-4c-8gb", "region=ewr", "src=" + self.src,
+        r = self.ephrun("--yes", "deploy-fast", "provider=vultr", "plan=vc2-4c-8gb", "region=ewr", "src=" + self.src,
                         "out=" + out, "-v", "--log-file", os.path.join(self.tmp, "run.log"))
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("destroyed: vultr instance", r.stdout)
@@ -90,7 +90,7 @@ class VultrProvider(unittest.TestCase):
         self.assertEqual(self.v.state()["rate_limited"], 0)
 
     def test_user_data_and_tags_carry_no_secret(self):
-        p = self.start(OPS, "mode=hang")
+        p = self.start("--yes", OPS, "mode=hang")
         iid = self.wait_line(p, "READY").split()[1]
         inst = [i for i in self.v.state()["instances"] if i["id"] == iid][0]
         tags = dict(t.split("=", 1) for t in inst["tags"])
@@ -109,7 +109,7 @@ class VultrProvider(unittest.TestCase):
         self.assertEqual(p.returncode, 130, err)
 
     def test_snapshot_then_boot_from_it(self):
-        r = self.ephrun("create-build-snapshot", "setup=echo prepared > marker.txt", "description=hello image")
+        r = self.ephrun("--yes", "create-build-snapshot", "setup=echo prepared > marker.txt", "description=hello image")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         snaps = self.v.state()["snapshots"]
         self.assertEqual(len(snaps), 1)
@@ -118,7 +118,7 @@ class VultrProvider(unittest.TestCase):
         self.assertIn("snapshot=" + sid, r.stdout)
         self.assertIn("destroyed", r.stdout)
         out = os.path.join(self.tmp, "out")
-        r = self.ephrun("deploy-fast", "provider=vultr", "snapshot=" + sid, "src=" + self.src, "out=" + out,
+        r = self.ephrun("--yes", "deploy-fast", "provider=vultr", "snapshot=" + sid, "src=" + self.src, "out=" + out,
                         "build=grep -q prepared ../marker.txt && make")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(self.log("POST", "/v2/instances")[-1]["status"], 202)
@@ -127,7 +127,7 @@ class VultrProvider(unittest.TestCase):
 
     def test_halt_start_resize_snapshots_and_paged_lists(self):
         self.env["EPHRUN_VULTR_PAGE_SIZE"] = "2"
-        r = self.ephrun(OPS, "count=5")
+        r = self.ephrun("--yes", OPS, "count=5")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("OPS OK", r.stdout)
         self.assertTrue(any("cursor=" in e["path"] for e in self.log("GET", "/v2/instances")))
@@ -147,7 +147,7 @@ class VultrProvider(unittest.TestCase):
 
     def test_missing_api_key_fails_before_anything_is_made(self):
         del self.env["VULTR_API_KEY"]
-        r = self.ephrun("deploy-fast", "provider=vultr", "src=" + self.src)
+        r = self.ephrun("--yes", "deploy-fast", "provider=vultr", "src=" + self.src)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("VULTR_API_KEY is not set", r.stderr)
         self.assertEqual([e for e in self.v.state()["log"] if e["method"] != "GET"], [])
@@ -163,7 +163,7 @@ return ephrun.recipe { name = "long-build", run = function()
   local sh <close> = box:ssh()
   sh:run("sleep 60")
 end }''')
-        r = self.ephrun(recipe, timeout=120)
+        r = self.ephrun("--yes", recipe, timeout=120)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertRegex(r.stderr, r"vultr instance \S+ reached the end of its lifetime \(ttl 2(\.0)?s, at \S+Z\): "
                                    r"its lifetime timer ended it while this ran; give it a longer ttl")
@@ -174,7 +174,7 @@ end }''')
     def test_locked_delete_is_retried_until_the_lock_clears(self):
         # the wait gives up while the instance is locked; its delete must still happen
         self.v.config(lock_seconds=6, boot_seconds=7)
-        r = self.ephrun(OPS, "mode=wait-fails", "deadline=1s")
+        r = self.ephrun("--yes", OPS, "mode=wait-fails", "deadline=1s")
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("not running", r.stderr)
         deletes = [e["status"] for e in self.log("DELETE", "/v2/instances/")]
@@ -184,7 +184,7 @@ end }''')
     def test_a_lock_that_outlasts_the_destroy_deadline_fails_loudly(self):
         self.v.config(lock_seconds=120, boot_seconds=121)
         self.env["EPHRUN_VULTR_DESTROY_DEADLINE"] = "3s"
-        r = self.ephrun(OPS, "mode=wait-fails", "deadline=1s")
+        r = self.ephrun("--yes", OPS, "mode=wait-fails", "deadline=1s")
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         iid = self.v.state()["instances"][0]["id"]
         self.assertIn("vultr instance %s is NOT destroyed" % iid, r.stderr)
@@ -197,30 +197,30 @@ end }''')
     def test_a_429_storm_does_not_reach_the_recipe(self):
         self.v.fault("GET", "^/v2/instances", 429, count=8)
         self.v.fault("POST", "^/v2/instances$", 429, count=3)
-        r = self.ephrun(OPS, "count=2")
+        r = self.ephrun("--yes", OPS, "count=2")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertGreaterEqual(len([e for e in self.v.state()["log"] if e["status"] == 429]), 11)
 
     def test_500_on_create_is_retried_without_a_second_instance(self):
         self.v.fault("POST", "^/v2/instances$", 500, count=2)
         out = os.path.join(self.tmp, "out")
-        r = self.ephrun("deploy-fast", "provider=vultr", "src=" + self.src, "out=" + out)
+        r = self.ephrun("--yes", "deploy-fast", "provider=vultr", "src=" + self.src, "out=" + out)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual([e["status"] for e in self.log("POST", "/v2/instances")], [500, 500, 202])
 
     def test_ssh_never_ready_destroys_the_instance(self):
         self.v.config(start_sshd=False)
-        r = self.ephrun("deploy-fast", "provider=vultr", "src=" + self.src, "ssh_deadline=3s")
+        r = self.ephrun("--yes", "deploy-fast", "provider=vultr", "src=" + self.src, "ssh_deadline=3s")
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("ssh", r.stderr)
         self.assertEqual(self.log("DELETE", "/v2/instances/")[-1]["status"], 204)
 
     def test_sigint_while_booting_from_a_snapshot_deletes_once_unlocked(self):
-        r = self.ephrun("create-build-snapshot", "setup=true")
+        r = self.ephrun("--yes", "create-build-snapshot", "setup=true")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         sid = self.v.state()["snapshots"][0]["id"]
         self.v.config(snapshot_lock_seconds=5, snapshot_boot_seconds=30)
-        p = self.start(OPS, "mode=hang", "snapshot=" + sid)
+        p = self.start("--yes", OPS, "mode=hang", "snapshot=" + sid)
         deadline = time.time() + 30
         while not self.v.state()["instances"] and time.time() < deadline:
             time.sleep(0.05)
@@ -236,7 +236,7 @@ end }''')
                         self.v.url + "/snapshots/" + sid], check=True)
 
     def test_sigkill_leaves_what_reap_removes(self):
-        p = self.start(OPS, "mode=hang")
+        p = self.start("--yes", OPS, "mode=hang")
         self.wait_line(p, "READY")
         p.kill()
         p.wait()
@@ -249,7 +249,7 @@ end }''')
 
     def test_reap_waits_out_the_lock_of_an_instance_a_killed_run_left(self):
         self.v.config(lock_seconds=4, boot_seconds=5)
-        p = self.start(OPS, "mode=hang")
+        p = self.start("--yes", OPS, "mode=hang")
         deadline = time.time() + 30
         while not self.v.state()["instances"] and time.time() < deadline:
             time.sleep(0.05)

@@ -11,7 +11,7 @@ local it, eq, ok, raises, contains = spec.it, spec.eq, spec.ok, spec.raises, spe
 -- What each provider launches for the spec (the cheapest plan), what it resizes
 -- to, and provider options with a wrong credential (for a provider that has one).
 local FIXTURES = {
-  ["local"] = { spec = {} },
+  ["local"] = { spec = {}, resize_to = "local-1c-512m" },
   vultr = { spec = { plan = "vc2-1c-1gb", region = "ewr" }, resize_to = "vc2-2c-4gb",
     bad_credentials = { api_key = "ephrun-conformance-wrong-key" } },
   aws = { spec = { plan = "t3.micro", region = "eu-west-1" }, resize_to = "t3.small" },

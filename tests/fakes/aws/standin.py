@@ -28,6 +28,10 @@ scope. On top of moto, for EC2:
 - a spot interruption (control endpoint below) publishes the IMDSv2
   `spot/instance-action` document at once and terminates the instance
   `seconds` later with state reason Server.SpotInstanceTermination;
+- with config `enforce_size` (default false) each guest's sshd runs with its
+  type's vCPUs (at most this machine's, taskset) and memory (RLIMIT_AS), from
+  moto's instance type table, so `nproc` and `ulimit -v` show the type; a type
+  change applies when the instance starts again;
 - each instance has an IMDSv2 endpoint on its own address (port `imds_port`),
   given to its sessions as AWS_EC2_METADATA_SERVICE_ENDPOINT, as botocore reads it:
   PUT /latest/api/token, then GET /latest/meta-data/{instance-id,
@@ -78,7 +82,7 @@ LOGIN_USER_AS_ROOT = "ephrun-aws"
 MARKER = "EPHRUN_AWS_INSTANCE"
 DEFAULT_CONFIG = {
     "pending_seconds": 0.5, "stopping_seconds": 0.5, "shutting_down_seconds": 0.5,
-    "minute_seconds": 60.0, "start_sshd": True,
+    "minute_seconds": 60.0, "start_sshd": True, "enforce_size": False,
 }
 TIMING_KEYS = [k for k in DEFAULT_CONFIG if k.endswith("_seconds")]
 STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48,
@@ -159,6 +163,24 @@ class AwsError(Exception):
 
 
 # ---------------------------------------------------------------- instances
+
+_TYPES = None
+
+
+def type_size(itype):
+    """(vCPUs, MiB) of an instance type, from moto's own table; () when unknown."""
+    global _TYPES
+    if _TYPES is None:
+        import gzip
+        import moto
+        path = os.path.join(os.path.dirname(moto.__file__), "ec2", "resources", "instance_types.json.gz")
+        with gzip.open(path) as f:
+            _TYPES = json.load(f)
+    t = _TYPES.get(itype)
+    if not t:
+        return ()
+    return (t["VCpuInfo"]["DefaultVCpus"], t["MemoryInfo"]["SizeInMiB"])
+
 
 class Instance:
     def __init__(self, **kw):
@@ -415,7 +437,8 @@ class Standin:
                 if (st == "running" and not inst.proc and inst.start_sshd and not inst.sshd_error
                         and not inst.cloud_init_error):
                     try:
-                        inst.proc = guest.start_sshd(inst.dir)
+                        inst.proc = guest.start_sshd(inst.dir, *(type_size(inst.itype) if cfg.get("enforce_size")
+                                                                 else ()))
                     except OSError as e:
                         inst.sshd_error = str(e)
 
@@ -565,6 +588,8 @@ class Ec2:
                 if inst and inst.state != "stopped":
                     raise AwsError(400, "IncorrectInstanceState",
                                    "The instance '%s' is not in the 'stopped' state." % inst.id)
+                if inst:   # the guest's size when it starts again (config enforce_size)
+                    inst.itype = params.get("InstanceType.Value") or params.get("Value") or inst.itype
 
     def after(self, action, params, headers, root):
         """Rewrites moto's reply in `root`; returns None if it did not, else the
@@ -591,6 +616,7 @@ class Ec2:
                     id=iid, ip=S.allocate_ip(), user_data=re.sub(r"\s+", "", params.get("UserData") or ""),
                     shutdown_behavior=params.get("InstanceInitiatedShutdownBehavior") or "stop",
                     spot=spot, groups=groups, auth=auth, dir=d, home=os.path.join(d, "home"),
+                    itype=params.get("InstanceType") or "m1.small",
                     start_sshd=bool(S.config["start_sshd"]), booted=False)
                 S.begin(inst, "pending")
                 S.instances[iid] = inst

@@ -37,7 +37,9 @@ fixed per resource when it is created:
 Other config: rate_limit (30; 0 = none; per client IP, sliding 1 s window),
 retry_after (null; seconds, adds a Retry-After header to 429s), start_sshd (true;
 false = instances created meanwhile reach ok but SSH never answers), authorize_keys
-(true; false = no key is authorized, logins fail), allow_downgrade (false).
+(true; false = no key is authorized, logins fail), allow_downgrade (false), enforce_size
+(false; true = each guest's sshd runs with its plan's vCPUs, at most this machine's, and
+its RAM as RLIMIT_AS, so `nproc` and `ulimit -v` in a session show the plan).
 
 Control endpoints (no auth, not rate limited, not counted):
     GET  /_standin/state     {"instances":[… + "_standin" details],"ssh_keys","snapshots",
@@ -84,7 +86,7 @@ DEFAULT_CONFIG = {
     "ip_seconds": 0.2, "none_seconds": 0.2, "lock_seconds": 0.6, "boot_seconds": 1.0,
     "snapshot_lock_seconds": 1.5, "snapshot_boot_seconds": 2.0, "snapshot_seconds": 1.0,
     "resize_seconds": 1.0, "minute_seconds": 60.0, "sshd_delay_seconds": 0.0,
-    "rate_limit": 30, "retry_after": None, "start_sshd": True, "authorize_keys": True,
+    "rate_limit": 30, "retry_after": None, "start_sshd": True, "enforce_size": False, "authorize_keys": True,
     "allow_downgrade": False,
 }
 TIMING_KEYS = [k for k in DEFAULT_CONFIG if k.endswith("_seconds")]
@@ -490,7 +492,8 @@ class Standin:
                                  self.user, MARKER, inst.id, inst.home)
 
     def start_sshd(self, inst):
-        inst.proc = guest.start_sshd(inst.dir)
+        size = PLAN_BY_ID.get(inst.plan) if self.config.get("enforce_size") else None
+        inst.proc = guest.start_sshd(inst.dir, *((size["vcpu_count"], size["ram"]) if size else ()))
 
     def stop_sshd(self, inst):
         """Stops sshd and every session process of the instance (caller holds oplock)."""
