@@ -652,13 +652,15 @@ end
 
 --- vCPU and memory of an instance type (DescribeInstanceTypes) with its
 --- hourly price (`price`), for tables that compare plans such as size-sweep's;
---- nil when the type cannot be described.
+--- nil when the type cannot be described. One attempt: the figures only
+--- label a table, so no network (a dry-run offline) must not hold it up.
 ---@param spec {plan?: string, region?: string}
 ---@return {plan: string, vcpu: integer, memory_mb: integer, price: number|nil}|nil
 function M.plan_info(spec, opts)
   local plan = spec and spec.plan
   if plan == nil or plan == "" then return nil end
-  local ok, r = pcall(call, config(opts), spec.region, "DescribeInstanceTypes", { InstanceType = { plan } })
+  local ok, r = pcall(call, config(opts), spec.region, "DescribeInstanceTypes", { InstanceType = { plan } },
+    { once = true })
   local t = ok and aws.list(r.instanceTypeSet)[1]
   if not t then return nil end
   local pok, price = pcall(M.price, spec, opts)

@@ -219,6 +219,18 @@ class AwsSweep(SweepBase):
         self.assertIn("run summary: 3 measured command(s)", r.stderr)
         self.check_png(js, max_time=0)
 
+    def test_dry_run_with_no_reachable_endpoint_does_not_wait_on_the_type_lookup(self):
+        # DescribeInstanceTypes only labels the table: one failed attempt, not five minutes of retries
+        self.env.update({"AWS_ENDPOINT_URL": "http://ephrun-no-such-host.invalid", "AWS_REGION": AWS_REGION,
+                         "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": AWS_SECRET})
+        r = subprocess.run([BIN, "--dry-run", "size-sweep", "src=" + self.src, "out=" + self.out, "provider=aws",
+                            "region=" + AWS_REGION, "image=ami-12345678", "plans=t3.small,t3.medium"],
+                           capture_output=True, text=True, timeout=60, env=self.env, cwd=self.tmp)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("aws plan=t3.medium", r.stdout)
+        self.assertIn("size-sweep report in", r.stdout)
+        self.assertFalse(os.path.exists(self.out))
+
 
 if __name__ == "__main__":
     unittest.main()
