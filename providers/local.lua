@@ -255,6 +255,8 @@ end_instance() {
     pkill -KILL -u "$user" 2>/dev/null
     userdel -r "$user" 2>/dev/null || sleep 0.1
   done
+  # cgroups made after the launch (a resize to a plan), which this script could not know
+  cgroups="$cgroups $(cat "$dir/cgroups.later" 2>/dev/null)"
   rm -rf "$work" "$dir"
   # The plan's cgroups, empty once every process above has ended. Whatever
   # is still inside (it escaped the walk above, or is still exiting on a
@@ -614,6 +616,10 @@ function M.start(inst, deadline, _opts)
   local lim = limits(o, { plan = m.plan })
   m.limits = lim.how and { cpus = lim.cpus, memory = lim.memory, how = lim.how,
     cgroups = lim.cgroups ~= "" and lim.cgroups or o.limits.cgroups } or nil
+  if lim.cgroups ~= "" and lim.cgroups ~= o.limits.cgroups then
+    -- the destroy script and the watchdog were written with the launch's list: tell them
+    assert(ephrun.fs.write(m.dir .. "/cgroups.later", lim.cgroups .. "\n", { mode = "0600" }))
+  end
   assert(ephrun.fs.write(m.dir .. "/meta.json", ephrun.json.encode(m), { mode = "0600" }))
   ephrun.fs.remove(m.dir .. "/sshd.pid")
   local cmd = ("exec %s -D -f %s -E %s"):format(lim.argv, q(m.dir .. "/sshd_config"), q(m.dir .. "/sshd.log"))

@@ -25,6 +25,12 @@ local function usd(n)
   return ("$%.2f"):format(n)
 end
 
+-- Two amounts in cents, or to a hundredth of a cent where cents would show them equal.
+local function usd_pair(a, b)
+  if usd(a) ~= usd(b) then return usd(a), usd(b) end
+  return ("$%.4f"):format(a), ("$%.4f"):format(b)
+end
+
 local function env_usd(name)
   local v = os.getenv(name)
   if v == nil or v == "" then return nil end
@@ -111,10 +117,11 @@ local function check_limit(l, what, total, worst)
   end
   if total > limit + 1e-9 then
     local earlier = total - worst
+    local total_text, limit_text = usd_pair(total, limit)
     error(("refusing to launch %s: the worst case of this run would be %s%s, above the limit %s (%s); "
       .. "nothing was created. Raise the limit (--max-cost USD), or use a smaller plan or a shorter ttl")
-      :format(what, usd(total), earlier > 0 and (" (this launch %s + %s before it)"):format(usd(worst), usd(earlier))
-        or "", usd(limit), source), 0)
+      :format(what, total_text, earlier > 0 and (" (this launch %s + %s before it)"):format(usd(worst), usd(earlier))
+        or "", limit_text, source), 0)
   end
 end
 

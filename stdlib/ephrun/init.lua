@@ -346,8 +346,9 @@ function M.run_id()
   return core.options().run_id
 end
 
---- The command-line options: dry_run, json, yes, verbosity, run_id, notify_url.
----@return {dry_run: boolean, json: boolean, yes: boolean, verbosity: integer, run_id: string, notify_url: string}
+--- The command-line options: dry_run, json, yes, verbosity, run_id, notify_url,
+--- and max_cost / warn_cost (USD, nil unless --max-cost / --warn-cost is given).
+---@return {dry_run: boolean, json: boolean, yes: boolean, verbosity: integer, run_id: string, notify_url: string, max_cost?: number, warn_cost?: number}
 function M.options()
   return core.options()
 end

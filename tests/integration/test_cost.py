@@ -200,6 +200,22 @@ class CostOnAws(unittest.TestCase):
             self.assertIn("nothing was created", r.stderr)
         self.assertNothingMade()
 
+    def test_spot_is_bounded_by_its_max_price(self):
+        # c7i.8xlarge has no on-demand price in eu-west-1's table: only MaxPrice bounds it
+        spot = dict(EPHRUN_AWS_SPOT="true", EPHRUN_AWS_MAX_PRICE="0.05")
+        r = self.ephrun("--dry-run", "--json", "plan=c7i.8xlarge", "ttl=2h", **spot)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        worst = json.loads(r.stdout[r.stdout.index("{"):])["total_cost"]
+        self.assertGreater(worst, 0.10)   # 2 h × $0.05 plus the gp3 volume
+        self.assertLess(worst, 0.11)
+        r = self.ephrun("plan=c7i.8xlarge", "ttl=2h", "--max-cost", "0.10", **spot)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        # cents would show both as $0.10: the figures say which is more
+        self.assertIn("would be $%.4f, above the limit $0.1000 (--max-cost)" % worst, r.stderr)
+        r = self.ephrun("plan=c7i.8xlarge", "ttl=2h", "--max-cost", "0.10")
+        self.assertIn("aws has no price for c7i.8xlarge", r.stderr)   # on demand there: unknown
+        self.assertNothingMade()
+
     def test_within_max_cost_needs_no_yes(self):
         r = self.ephrun("--max-cost", "%.2f" % (self.worst() + 1))
         self.assertEqual(r.returncode, 0, r.stderr)

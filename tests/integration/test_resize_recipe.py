@@ -3,6 +3,7 @@
 type back, starts it again and is reported. On the local provider (whose plans the kernel
 enforces), the AWS stand-in and the Vultr stand-in, both with `enforce_size` so a guest
 shows its type's vCPUs and memory."""
+import glob
 import json
 import os
 import re
@@ -51,6 +52,17 @@ class ResizeLocal(unittest.TestCase):
         self.assertEqual(m.group(3, 4, 5, 6), ("local-2c-1g", "local-1c-512m", "1", "512"))
         self.assertIn("local cannot take snapshots: resizing", r.stderr)
         self.assertEqual(self.alive(), [])  # the demo instance is destroyed
+
+    def test_limits_given_by_a_resize_are_removed_with_the_instance(self):
+        # launched with a plan that is only a label (no limits), then resized to a local plan
+        r = self.ephrun("resize-instance", "from=plain", "to=local-1c-512m")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        m = RESIZED.search(r.stdout)
+        self.assertEqual(m.group(3, 4, 5, 6), ("plain", "local-1c-512m", "1", "512"))
+        name = "ephrun-" + m.group(2)   # the names make_cgroups gives (v2, and v1's hierarchies)
+        left = glob.glob("/sys/fs/cgroup/" + name) + glob.glob("/sys/fs/cgroup/*/" + name)
+        self.assertEqual(left, [])
+        self.assertEqual(self.alive(), [])
 
     def test_no_capacity_puts_the_old_plan_back_and_says_so(self):
         cpus = os.cpu_count()

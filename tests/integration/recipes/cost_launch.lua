@@ -5,6 +5,7 @@ local ephrun = require "ephrun"
 
 return ephrun.recipe {
   name = "cost-launch",
+  summary = "Launch count instances one after another (test_cost.py drives the cost gate with it).",
   budget = tonumber(os.getenv("COST_TEST_BUDGET") or ""),
   params = {
     provider = { default = "aws" },
