@@ -650,37 +650,24 @@ function M.price(spec, opts)
   return hourly + gb * (table_ and table_.gp3_gb_month or 0) / PRICES.hours_per_month
 end
 
---- vCPU and memory of an instance type (DescribeInstanceTypes) with its
---- hourly price (`price`), for tables that compare plans such as size-sweep's;
---- nil when the type cannot be described. One attempt: the figures only
---- label a table, so no network (a dry-run offline) must not hold it up.
+--- vCPU, memory (MiB) and hourly price (`price`) of `spec.plan`
+--- (DescribeInstanceTypes and the price table), for tables that compare plans
+--- (size-sweep) and for checking a resized instance (resize-instance); nil when
+--- EC2 does not know the type or cannot be reached. One attempt: the figures
+--- only label and check, so no network (a dry-run offline) must not hold it up.
 ---@param spec {plan?: string, region?: string}
 ---@return {plan: string, vcpu: integer, memory_mb: integer, price: number|nil}|nil
 function M.plan_info(spec, opts)
   local plan = spec and spec.plan
   if plan == nil or plan == "" then return nil end
-  local ok, r = pcall(call, config(opts), spec.region, "DescribeInstanceTypes", { InstanceType = { plan } },
-    { once = true })
+  local c = config(opts)
+  local ok, r = pcall(call, c, region_of(c, spec.region or c.region), "DescribeInstanceTypes",
+    { InstanceType = { plan } }, { once = true })
   local t = ok and aws.list(r.instanceTypeSet)[1]
   if not t then return nil end
   local pok, price = pcall(M.price, spec, opts)
   return { plan = plan, vcpu = tonumber((t.vCpuInfo or {}).defaultVCpus),
     memory_mb = tonumber((t.memoryInfo or {}).sizeInMiB), price = pok and price or nil }
-end
-
---- vCPU, memory (MiB) and hourly price of `spec.plan` (DescribeInstanceTypes and
---- the price table), as resize-instance checks a resized instance against; nil when
---- EC2 does not know the type.
----@return {plan: string, vcpu: integer, memory_mb: integer, price: number|nil}|nil
-function M.plan_info(spec, opts)
-  local c = config(opts)
-  if not spec or not spec.plan then return nil end
-  local ok, r = pcall(call, c, region_of(c, spec.region or c.region), "DescribeInstanceTypes",
-    { InstanceType = { spec.plan } })
-  local t = ok and aws.list(r.instanceTypeSet)[1]
-  if not t then return nil end
-  return { plan = spec.plan, vcpu = tonumber(t.vCpuInfo and t.vCpuInfo.defaultVCpus),
-    memory_mb = tonumber(t.memoryInfo and t.memoryInfo.sizeInMiB), price = M.price(spec, opts) }
 end
 
 local function image_of(raw)
