@@ -174,6 +174,16 @@ class S3Test(unittest.TestCase):
         _, out, _ = self.cli("s3api", "list-objects-v2", "--bucket", BUCKET, "--prefix", "fail/")
         self.assertFalse((out or {}).get("Contents"))
 
+    def test_a_create_whose_answer_is_lost_is_still_aborted(self):
+        # CreateMultipartUpload is carried out but its answer lost: the upload id is unknown to
+        # ephrun, so its cleanup finds the key's uploads and aborts them
+        self.standin.fault("POST /%s/lost/big.bin" % BUCKET, "InternalError", count=1, service="s3", after=True)
+        _, r = self.op("op=put", "key=lost/big.bin", "file=" + self.big, "part_mib=5", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("InternalError", r.stderr)
+        lists = [c for c in self.standin.calls() if c["method"] == "GET" and "uploads=" in c["path"]]
+        self.assertTrue(lists, "the cleanup did not look for the upload")
+
     def test_sigint_mid_upload_aborts_the_upload(self):
         # every part is stored, but its reply held back: the run is mid-upload until it is interrupted
         self.standin.fault("PUT /%s/cancel/big.bin" % BUCKET, "InternalError", count=100, service="s3",
