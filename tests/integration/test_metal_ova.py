@@ -204,6 +204,17 @@ class OnAws(Base):
         self.assertEqual(row["result"]["cost"], meta["cost"])
         self.wait_events(["start", "success"])
 
+    def test_local_provider_uploading_to_the_bucket(self):
+        launched = len(self.a.calls("RunInstances"))
+        r = self.ephrun(*self.args("bucket=" + BUCKET, "build_id=l-s3", self.build(size=6_000_000)))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        prefix = "prewarmed/l-s3/"
+        self.assertEqual(self.keys(prefix), [prefix + n for n in ("metadata.json", "prewarmed.ova",
+                                                                  "prewarmed.ova.sha256")])
+        sha = hashlib.sha256(self.s3_text(prefix + "prewarmed.ova")).hexdigest()
+        self.assertEqual(json.loads(self.s3_text(prefix + "metadata.json"))["ova"]["sha256"], sha)
+        self.assertEqual(len(self.a.calls("RunInstances")), launched, "the local provider launched on EC2")
+
     def test_failure_mid_build_uploads_the_log_and_notifies(self):
         bid = "b-fail"
         r = self.ephrun(*self.aws_args(bid, self.build(fail=True)))
