@@ -427,7 +427,7 @@ function Bucket:put(key, src, opts)
     details = {
       src.file and ("from " .. src.file) or "from memory",
       multipart and ("multipart: %d parts, %d at a time"):format(nparts, opts.parallel or M.DEFAULT_PARALLEL)
-        or "one request",
+        or size == nil and ("multipart if larger than %s"):format(human(threshold)) or "one request",
       "SHA-256 checksum on every request; size, ETag and checksum verified after upload",
     },
     run = function()
