@@ -226,14 +226,25 @@ return ephrun.recipe {
           ephrun.time.format_duration(math.floor(ephrun.time.now() - t0)), ephrun.time.format_duration(p.timeout))
       end
       ephrun.phase("logs")
-      local tmp = ephrun.fs.tempdir("ephrun-ova-")
-      sh:fetch("build/build.log", tmp .. "/build.log")
-      local up = out.file("logs/build.log", tmp .. "/build.log")
-      result.keys[#result.keys + 1] = out.url("logs/build.log")
-      ephrun.log.info(("build log: %s (%d bytes)"):format(out.url("logs/build.log"), up.size or 0))
+      -- The build's error is the one to report: a log that cannot be saved is only a warning.
+      local saved, up = pcall(function()
+        local tmp = ephrun.fs.tempdir("ephrun-ova-")
+        sh:fetch("build/build.log", tmp .. "/build.log")
+        return out.file("logs/build.log", tmp .. "/build.log")
+      end)
+      if not saved and ephrun.is_cancelled(up) then error(up, 0) end
+      local where
+      if saved then
+        result.keys[#result.keys + 1] = out.url("logs/build.log")
+        ephrun.log.info(("build log: %s (%d bytes)"):format(out.url("logs/build.log"), up.size or 0))
+        where = "its log is at " .. out.url("logs/build.log")
+      else
+        ephrun.log.warn(("the build log could not be saved to %s: %s"):format(out.url("logs/build.log"), tostring(up)))
+        where = "its log could not be saved (see the output above)"
+      end
       result.duration, result.cost = ephrun.time.now() - t0, box:cost()
       ephrun.effect { kind = "write", what = "record the build in the history", run = function() record(result) end }
-      error(("build %s failed: %s; its log is at %s"):format(build_id, tostring(err), out.url("logs/build.log")), 0)
+      error(("build %s failed: %s; %s"):format(build_id, tostring(err), where), 0)
     end
 
     ephrun.phase("artifacts")

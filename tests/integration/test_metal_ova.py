@@ -232,6 +232,18 @@ class OnAws(Base):
         row = [r for r in self.history() if r["recipe"] == "metal-ova-build"][0]
         self.assertEqual((row["status"], row["result"]["status"]), ("failed", "failed"))
 
+    def test_a_failed_build_whose_log_cannot_be_saved_still_reports_the_build(self):
+        self.a.fault("PUT /%s/prewarmed/b-nolog/logs/build.log" % BUCKET, "AccessDenied", status=403, count=1,
+                     service="s3")
+        r = self.ephrun(*self.aws_args("b-nolog", self.build(fail=True)))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("build b-nolog failed", r.stderr)
+        self.assertIn("the build log could not be saved to s3://%s/prewarmed/b-nolog/logs/build.log" % BUCKET, r.stderr)
+        self.assertIn("AccessDenied", r.stderr)
+        self.wait_events(["failure"])
+        failure = [m for m in self.receiver.messages() if m["event"] == "failure"][0]
+        self.assertIn("build b-nolog failed", failure["detail"])
+
     def test_an_expired_lease_is_taken_over(self):
         holder = {"name": "ova-b-expired", "user": "ana", "host": "old-builder", "run_id": "20260101-000000-dead",
                   "recipe": "metal-ova-build", "pid": 1, "since": time.time() - 7200, "lease": 600,
