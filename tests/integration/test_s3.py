@@ -132,6 +132,20 @@ class S3Test(unittest.TestCase):
         _, out, _ = self.cli("s3api", "list-objects-v2", "--bucket", BUCKET, "--prefix", "small/")
         self.assertFalse((out or {}).get("Contents"))
 
+    def test_keys_with_spaces_and_reserved_characters(self):
+        key = "odd dir/ä+b=c&d~e.txt"
+        res, _ = self.op("op=body", "key=" + key, "body=odd")
+        self.assertEqual(res["key"], key)
+        _, head, _ = self.cli("s3api", "head-object", "--bucket", BUCKET, "--key", key)
+        self.assertEqual(head["ContentLength"], 3)
+        got, _ = self.op("op=get", "key=" + key)
+        self.assertEqual(got["body"], "odd")
+        res, _ = self.op("op=list", "key=odd dir/")
+        self.assertEqual(res["keys"], [key])
+        self.op("op=delete", "key=" + key)
+        h, _ = self.op("op=head", "key=" + key)
+        self.assertEqual(h, {"missing": True})
+
     def test_get_streams_to_a_file_and_verifies(self):
         self.cli("s3", "cp", self.big, "s3://%s/cli/big.bin" % BUCKET)
         dest = os.path.join(self.dir, "got.bin")
