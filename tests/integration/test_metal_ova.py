@@ -274,6 +274,19 @@ class OnAws(Base):
         forced = [m for m in self.receiver.messages() if m["event"] == "terminated"][0]
         self.assertEqual(forced["recipe"], "metal-ova-build")
 
+    def test_sigterm_mid_build_removes_everything_and_releases_the_lock(self):
+        p = self.start(*self.aws_args("b-term", self.build(wait=True)))
+        self.wait_for(p, "BUILDING")
+        self.assertEqual(self.keys("ephrun-locks/ova-b-term"), ["ephrun-locks/ova-b-term.json"])
+        p.send_signal(signal.SIGTERM)
+        rc, _, err = self.finish(p)
+        self.assertEqual(rc, 143, err)
+        self.assertEqual(self.keys("ephrun-locks/ova-b-term"), [], "the lock outlived the run")
+        self.assertEqual(self.keys("prewarmed/b-term/"), [])
+        self.wait_events(["start", "failure"])
+        failure = [m for m in self.receiver.messages() if m["event"] == "failure"][0]
+        self.assertIn("SIGTERM", failure["detail"])
+
     def test_launcher_timeout(self):
         r = self.ephrun(*self.aws_args("b-slow", self.build(wait=True), "timeout=2s"))
         self.assertNotEqual(r.returncode, 0)
