@@ -231,6 +231,21 @@ class S3Test(unittest.TestCase):
         self.assertTrue(any("5 parts" in d for d in ups[0].get("details", [])), ups[0])
         self.assertEqual(len(self.standin.calls()), before, "the dry-run sent requests")
 
+    def test_a_huge_file_gets_parts_big_enough_for_10000(self):
+        sparse = os.path.join(self.dir, "huge.bin")
+        with open(sparse, "wb") as f:
+            f.truncate(60 * 1024 * MiB)  # 60 GiB, sparse: only planned, never read
+        try:
+            r = self.ephrun("--dry-run", "--json", OPS, "op=put", "key=huge.bin", "file=" + sparse, "part_mib=5")
+        finally:
+            os.remove(sparse)
+        up = [s for s in json.loads(r.stdout)["steps"] if s["kind"] == "upload"][0]
+        parts = [d for d in up["details"] if d.startswith("multipart: ")][0]
+        n = int(parts.split()[1])
+        # 5 MiB parts would need 12,288; S3 allows 10,000, so the parts grow to whole MiB (7 MiB)
+        self.assertEqual(n, -(-60 * 1024 // 7))
+        self.assertLessEqual(n, 10000)
+
     def test_errors_name_the_object_and_keep_credentials_out(self):
         res, r = self.op("op=body", "bucket=no-such-bucket", "key=a", "body=x", check=False)
         self.assertNotEqual(r.returncode, 0)
