@@ -39,7 +39,7 @@ local M = {}
 --- launched with InstanceInitiatedShutdownBehavior=terminate: billing ends.
 M.ttl_effect = "ends billing"
 
-M.price_basis = ("EC2 on-demand price of %s (providers/aws/prices.lua, %s) plus the gp3 root volume; "
+M.price_basis = ("EC2 on-demand price of %s (providers/aws/prices.lua, %s) plus its gp3 volumes; "
   .. "spot: MaxPrice"):format("the type in its region", PRICES.date)
 
 local q = ephrun.shell_quote

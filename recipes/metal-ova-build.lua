@@ -48,7 +48,7 @@ end
 -- Where the results go: an S3 prefix, or a local directory.
 local function destination(p, prefix)
   if p.bucket ~= "" then
-    local b = s3.bucket(p.bucket)
+    local b = s3.bucket(p.bucket, { region = p.region ~= "" and p.region or nil })
     return {
       bucket = b,
       url = function(name) return b:url(prefix .. name) end,
@@ -125,7 +125,7 @@ return ephrun.recipe {
   params = {
     provider = { default = "local", choices = { "local", "aws" }, doc = "aws, or local to try it offline" },
     instance_type = { default = "c5n.metal", doc = "EC2 type (m5zn.metal is the alternative)" },
-    region = { default = "", doc = "AWS region (default: AWS_REGION / the profile's)" },
+    region = { default = "", doc = "AWS region of the instance and the bucket (default: AWS_REGION / the profile's)" },
     volume_gb = { default = 500, doc = "gp3 build volume in GB" },
     ttl = { type = "duration", default = "3h", doc = "hard lifetime of the instance (holds if ephrun dies)" },
     timeout = { type = "duration", default = "3h30m", doc = "the launcher gives up after this long" },
@@ -137,7 +137,7 @@ return ephrun.recipe {
     commit = { default = "", doc = "for the metadata (default: git's, of src)" },
     bucket = { default = "", doc = "S3 bucket for the results (required on aws)" },
     prefix = { default = "prewarmed", doc = "results go under PREFIX/BUILD_ID/" },
-    dest = { default = "", doc = "local provider: a directory instead of a bucket" },
+    dest = { default = "ova-builds", doc = "without a bucket: the local directory the results go to" },
     instance_profile = { default = "", doc = "IAM instance profile: the instance uploads with `aws s3 cp` itself" },
     project = { default = "prewarmed-ova", doc = "Project tag" },
     cost_center = { default = "build", doc = "CostCenter tag" },
@@ -174,6 +174,7 @@ return ephrun.recipe {
     local lock_opts = { lease = p.lock_lease }
     if p.provider == "aws" then
       lock_opts.backend, lock_opts.bucket = "s3", p.lock_bucket ~= "" and p.lock_bucket or p.bucket
+      lock_opts.session = ephrun.aws.session { region = p.region ~= "" and p.region or nil }
     end
     local lock = ephrun.lock(p.lock, lock_opts)
 
@@ -211,7 +212,7 @@ return ephrun.recipe {
       sh:run(MOUNT)
     end
     ephrun.phase("sync")
-    sh:sync(p.src, "build", { exclude = { ".git", "node_modules" } })
+    sh:sync(p.src, "build", { exclude = { "node_modules", "output" } })
 
     ephrun.phase("build")
     local result = { build_id = build_id, status = "failed", prefix = out.url(""), keys = {} }
@@ -225,14 +226,25 @@ return ephrun.recipe {
           ephrun.time.format_duration(math.floor(ephrun.time.now() - t0)), ephrun.time.format_duration(p.timeout))
       end
       ephrun.phase("logs")
-      local tmp = ephrun.fs.tempdir("ephrun-ova-")
-      sh:fetch("build/build.log", tmp .. "/build.log")
-      local up = out.file("logs/build.log", tmp .. "/build.log")
-      result.keys[#result.keys + 1] = out.url("logs/build.log")
-      ephrun.log.info(("build log: %s (%d bytes)"):format(out.url("logs/build.log"), up.size or 0))
+      -- The build's error is the one to report: a log that cannot be saved is only a warning.
+      local saved, up = pcall(function()
+        local tmp = ephrun.fs.tempdir("ephrun-ova-")
+        sh:fetch("build/build.log", tmp .. "/build.log")
+        return out.file("logs/build.log", tmp .. "/build.log")
+      end)
+      if not saved and ephrun.is_cancelled(up) then error(up, 0) end
+      local where
+      if saved then
+        result.keys[#result.keys + 1] = out.url("logs/build.log")
+        ephrun.log.info(("build log: %s (%d bytes)"):format(out.url("logs/build.log"), up.size or 0))
+        where = "its log is at " .. out.url("logs/build.log")
+      else
+        ephrun.log.warn(("the build log could not be saved to %s: %s"):format(out.url("logs/build.log"), tostring(up)))
+        where = "its log could not be saved (see the output above)"
+      end
       result.duration, result.cost = ephrun.time.now() - t0, box:cost()
       ephrun.effect { kind = "write", what = "record the build in the history", run = function() record(result) end }
-      error(("build %s failed: %s; its log is at %s"):format(build_id, tostring(err), out.url("logs/build.log")), 0)
+      error(("build %s failed: %s; %s"):format(build_id, tostring(err), where), 0)
     end
 
     ephrun.phase("artifacts")

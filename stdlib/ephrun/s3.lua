@@ -176,7 +176,7 @@ local function verify(self, key, want)
   if got.size ~= want.size then
     error(mismatch(url, ("S3 holds %d bytes, %d were sent"):format(got.size, want.size)), 0)
   end
-  if got.etag ~= want.etag then
+  if want.etag and got.etag ~= want.etag then
     error(mismatch(url, ("its ETag is %s, the upload answered %s (was it overwritten meanwhile?)")
       :format(got.etag, want.etag)), 0)
   end
@@ -355,20 +355,27 @@ local function put_multipart(self, key, path, size, opts)
     digests[i] = p.digest
   end
   local body = ephrun.xml.encode({ Part = list }, "CompleteMultipartUpload")
-  local done = call(self, "POST", key, { query = { uploadId = state.id }, body = body, retry = true,
+  local ok, done = pcall(call, self, "POST", key, { query = { uploadId = state.id }, body = body, retry = true,
     headers = { ["Content-Type"] = "application/xml" }, timeout = 600 })
-  -- S3 may answer 200 and put the error in the body.
-  local cv, root = ephrun.xml.decode(done.body)
-  if root == "Error" then
-    local e = aws.response_error({ status = 500, body = done.body }, { service = "s3", action = "complete " .. url })
-    e.message = "CompleteMultipartUpload " .. url .. ": " .. e.message
-    error(e, 0)
+  local etag
+  if ok then
+    -- S3 may answer 200 and put the error in the body.
+    local cv, root = ephrun.xml.decode(done.body)
+    if root == "Error" then
+      local e = aws.response_error({ status = 500, body = done.body }, { service = "s3", action = "complete " .. url })
+      e.message = "CompleteMultipartUpload " .. url .. ": " .. e.message
+      error(e, 0)
+    end
+    etag = unquote(type(cv) == "table" and cv.ETag or "")
+  elseif not (aws.is_error(done) and done.code == "NoSuchUpload") then
+    error(done, 0)
   end
-  local etag = unquote(type(cv) == "table" and cv.ETag or "")
+  -- NoSuchUpload on a retried complete: the first attempt completed it and its
+  -- answer was lost; the object is checked below like any other.
   local want_cs = composite(digests) .. "-" .. nparts
-  verify(self, key, { size = size, etag = etag, checksum = want_cs, parts = nparts })
+  local got = verify(self, key, { size = size, etag = etag, checksum = want_cs, parts = nparts })
   guard:cancel()
-  return { key = key, size = size, sha256 = sha, etag = etag, parts = nparts }
+  return { key = key, size = size, sha256 = sha, etag = got.etag, parts = nparts }
 end
 
 ---@class ephrun.s3.PutOpts
@@ -420,7 +427,7 @@ function Bucket:put(key, src, opts)
     details = {
       src.file and ("from " .. src.file) or "from memory",
       multipart and ("multipart: %d parts, %d at a time"):format(nparts, opts.parallel or M.DEFAULT_PARALLEL)
-        or "one request",
+        or size == nil and ("multipart if larger than %s"):format(human(threshold)) or "one request",
       "SHA-256 checksum on every request; size, ETag and checksum verified after upload",
     },
     run = function()

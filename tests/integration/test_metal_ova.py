@@ -204,6 +204,17 @@ class OnAws(Base):
         self.assertEqual(row["result"]["cost"], meta["cost"])
         self.wait_events(["start", "success"])
 
+    def test_local_provider_uploading_to_the_bucket(self):
+        launched = len(self.a.calls("RunInstances"))
+        r = self.ephrun(*self.args("bucket=" + BUCKET, "build_id=l-s3", self.build(size=6_000_000)))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        prefix = "prewarmed/l-s3/"
+        self.assertEqual(self.keys(prefix), [prefix + n for n in ("metadata.json", "prewarmed.ova",
+                                                                  "prewarmed.ova.sha256")])
+        sha = hashlib.sha256(self.s3_text(prefix + "prewarmed.ova")).hexdigest()
+        self.assertEqual(json.loads(self.s3_text(prefix + "metadata.json"))["ova"]["sha256"], sha)
+        self.assertEqual(len(self.a.calls("RunInstances")), launched, "the local provider launched on EC2")
+
     def test_failure_mid_build_uploads_the_log_and_notifies(self):
         bid = "b-fail"
         r = self.ephrun(*self.aws_args(bid, self.build(fail=True)))
@@ -220,6 +231,18 @@ class OnAws(Base):
         self.assertIn("build b-fail failed", failure["detail"])
         row = [r for r in self.history() if r["recipe"] == "metal-ova-build"][0]
         self.assertEqual((row["status"], row["result"]["status"]), ("failed", "failed"))
+
+    def test_a_failed_build_whose_log_cannot_be_saved_still_reports_the_build(self):
+        self.a.fault("PUT /%s/prewarmed/b-nolog/logs/build.log" % BUCKET, "AccessDenied", status=403, count=1,
+                     service="s3")
+        r = self.ephrun(*self.aws_args("b-nolog", self.build(fail=True)))
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("build b-nolog failed", r.stderr)
+        self.assertIn("the build log could not be saved to s3://%s/prewarmed/b-nolog/logs/build.log" % BUCKET, r.stderr)
+        self.assertIn("AccessDenied", r.stderr)
+        self.wait_events(["failure"])
+        failure = [m for m in self.receiver.messages() if m["event"] == "failure"][0]
+        self.assertIn("build b-nolog failed", failure["detail"])
 
     def test_an_expired_lease_is_taken_over(self):
         holder = {"name": "ova-b-expired", "user": "ana", "host": "old-builder", "run_id": "20260101-000000-dead",
@@ -250,6 +273,19 @@ class OnAws(Base):
         self.wait_events(["start", "terminated"])
         forced = [m for m in self.receiver.messages() if m["event"] == "terminated"][0]
         self.assertEqual(forced["recipe"], "metal-ova-build")
+
+    def test_sigterm_mid_build_removes_everything_and_releases_the_lock(self):
+        p = self.start(*self.aws_args("b-term", self.build(wait=True)))
+        self.wait_for(p, "BUILDING")
+        self.assertEqual(self.keys("ephrun-locks/ova-b-term"), ["ephrun-locks/ova-b-term.json"])
+        p.send_signal(signal.SIGTERM)
+        rc, _, err = self.finish(p)
+        self.assertEqual(rc, 143, err)
+        self.assertEqual(self.keys("ephrun-locks/ova-b-term"), [], "the lock outlived the run")
+        self.assertEqual(self.keys("prewarmed/b-term/"), [])
+        self.wait_events(["start", "failure"])
+        failure = [m for m in self.receiver.messages() if m["event"] == "failure"][0]
+        self.assertIn("SIGTERM", failure["detail"])
 
     def test_launcher_timeout(self):
         r = self.ephrun(*self.aws_args("b-slow", self.build(wait=True), "timeout=2s"))

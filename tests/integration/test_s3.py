@@ -132,6 +132,20 @@ class S3Test(unittest.TestCase):
         _, out, _ = self.cli("s3api", "list-objects-v2", "--bucket", BUCKET, "--prefix", "small/")
         self.assertFalse((out or {}).get("Contents"))
 
+    def test_keys_with_spaces_and_reserved_characters(self):
+        key = "odd dir/ä+b=c&d~e.txt"
+        res, _ = self.op("op=body", "key=" + key, "body=odd")
+        self.assertEqual(res["key"], key)
+        _, head, _ = self.cli("s3api", "head-object", "--bucket", BUCKET, "--key", key)
+        self.assertEqual(head["ContentLength"], 3)
+        got, _ = self.op("op=get", "key=" + key)
+        self.assertEqual(got["body"], "odd")
+        res, _ = self.op("op=list", "key=odd dir/")
+        self.assertEqual(res["keys"], [key])
+        self.op("op=delete", "key=" + key)
+        h, _ = self.op("op=head", "key=" + key)
+        self.assertEqual(h, {"missing": True})
+
     def test_get_streams_to_a_file_and_verifies(self):
         self.cli("s3", "cp", self.big, "s3://%s/cli/big.bin" % BUCKET)
         dest = os.path.join(self.dir, "got.bin")
@@ -174,6 +188,16 @@ class S3Test(unittest.TestCase):
         _, out, _ = self.cli("s3api", "list-objects-v2", "--bucket", BUCKET, "--prefix", "fail/")
         self.assertFalse((out or {}).get("Contents"))
 
+    def test_a_create_whose_answer_is_lost_is_still_aborted(self):
+        # CreateMultipartUpload is carried out but its answer lost: the upload id is unknown to
+        # ephrun, so its cleanup finds the key's uploads and aborts them
+        self.standin.fault("POST /%s/lost/big.bin" % BUCKET, "InternalError", count=1, service="s3", after=True)
+        _, r = self.op("op=put", "key=lost/big.bin", "file=" + self.big, "part_mib=5", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("InternalError", r.stderr)
+        lists = [c for c in self.standin.calls() if c["method"] == "GET" and "uploads=" in c["path"]]
+        self.assertTrue(lists, "the cleanup did not look for the upload")
+
     def test_sigint_mid_upload_aborts_the_upload(self):
         # every part is stored, but its reply held back: the run is mid-upload until it is interrupted
         self.standin.fault("PUT /%s/cancel/big.bin" % BUCKET, "InternalError", count=100, service="s3",
@@ -206,6 +230,21 @@ class S3Test(unittest.TestCase):
         self.assertIn("24.1 MB", ups[0]["what"])
         self.assertTrue(any("5 parts" in d for d in ups[0].get("details", [])), ups[0])
         self.assertEqual(len(self.standin.calls()), before, "the dry-run sent requests")
+
+    def test_a_huge_file_gets_parts_big_enough_for_10000(self):
+        sparse = os.path.join(self.dir, "huge.bin")
+        with open(sparse, "wb") as f:
+            f.truncate(60 * 1024 * MiB)  # 60 GiB, sparse: only planned, never read
+        try:
+            r = self.ephrun("--dry-run", "--json", OPS, "op=put", "key=huge.bin", "file=" + sparse, "part_mib=5")
+        finally:
+            os.remove(sparse)
+        up = [s for s in json.loads(r.stdout)["steps"] if s["kind"] == "upload"][0]
+        parts = [d for d in up["details"] if d.startswith("multipart: ")][0]
+        n = int(parts.split()[1])
+        # 5 MiB parts would need 12,288; S3 allows 10,000, so the parts grow to whole MiB (7 MiB)
+        self.assertEqual(n, -(-60 * 1024 // 7))
+        self.assertLessEqual(n, 10000)
 
     def test_errors_name_the_object_and_keep_credentials_out(self):
         res, r = self.op("op=body", "bucket=no-such-bucket", "key=a", "body=x", check=False)
