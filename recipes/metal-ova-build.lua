@@ -101,12 +101,12 @@ local function record(result)
 end
 
 local function estimate(cloud, p, spec, upload_from)
-  if p.provider ~= "aws" then return 0, { cloud.name .. " provider: no instance, volume or transfer charges" } end
+  if p.provider ~= "aws" then return 0, { cloud.name .. " provider: no instance, volume or transfer charges" }, 0 end
   local hours = p.ttl / 3600
   local total_h = cloud:price(spec)
   local base_h = cloud:price { plan = spec.plan, region = spec.region }
   local transfer = upload_from == "launcher" and p.ova_gb * p.transfer_per_gb or 0
-  if not total_h then return nil, { "no price known for " .. tostring(spec.plan) } end
+  if not total_h then return nil, { "no price known for " .. tostring(spec.plan) }, transfer end
   local ebs_h = total_h - (base_h or total_h)
   local lines = {
     ("instance %s: $%.4f/h x %s = $%.2f"):format(spec.plan or "local", base_h or 0,
@@ -116,7 +116,7 @@ local function estimate(cloud, p, spec, upload_from)
       and ("~%d GB out of EC2 to the launcher at $%.3f/GB = $%.2f"):format(p.ova_gb, p.transfer_per_gb, transfer)
       or "none billed (from the instance, same region)"),
   }
-  return total_h * hours + transfer, lines
+  return total_h * hours + transfer, lines, transfer
 end
 
 return ephrun.recipe {
@@ -188,7 +188,7 @@ return ephrun.recipe {
       tags = { Project = p.project, Purpose = "prewarmed-build", BuildID = build_id, AutoDelete = "true",
         CostCenter = p.cost_center, MaxLifetime = "3hours" },
     }
-    local worst, lines = estimate(cloud, p, spec, upload_from)
+    local worst, lines, transfer = estimate(cloud, p, spec, upload_from)
     ephrun.effect { kind = "estimate", where = cloud.name,
       what = worst and ("cost estimate: at most $%.2f (instance + EBS + transfer)"):format(worst)
         or "cost estimate: unknown",
@@ -199,10 +199,8 @@ return ephrun.recipe {
       upload_from == "instance" and ("uploaded from the instance with aws s3 cp, instance profile "
         .. p.instance_profile) or (p.bucket ~= "" and "fetched to the launcher and uploaded from there"
         or "fetched to the launcher and copied")), run = function() end }
-    if (worst == nil or worst > 0) and not ephrun.confirm(("Launch %s for build %s, at most %s?"):format(
-        spec.plan or "a local instance", build_id, worst and ("$%.2f"):format(worst) or "an unknown cost")) then
-      error("not confirmed: nothing was launched", 0)
-    end
+    -- The launch's own gate confirms it (or refuses it above --max-cost) with the transfer included.
+    spec.extra_cost = transfer > 0 and { usd = transfer, what = "transfer to S3" } or nil
 
     ephrun.phase("launch")
     local box <close> = cloud:launch(spec)

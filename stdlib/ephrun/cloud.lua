@@ -260,10 +260,14 @@ end
 -- What the cost gate (ephrun.cost) is told about a launch: its worst case, or
 -- why it has none and what would give it one.
 local function launch_cost(self, what, spec, hourly, ttl, grace, worst)
+  local extra = spec.extra_cost
+  local extra_usd = extra and tonumber(extra.usd) or 0
+  if worst and extra_usd > 0 then worst = worst + extra_usd end
   local l = { what = what, worst = worst, provider = self.name, plan = spec.plan, warn_cost = spec.warn_cost }
   if worst then
-    l.basis = worst > 0 and ("$%.4f/hour × %s%s"):format(hourly, ephrun.time.format_duration(ttl),
-      grace > 0 and (" + " .. ephrun.time.format_duration(grace) .. " reaper interval") or "") or nil
+    l.basis = worst > 0 and ("$%.4f/hour × %s%s%s"):format(hourly, ephrun.time.format_duration(ttl),
+      grace > 0 and (" + " .. ephrun.time.format_duration(grace) .. " reaper interval") or "",
+      extra_usd > 0 and (" + $%.2f %s"):format(extra_usd, extra.what or "other charges") or "") or nil
   elseif not hourly then
     l.unknown = ("%s has no price for %s"):format(self.name, tostring(spec.plan or "the default plan"))
     l.remedy = "Use a plan whose price the provider knows, or run without a limit and confirm the launch"
@@ -285,7 +289,7 @@ end
 --- `spec.ttl` (default 1h; `false` for none) bounds its life: the instance
 --- ends itself at expiry even if ephrun is killed. `keep=true` skips the
 --- destroy (loudly).
----@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string, warn_cost?: number, tags?: table<string, string>, volumes?: {size: integer, type?: string, device?: string, iops?: integer, throughput?: integer}[]}
+---@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string, warn_cost?: number, extra_cost?: {usd: number, what?: string}, tags?: table<string, string>, volumes?: {size: integer, type?: string, device?: string, iops?: integer, throughput?: integer}[]}
 ---@return ephrun.Instance
 function Cloud:launch(spec)
   -- A permanent server (the static provider) is attached to, never created.

@@ -9,6 +9,7 @@ it writes a fake .ova and waits for the test's go-file when asked."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -320,8 +321,13 @@ class OnAws(Base):
         calls = len(self.a.calls("RunInstances"))
         r = self.ephrun(*self.aws_args("b-ask", self.build())[1:])
         self.assertNotEqual(r.returncode, 0)
-        self.assertIn("no terminal to confirm on; pass --yes", r.stderr)
-        self.assertIn("at most $", r.stderr)
+        # One question, the launch's own, with the transfer to S3 in its worst case.
+        self.assertIn("there is no terminal to confirm on: pass --yes", r.stderr)
+        worst = float(re.search(r"refusing to launch .*?: worst case \$([0-9.]+)", r.stderr).group(1))
+        parts = [float(x) for x in re.findall(r"= \$([0-9.]+)", r.stderr.split("cost estimate:", 1)[1].split("\n", 1)[0])]
+        self.assertEqual(len(parts), 3, r.stderr)  # instance, EBS, transfer
+        self.assertAlmostEqual(worst, sum(parts), delta=0.01 + sum(parts) * 0.01)
+        self.assertIn("transfer to S3", r.stderr)
         self.assertEqual(len(self.a.calls("RunInstances")), calls)
         self.assertEqual(self.keys("ephrun-locks/ova-b-ask"), [], "the refused run kept its lock")
 
