@@ -33,10 +33,13 @@ scope. On top of moto, for EC2:
   PUT /latest/api/token, then GET /latest/meta-data/{instance-id,
   instance-life-cycle, spot/instance-action} with X-aws-ec2-metadata-token.
 
-Control endpoints (not AWS, not faulted, not logged):
-    GET  /_standin/state      {"instances":[…], "requests", "log":[{t,service,action,method,path,status}],
+Control endpoints (not AWS, not faulted, not logged, not throttled):
+    GET  /_standin/state      {"instances":[…], "requests", "throttled", "peak_rps" (most AWS requests
+                               let through in one sliding second), "log":[{t,service,action,method,path,status}],
                                "faults", "config", "ssh_port", "login_user", "imds_port"}
-    GET|POST /_standin/config read / change config keys (JSON object)
+    GET|POST /_standin/config read / change config keys (JSON object); `rate_limit` N > 0 answers
+                               RequestLimitExceeded (503) to any AWS request beyond N in one sliding
+                               second, as EC2 throttles an account (0: off, the default)
     POST /_standin/faults     {"action" (or "*"), "service" (default "ec2"), "code", "message",
                                "status", "count"}: the next `count` matching calls get that AWS
                                error (RequestLimitExceeded storms, InsufficientInstanceCapacity);
@@ -78,7 +81,7 @@ LOGIN_USER_AS_ROOT = "ephrun-aws"
 MARKER = "EPHRUN_AWS_INSTANCE"
 DEFAULT_CONFIG = {
     "pending_seconds": 0.5, "stopping_seconds": 0.5, "shutting_down_seconds": 0.5,
-    "minute_seconds": 60.0, "start_sshd": True,
+    "minute_seconds": 60.0, "start_sshd": True, "rate_limit": 0,
 }
 TIMING_KEYS = [k for k in DEFAULT_CONFIG if k.endswith("_seconds")]
 STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48,
@@ -221,6 +224,9 @@ class Standin:
         self.instances = collections.OrderedDict()
         self.faults = []
         self.requests = 0
+        self.throttled = 0
+        self.peak_rps = 0
+        self.window = collections.deque()   # arrival times of the AWS requests of the last second
         self.log = []
 
     def now(self):
@@ -802,6 +808,17 @@ class Handler(BaseHTTPRequestHandler):
         S = self.S
         with S.lock:
             S.requests += 1
+            # EC2 throttles an account per region: above `rate_limit` requests in
+            # any one second, RequestLimitExceeded (a refused request is not counted)
+            limit = int(S.config["rate_limit"] or 0)
+            real = time.monotonic()
+            while S.window and S.window[0] <= real - 1.0:
+                S.window.popleft()
+            if limit and len(S.window) >= limit:
+                S.throttled += 1
+                raise AwsError(503, "RequestLimitExceeded", "Request limit exceeded.")
+            S.window.append(real)
+            S.peak_rps = max(S.peak_rps, len(S.window))
             fault = None
             for f in S.faults:
                 if f["count"] > 0 and f["service"] == service and f["action"] in ("*", action):
@@ -838,6 +855,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_standin/state" and cmd == "GET":
             with S.lock:
                 out = {"instances": [S.view(i) for i in S.instances.values()], "requests": S.requests,
+                       "throttled": S.throttled, "peak_rps": S.peak_rps,
                        "log": list(S.log), "faults": list(S.faults), "config": dict(S.config),
                        "ssh_port": S.ssh_port, "login_user": S.user, "imds_port": S.imds_port}
             return self.send(200, json.dumps(out).encode())
