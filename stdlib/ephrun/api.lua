@@ -47,7 +47,7 @@ function M.pacer(key, rate, burst)
   if not p then
     -- tat: the theoretical arrival time of the next request (GCRA, the
     -- token bucket written as one timestamp)
-    p = setmetatable({ key = key, tat = -math.huge, sent = 0, waited = 0 }, Pacer)
+    p = setmetatable({ key = key, tat = -math.huge, dep = -math.huge, sent = 0, waited = 0 }, Pacer)
     pacers[key] = p
   end
   p.rate, p.burst = rate, burst
@@ -66,6 +66,20 @@ function Pacer:take()
     self.waited = self.waited + (at - t)
     ephrun.time.sleep(at - t)
   end
+  -- Tasks woken late (the Lua thread was busy elsewhere) would leave together
+  -- and trip a limit that counts arrivals: the departures themselves are kept
+  -- to the rate as well (a second bucket, on the times requests really leave).
+  while true do
+    t = now()
+    local dep = math.max(self.dep, t)
+    local at2 = dep - (self.burst - 1) / self.rate
+    if at2 <= t then
+      self.dep = dep + 1 / self.rate
+      return
+    end
+    self.waited = self.waited + (at2 - t)
+    ephrun.time.sleep(at2 - t)
+  end
 end
 
 --- Sends nobody for `seconds` (after a 429 or a throttling error, which is
@@ -74,6 +88,7 @@ end
 function Pacer:hold(seconds)
   local t = now() + seconds + (self.burst - 1) / self.rate
   if t > self.tat then self.tat = t end
+  if t > self.dep then self.dep = t end
 end
 
 ---------------------------------------------------------------------- errors of HTTP answers

@@ -79,6 +79,23 @@ it("a pacer spaces requests at its rate, in the order tasks ask, and is shared b
   eq(p.sent, 12)
 end)
 
+it("a pacer keeps departures to its rate when the tasks holding slots wake late", function()
+  local p = api.pacer("spec late", 20)
+  local left = {}
+  local tasks = {}
+  for i = 1, 6 do tasks[i] = ephrun.spawn(function() p:take(); left[#left + 1] = time.monotonic() end) end
+  ephrun.yield() -- every task has its slot (0, 50, ..., 250 ms) and sleeps
+  local t0 = time.monotonic()
+  while time.monotonic() - t0 < 0.4 do end -- the Lua thread is busy: every slot passes meanwhile
+  for _, t in ipairs(tasks) do t:wait() end
+  table.sort(left)
+  eq(#left, 6)
+  for k = 2, #left do
+    ok(left[k] - left[k - 1] >= 0.05 - 0.002, ("departures %d and %d were %.3fs apart"):format(k - 1, k,
+      left[k] - left[k - 1]))
+  end
+end)
+
 it("a pacer's burst lets that many leave at once, then paces; hold sends nobody for a while", function()
   local p = api.pacer("spec burst", 10, 5)
   local t0 = time.monotonic()
