@@ -153,7 +153,7 @@ local REPEATABLE = { rate_limited = true, server = true }
 
 -- One EC2 call, paced per region's endpoint with every task of the process.
 -- `o.idempotent` (and any Describe*) may be sent again after a 5xx; `o.once`
--- sends it once: the caller decides (RunInstances looks first).
+-- sends it once: the caller decides.
 local function call(c, region, action, params, o)
   o = o or {}
   local s = session(c, region)
@@ -440,7 +440,9 @@ function M.launch(spec, opts)
   return api.create {
     name = "aws: RunInstances",
     create = function()
-      local ok, r = pcall(call, c, region, "RunInstances", params, { once = true })
+      -- throttling refused the request: it is sent again here, the pacer held for
+      -- everyone; any other failure is the guard's to look into before a retry
+      local ok, r = pcall(call, c, region, "RunInstances", params, { deadline = 120 })
       if ok then return made(instances_of({ reservationSet = { r } }, region)[1]) end
       if type(r) == "table" and r.code == "IdempotentInstanceTerminated" then
         errors.raise { kind = "invalid", message = ("aws: the instance of ClientToken %s was already made and "
