@@ -356,17 +356,36 @@ class Standin:
         """Everything of a terminated instance goes (caller holds its oplock)."""
         self.stop_sshd(inst)
         if inst.imds:
-            inst.imds.shutdown()
-            inst.imds.server_close()
-            inst.imds = None
+            # shutdown() waits out the server's poll interval: not on the state thread
+            srv, inst.imds = inst.imds, None
+            threading.Thread(target=lambda: (srv.shutdown(), srv.server_close()), daemon=True).start()
         shutil.rmtree(inst.dir, ignore_errors=True)
         inst.gone = True
+
+    def advance(self, inst, t, cfg):
+        """The timed state changes (caller holds the lock)."""
+        st, el = inst.state, t - inst.since
+        if st == "pending" and el >= cfg["pending_seconds"]:
+            self.begin(inst, "running")
+            if inst.shutdown_minutes is not None and inst.shutdown_at is None and not inst.booted:
+                inst.shutdown_at = t + inst.shutdown_minutes * cfg["minute_seconds"]
+            inst.booted = True
+        elif st == "stopping" and el >= cfg["stopping_seconds"]:
+            self.begin(inst, "stopped")
+        elif st == "shutting-down" and el >= cfg["shutting_down_seconds"]:
+            self.begin(inst, "terminated")
 
     def tick(self):
         t = self.now()
         with self.lock:
             insts = [i for i in self.instances.values() if not i.gone]
             cfg = dict(self.config)
+            # Every instance's due change first: the slow work below for one
+            # instance (provisioning, sshd, cleanup) must not hold back another's,
+            # or fifty terminations end one after the other.
+            for inst in insts:
+                if inst.provisioned:
+                    self.advance(inst, t, cfg)
         for inst in insts:
             with inst.oplock:
                 if self.stopping:
@@ -380,16 +399,7 @@ class Standin:
                         log("instance %s: %s" % (inst.id, inst.cloud_init_error))
                 power_off = None
                 with self.lock:
-                    st, el = inst.state, t - inst.since
-                    if st == "pending" and el >= cfg["pending_seconds"]:
-                        self.begin(inst, "running")
-                        if inst.shutdown_minutes is not None and inst.shutdown_at is None and not inst.booted:
-                            inst.shutdown_at = t + inst.shutdown_minutes * cfg["minute_seconds"]
-                        inst.booted = True
-                    elif st == "stopping" and el >= cfg["stopping_seconds"]:
-                        self.begin(inst, "stopped")
-                    elif st == "shutting-down" and el >= cfg["shutting_down_seconds"]:
-                        self.begin(inst, "terminated")
+                    self.advance(inst, t, cfg)
                     st = inst.state
                     if st == "running" and inst.interrupt and t >= inst.interrupt["at"]:
                         power_off = "spot"
