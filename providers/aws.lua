@@ -166,7 +166,7 @@ local function call(c, region, action, params, o)
     error(lift(r), 0)
   end, { what = "aws: " .. action, pacer = api.pacer("aws ec2 " .. s:endpoint("ec2") .. " " .. region, c.rate),
     kinds = repeatable and REPEATABLE or nil, attempts = o.once and 1 or nil, deadline = o.deadline or 300,
-    delay = 0.5, max_delay = 12, stats = M.stats })
+    delay = 0.25, max_delay = 12, stats = M.stats })
 end
 
 local function tag_list(tags)
