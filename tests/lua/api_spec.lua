@@ -438,6 +438,29 @@ it("create: a failure that may hide a create looks before retrying and uses what
   eq(attempts, 2, "nothing was found, so it was sent again")
 end)
 
+it("create decides on the error's kind, never its text", function()
+  for _, e in ipairs {
+    "vultr: POST /instances failed: HTTP 503: try again",
+    errors.new { kind = "capacity", message = "HTTP 500: no room for this plan" },
+    errors.new { kind = "server", retry = false, message = "HTTP 500 that must not be repeated" },
+  } do
+    local attempts, looked = 0, 0
+    raises(function()
+      api.create { what = "spec: by kind", undo = function() end, delay = 0.01,
+        create = function() attempts = attempts + 1; error(e, 0) end,
+        lookup = function() looked = looked + 1 end }
+    end)
+    eq({ attempts, looked }, { 1, 0 }, tostring(e))
+  end
+  local attempts = 0
+  eq(api.create { what = "spec: network", undo = function() end, delay = 0.01, lookup = function() end,
+    create = function()
+      attempts = attempts + 1
+      if attempts == 1 then errors.raise { kind = "network", message = "connection reset" } end
+      return "made"
+    end }, "made")
+end)
+
 it("create: a refusal is raised at once, its guard kept for the run's cleanup", function()
   local s = srv()
   local looked, undone = 0, 0
