@@ -22,13 +22,18 @@
 ---   instance_profile EPHRUN_AWS_INSTANCE_PROFILE, an IAM instance profile name or ARN
 ---   ssh_port   EPHRUN_AWS_SSH_PORT (default 22)
 ---   user       EPHRUN_AWS_SSH_USER (default admin, Debian's; ubuntu for Ubuntu AMIs)
----   poll       EPHRUN_AWS_POLL, longest pause between status polls in seconds (default 2)
+---   poll       EPHRUN_AWS_POLL, longest pause between status polls in seconds (default 2;
+---              waiting tasks of a run share each poll: one DescribeInstances per pause)
+---   rate       EPHRUN_AWS_RATE, EC2 requests per second this process sends to a region at
+---              most (default 19; EC2 throttles each account and region, answering
+---              RequestLimitExceeded, which is retried with backoff)
 ---   destroy_deadline EPHRUN_AWS_DESTROY_DEADLINE (default 10m)
 ---   cleanup_deadline EPHRUN_AWS_CLEANUP_DEADLINE, how long deleting the security group
 ---              retries DependencyViolation (default 5m)
 ---   regions    EPHRUN_AWS_REGIONS, the regions `list` (and so `ephrun reap`) scans, comma
 ---              separated (default: the session's region)
 local ephrun = require "ephrun"
+local api = require "ephrun.api"
 local errors = require "ephrun.errors"
 local aws = require "ephrun.aws"
 local PRICES = require "providers.aws.prices"
@@ -85,6 +90,7 @@ local function config(opts)
       "ssh_port (EPHRUN_AWS_SSH_PORT)")),
     user = setting(opts, "user", "EPHRUN_AWS_SSH_USER", nil),
     poll = positive(setting(opts, "poll", "EPHRUN_AWS_POLL", 2), "poll (EPHRUN_AWS_POLL)"),
+    rate = positive(setting(opts, "rate", "EPHRUN_AWS_RATE", 19), "rate (EPHRUN_AWS_RATE)"),
     cleanup_deadline = setting(opts, "cleanup_deadline", "EPHRUN_AWS_CLEANUP_DEADLINE", 300),
     regions = setting(opts, "regions", "EPHRUN_AWS_REGIONS", nil),
   }
@@ -139,32 +145,27 @@ end
 local NO_RETRIES = { retries = 0 }
 
 --- Counters for a benchmark or a curious user.
-M.stats = { requests = 0, throttled = 0 }
+M.stats = { requests = 0, throttled = 0, retried = 0 }
 
--- One EC2 call. Throttling (RequestLimitExceeded) refused the request, so it
--- is always sent again after a backoff; 5xx and transport failures are sent
--- again only for reads and for calls that are safe to repeat (`o.idempotent`).
--- `o.once` sends it once: the caller decides (RunInstances looks first).
+-- Throttling (RequestLimitExceeded) refused the request, so it is always sent
+-- again; 5xx and transport failures only for reads and calls that are safe to repeat.
+local REPEATABLE = { rate_limited = true, server = true }
+
+-- One EC2 call, paced per region's endpoint with every task of the process.
+-- `o.idempotent` (and any Describe*) may be sent again after a 5xx.
 local function call(c, region, action, params, o)
   o = o or {}
   local s = session(c, region)
-  local limit = ephrun.time.monotonic() + (o.deadline or 300)
-  local delay = 0.25
   local repeatable = o.idempotent or action:match("^Describe") ~= nil
-  while true do
-    M.stats.requests = M.stats.requests + 1
-    -- retries = 0: this loop is the one place that decides, so a capacity
+  return api.call(function()
+    -- retries = 0: api.call is the one place that decides, so a capacity
     -- error answered with a 500 is never sent again by the HTTP layer
     local ok, r = pcall(s.ec2, s, action, params, NO_RETRIES)
     if ok then return r end
-    if not aws.is_error(r) then error(r, 0) end
-    local again = r.kind == "rate_limited" or (r.kind == "server" and repeatable)
-    if r.kind == "rate_limited" then M.stats.throttled = M.stats.throttled + 1 end
-    if o.once or not again or ephrun.time.monotonic() + delay > limit then error(lift(r), 0) end
-    ephrun.log.debug("aws: %s: %s; again in %.1fs", action, tostring(r), delay)
-    ephrun.time.sleep(delay * (1 + math.random() * 0.5))
-    delay = math.min(delay * 2, 8)
-  end
+    error(lift(r), 0)
+  end, { what = "aws: " .. action, pacer = api.pacer("aws ec2 " .. s:endpoint("ec2") .. " " .. region, c.rate),
+    kinds = repeatable and REPEATABLE or nil, deadline = o.deadline or 300,
+    delay = 0.25, max_delay = 12, stats = M.stats })
 end
 
 local function tag_list(tags)
@@ -200,12 +201,13 @@ end
 
 -- Every instance the filters match, across pages (NextToken).
 local function describe(c, region, filters)
-  local out, token = {}, nil
-  repeat
+  local out = {}
+  for page in api.paged(function(token)
     local r = call(c, region, "DescribeInstances", { Filter = filters, MaxResults = 1000, NextToken = token })
-    instances_of(r, region, out)
-    token = r.nextToken
-  until token == nil or token == ""
+    return { r }, r.nextToken
+  end, { what = "aws: DescribeInstances" }) do
+    instances_of(page, region, out)
+  end
   return out
 end
 
@@ -224,23 +226,9 @@ function M.destroy_deadline(opts)
 end
 
 -- What several tasks of a run need once (the run's key pair and security
--- group, an image lookup): the first asker starts a task, everyone waits on it.
-local flights = {}
-
+-- group, an image look-up): the first asker does it, everyone waits for it.
 local function once(key, fn)
-  local f = flights[key]
-  if f and f.value ~= nil then return f.value end
-  if not f then
-    f = { task = ephrun.spawn("aws " .. key, fn) }
-    flights[key] = f
-  end
-  local ok, v = pcall(f.task.wait, f.task)
-  if not ok then
-    if flights[key] == f then flights[key] = nil end
-    error(v, 0)
-  end
-  f.value = v
-  return v
+  return api.once("aws " .. key, fn)
 end
 
 local function run_name()
@@ -268,17 +256,15 @@ local function run_key_pair(c, region, public_key, tags)
   end)
 end
 
+-- DependencyViolation ("locked"): an instance in the group is not terminated
+-- yet, so the delete is tried again with backoff until the deadline.
 local function delete_group(c, region, id, deadline)
-  local limit = ephrun.time.monotonic() + deadline
-  local delay = 1
-  while true do
+  api.call(function()
     local ok, err = pcall(call, c, region, "DeleteSecurityGroup", { GroupId = id })
     if ok or errors.is(err, "not_found") then return end
-    -- DependencyViolation: an instance in the group is not terminated yet
-    if not errors.is(err, "locked") or ephrun.time.monotonic() + delay > limit then error(err, 0) end
-    ephrun.time.sleep(delay)
-    delay = math.min(delay * 2, 15)
-  end
+    error(err, 0)
+  end, { what = "aws: delete security group " .. id, kinds = { locked = true }, deadline = deadline,
+    delay = 2, max_delay = 15 })
 end
 
 local function group_by_name(c, region, name)
@@ -355,13 +341,16 @@ local function default_image(c, region, plan)
   end)
 end
 
+-- The image's root device, looked up once for all launches of the process.
 local function root_device(c, region, image)
-  local r = call(c, region, "DescribeImages", { ImageId = { image } })
-  local img = aws.list(r.imagesSet)[1]
-  if not img then
-    errors.raise { kind = "invalid", message = ("aws: image %s does not exist in %s"):format(image, region) }
-  end
-  return img.rootDeviceName or "/dev/xvda"
+  return once("root-device " .. region .. " " .. image, function()
+    local r = call(c, region, "DescribeImages", { ImageId = { image } })
+    local img = aws.list(r.imagesSet)[1]
+    if not img then
+      errors.raise { kind = "invalid", message = ("aws: image %s does not exist in %s"):format(image, region) }
+    end
+    return img.rootDeviceName or "/dev/xvda"
+  end)
 end
 
 local launches = 0
@@ -408,6 +397,18 @@ local function run_params(c, region, spec, token)
   return p, user
 end
 
+-- The instance tags a RunInstances request carries.
+local function params_tags(params)
+  for _, ts in ipairs(params.TagSpecification or {}) do
+    if ts.ResourceType == "instance" then
+      local out = {}
+      for _, t in ipairs(ts.Tag) do out[t.Key] = t.Value end
+      return out
+    end
+  end
+  return {}
+end
+
 local function by_token(c, region, token)
   return describe(c, region, { { Name = "tag:ephrun-token", Value = { token } }, LIVE })
 end
@@ -432,54 +433,57 @@ function M.launch(spec, opts)
   launches = launches + 1
   local token = tostring(spec.client_token or ("%s-%d"):format(run_name(), launches)):sub(1, 64)
   local params, login_user = run_params(c, region, spec, token)
-  -- Until the reply is in hand, a cleanup terminates whatever carries the token:
-  -- a run interrupted mid-create leaves nothing.
-  local guard = ephrun.defer(function()
-    for _, i in ipairs(by_token(c, region, token)) do M.destroy(i, opts) end
-  end, "terminate the EC2 instance with ClientToken " .. token .. " if its create went through",
-    ("aws ec2 describe-instances --region %s --filters Name=tag:ephrun-token,Values=%s%s   # then terminate it"):format(
-      q(region), q(token), endpoint_flag(c, region)))
-  local limit = ephrun.time.monotonic() + 300
-  local delay = 1
-  while true do
-    local ok, r = pcall(call, c, region, "RunInstances", params, { once = true })
-    if ok then
-      guard:cancel()
-      local inst = instances_of({ reservationSet = { r } }, region)[1]
-      inst.login_user = login_user
-      return inst
-    end
-    if type(r) == "table" and r.code == "IdempotentInstanceTerminated" then
-      errors.raise { kind = "invalid", message = ("aws: the instance of ClientToken %s was already made and terminated; "
-        .. "this launch is not repeated"):format(token) }
-    end
-    if not errors.retryable(r) then error(r, 0) end
-    -- A lost or failed reply may hide a create that happened: look first.
-    local found = by_token(c, region, token)[1]
-    if found then
-      ephrun.log.warn("aws: RunInstances answered '%s' but instance %s exists; using it", tostring(r), found.id)
-      guard:cancel()
-      found.login_user = login_user
-      return found
-    end
-    if ephrun.time.monotonic() + delay > limit then error(r, 0) end
-    ephrun.log.warn("%s; no instance was made, retrying in %ds", tostring(r), delay)
-    ephrun.time.sleep(delay)
-    delay = math.min(delay * 2, 30)
+  local function made(inst)
+    inst.login_user = login_user
+    -- the reply may carry no tags; the board of the run's waiters is found by them
+    if next(inst.tags) == nil then inst.tags = params_tags(params) end
+    return inst
   end
+  -- Until the reply is in hand, a cleanup terminates whatever carries the token:
+  -- a run interrupted mid-create leaves nothing. A lost or failed reply may hide
+  -- a create that happened: the token is looked up before trying again.
+  return api.create {
+    name = "aws: RunInstances",
+    create = function()
+      -- throttling refused the request: it is sent again here, the pacer held for
+      -- everyone; any other failure is the guard's to look into before a retry
+      local ok, r = pcall(call, c, region, "RunInstances", params, { deadline = 120 })
+      if ok then return made(instances_of({ reservationSet = { r } }, region)[1]) end
+      if type(r) == "table" and r.code == "IdempotentInstanceTerminated" then
+        errors.raise { kind = "invalid", message = ("aws: the instance of ClientToken %s was already made and "
+          .. "terminated; this launch is not repeated"):format(token) }
+      end
+      error(r, 0)
+    end,
+    lookup = function()
+      local found = by_token(c, region, token)[1]
+      return found and made(found) or nil
+    end,
+    describe = function(inst) return "instance " .. inst.id end,
+    retry = errors.retryable,
+    undo = function()
+      for _, i in ipairs(by_token(c, region, token)) do M.destroy(i, opts) end
+    end,
+    what = "terminate the EC2 instance with ClientToken " .. token .. " if its create went through",
+    hint = ("aws ec2 describe-instances --region %s --filters Name=tag:ephrun-token,Values=%s%s   # then terminate it")
+      :format(q(region), q(token), endpoint_flag(c, region)),
+  }
 end
 
---- The instance `id`, or nil when EC2 does not know it.
----@return table|nil
-function M.get(id, opts)
-  local c = config(opts)
-  local region = region_of(c)
+local function get_in(c, region, id)
   local ok, r = pcall(call, c, region, "DescribeInstances", { InstanceId = { id } })
   if not ok then
     if type(r) == "table" and tostring(r.code):match("^InvalidInstanceID") then return nil end
     error(r, 0)
   end
   return instances_of(r, region)[1]
+end
+
+--- The instance `id`, or nil when EC2 does not know it.
+---@return table|nil
+function M.get(id, opts)
+  local c = config(opts)
+  return get_in(c, region_of(c), id)
 end
 
 local function run_of(name, tags)
@@ -538,26 +542,54 @@ function M.list(filter, opts)
   return out
 end
 
+-- Waiting tasks of a run share one DescribeInstances of its instances per
+-- poll (single-flight per region and run): fifty instances booting cost one
+-- request per interval, not fifty.
+local function run_board(c, region, run)
+  return api.board(("aws ec2 %s %s %s"):format(session(c, region):endpoint("ec2"), region, run), {
+    fetch = function()
+      local by_id = {}
+      for _, i in ipairs(describe(c, region, { { Name = "tag:ephrun-run", Value = { run } } })) do by_id[i.id] = i end
+      return by_id
+    end,
+    signature = function(i) return table.concat({ tostring(i.aws_state), tostring(i.host), tostring(i.plan) }, "/") end,
+    lookup = function(id) return get_in(c, region, id) end,
+    first = math.min(0.25, c.poll), max = c.poll,
+  })
+end
+
+-- The instance now (nil: EC2 does not know it), and when to ask again when a board answered.
+local function observe(c, region, inst)
+  local run = inst.tags and inst.tags["ephrun-run"]
+  if not run then return get_in(c, region, inst.id) end
+  local cur, next_in = run_board(c, region, run):get(inst.id)
+  if cur == false then cur = { id = inst.id, state = "pending", aws_state = "pending", region = region, tags = inst.tags } end
+  return cur, next_in
+end
+
 local function poll_until(c, inst, deadline, what, done)
-  local limit = ephrun.time.monotonic() + (deadline or 600)
-  local delay = math.min(0.25, c.poll)
-  local opts = c.opts
-  if inst.region then opts = setmetatable({ region = inst.region }, { __index = c.opts }) end
-  while true do
-    local cur = M.get(inst.id, opts)
+  deadline = deadline or 600
+  local region = region_of(c, inst.region)
+  local function shown(cur) return cur and cur.aws_state or "gone" end
+  return api.poll_until(function()
+    local cur, next_in = observe(c, region, inst)
     local r = done(cur)
-    if r then return cur end
     if r == nil then
       errors.raise { kind = "not_found", message = ("aws instance %s is %s: it cannot become %s"):format(inst.id,
-        cur and cur.aws_state or "gone", what) }
+        shown(cur), what) }
     end
-    if ephrun.time.monotonic() + delay > limit then
-      errors.raise { kind = "timeout", message = ("aws instance %s is still %s after %s, not %s"):format(inst.id,
-        cur and cur.aws_state or "gone", ephrun.time.format_duration(deadline or 600), what) }
-    end
-    ephrun.time.sleep(delay)
-    delay = math.min(delay * 1.5, c.poll)
-  end
+    return r, cur, next_in
+  end, {
+    deadline = deadline, delay = math.min(0.25, c.poll), max_delay = c.poll,
+    timeout_message = function(cur)
+      return ("aws instance %s is still %s after %s, not %s"):format(inst.id, shown(cur),
+        ephrun.time.format_duration(deadline), what)
+    end,
+    progress = function(elapsed, cur)
+      ephrun.log.info("aws instance %s: still %s after %s, waiting for %s", inst.id, shown(cur),
+        ephrun.time.format_duration(elapsed), what)
+    end,
+  })
 end
 
 local function gone(cur) return cur == nil or cur.state == "terminated" end
@@ -582,7 +614,7 @@ function M.destroy(inst, opts)
     error(err, 0)
   end
   if not terminate(c, region, inst.id) then return end
-  poll_until(c, { id = inst.id, region = region }, 600, "terminated", function(cur)
+  poll_until(c, { id = inst.id, region = region, tags = inst.tags }, 600, "terminated", function(cur)
     if gone(cur) then return true end
     return false
   end)
@@ -728,21 +760,22 @@ end
 ---@return table snapshot
 function M.wait_snapshot(id, deadline, opts)
   local c = config(opts)
-  local limit = ephrun.time.monotonic() + (deadline or 3600)
-  local delay = math.min(0.25, c.poll)
-  while true do
+  deadline = deadline or 3600
+  return api.poll_until(function()
     local s = M.get_snapshot(id, opts)
     if not s or s.status == "failed" then
       errors.raise { kind = "not_found", message = "aws image " .. id .. " failed or disappeared while being made" }
     end
-    if s.status == "complete" then return s end
-    if ephrun.time.monotonic() + delay > limit then
-      errors.raise { kind = "timeout", message = ("aws image %s is still %s after %s"):format(id, tostring(s.status),
-        ephrun.time.format_duration(deadline or 3600)) }
-    end
-    ephrun.time.sleep(delay)
-    delay = math.min(delay * 1.5, c.poll * 2)
-  end
+    return s.status == "complete", s
+  end, {
+    deadline = deadline, delay = math.min(0.25, c.poll), max_delay = c.poll * 2,
+    timeout_message = function(s)
+      return ("aws image %s is still %s after %s"):format(id, tostring(s.status), ephrun.time.format_duration(deadline))
+    end,
+    progress = function(elapsed, s)
+      ephrun.log.info("aws image %s: still %s after %s", id, tostring(s.status), ephrun.time.format_duration(elapsed))
+    end,
+  })
 end
 
 --- Deregisters the AMI and deletes its EBS snapshots (already gone is fine).

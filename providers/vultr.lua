@@ -22,6 +22,7 @@
 --- retried with backoff. Waiting tasks share one listing of the run's
 --- instances per poll instead of one GET each.
 local ephrun = require "ephrun"
+local api = require "ephrun.api"
 local errors = require "ephrun.errors"
 
 local M = {}
@@ -83,24 +84,9 @@ function M.preflight(opts)
 end
 
 -- One pacer per API URL, shared by every task of this process: requests leave
--- at most `rate` per second. A 429 pushes everyone's next slot back.
-local pacers = {}
-
-local function pace(c)
-  local p = pacers[c.url]
-  if not p then
-    p = { next = 0 }
-    pacers[c.url] = p
-  end
-  local now = ephrun.time.monotonic()
-  local slot = math.max(now, p.next)
-  p.next = slot + 1 / c.rate
-  if slot > now then ephrun.time.sleep(slot - now) end
-end
-
-local function hold_back(c, seconds)
-  local p = pacers[c.url]
-  if p then p.next = math.max(p.next, ephrun.time.monotonic() + seconds) end
+-- at most `rate` per second. A 429 holds everyone back.
+local function pacer(c)
+  return api.pacer("vultr " .. c.url, c.rate)
 end
 
 -- Counters for the summary a benchmark or a curious user wants.
@@ -113,21 +99,17 @@ local function message_of(resp)
   return body:sub(1, 300)
 end
 
--- The contract's error kind for an answer (or for no answer at all).
-local function kind_of(status, resp)
-  if not resp then return "network" end
-  if status == 423 or (status == 500 and message_of(resp):find(LOCKED, 1, true)) then return "locked" end
-  if status == 429 then return "rate_limited" end
-  if status >= 500 then return "server" end
-  if status == 404 then return "not_found" end
-  if status == 401 or status == 403 then return "auth" end
-  return "invalid"
+-- Vultr answers a change to an instance that is still installing or booting
+-- from a snapshot with a 500 saying so: the contract's "locked", not "server".
+local function locked(resp)
+  return resp and resp.status == 500 and message_of(resp):find(LOCKED, 1, true) ~= nil
 end
 
-local function retry_after(resp)
-  local v = resp and resp.headers and tonumber(resp.headers["retry-after"])
-  if v and v >= 0 and v <= 300 then return v end
-end
+-- What a call sends again by itself: 429 always (nothing was done); 5xx, a
+-- locked instance and no answer only for a call that is safe to repeat. A
+-- destroy leaves "locked" to the lifecycle, which retries it until its deadline.
+local REPEAT = { rate_limited = true, server = true, network = true, locked = true }
+local REPEAT_NOT_LOCKED = { rate_limited = true, server = true, network = true }
 
 --- One API call. Returns the decoded reply (or true for an empty one), and the
 --- response. 429 is always retried (nothing was done); 5xx and transport
@@ -137,50 +119,36 @@ local function call(c, opts, method, path, body, o)
   o = o or {}
   local key
   if not o.no_auth then key = api_key(opts) end
-  local deadline = ephrun.time.monotonic() + (o.deadline or 300)
   local idempotent = method == "GET" or method == "DELETE" or method == "PUT"
-  local delay, attempt = 0.5, 0
-  while true do
-    attempt = attempt + 1
-    pace(c)
-    M.stats.requests = M.stats.requests + 1
-    local headers = { Accept = "application/json" }
-    if key then headers.Authorization = "Bearer " .. key end
-    if body then headers["Content-Type"] = "application/json" end
+  local kinds
+  if idempotent or o.retry then kinds = o.is_locked and REPEAT_NOT_LOCKED or REPEAT end
+  local headers = { Accept = "application/json" }
+  if key then headers.Authorization = "Bearer " .. key end
+  if body then headers["Content-Type"] = "application/json" end
+  local payload = body and ephrun.json.encode(body) or nil
+  return api.call(function()
     local resp, err = ephrun.http.request {
       method = method, url = c.url .. path, headers = headers, retries = 0,
-      body = body and ephrun.json.encode(body) or nil, timeout = o.timeout or 30, connect_timeout = 10,
+      body = payload, timeout = o.timeout or 30, connect_timeout = 10,
     }
     local status = resp and resp.status or 0
     if resp and (resp.ok or (o.allow and o.allow[status])) then
       if resp.body == nil or resp.body == "" then return true, resp end
       local ok, doc = pcall(ephrun.json.decode, resp.body)
       if not ok then
-        errors.raise { kind = "server", status = status,
+        errors.raise { kind = "server", retry = false, status = status,
           message = ("vultr: %s %s: reply is not JSON: %s"):format(method, path, resp.body:sub(1, 200)) }
       end
       return doc, resp
     end
     local why = resp and ("HTTP %d: %s"):format(status, message_of(resp)) or tostring(err)
-    local again = status == 429 or ((status >= 500 or not resp) and (idempotent or o.retry))
-    if o.is_locked and status == 500 and message_of(resp):find(LOCKED, 1, true) then again = false end
-    local wait = retry_after(resp) or (delay / 2 + math.random() * delay / 2)
-    if not again or ephrun.time.monotonic() + wait > deadline or attempt >= (o.attempts or math.huge) then
-      local e = ("vultr: %s %s failed: %s"):format(method, path, why)
-      if status == 401 or status == 403 then
-        e = e .. " (check VULTR_API_KEY and that this machine's address is allowed under Account → API)"
-      end
-      errors.raise { kind = kind_of(status, resp), message = e, status = resp and status or nil }
+    local e = ("vultr: %s %s failed: %s"):format(method, path, why)
+    if status == 401 or status == 403 then
+      e = e .. " (check VULTR_API_KEY and that this machine's address is allowed under Account → API)"
     end
-    if status == 429 then
-      M.stats.throttled = M.stats.throttled + 1
-      hold_back(c, wait)
-    end
-    M.stats.retried = M.stats.retried + 1
-    ephrun.log.debug("vultr: %s %s: %s; retry %d in %.1fs", method, path, why, attempt, wait)
-    ephrun.time.sleep(wait)
-    delay = math.min(delay * 2, 16)
-  end
+    error(api.http_error(resp, e, { kind = locked(resp) and "locked" or nil }), 0)
+  end, { what = "vultr: " .. method .. " " .. path, pacer = pacer(c), kinds = kinds, deadline = o.deadline or 300,
+    attempts = o.attempts, stats = M.stats })
 end
 
 local function query(params)
@@ -197,18 +165,14 @@ end
 
 -- Every item of a cursor-paged list.
 local function list_all(c, opts, path, field, params, o)
-  local out, cursor = {}, nil
-  for _ = 1, 1000 do
+  return api.all(function(cursor)
     local p = { { "per_page", c.page_size } }
     for _, kv in ipairs(params or {}) do p[#p + 1] = kv end
     p[#p + 1] = { "cursor", cursor }
     local doc = call(c, opts, "GET", path .. query(p), nil, o)
-    for _, item in ipairs(doc[field] or {}) do out[#out + 1] = item end
     local links = doc.meta and doc.meta.links
-    cursor = links and links.next
-    if cursor == nil or cursor == "" or cursor == ephrun.json.null then return out end
-  end
-  error("vultr: " .. path .. ": more than 1000 pages")
+    return doc[field], links and links.next
+  end, { what = "vultr: " .. path })
 end
 
 local function tag_list(tags)
@@ -257,27 +221,10 @@ local function summary(raw)
     tostring(raw.power_status), tostring(raw.server_status), tostring(raw.main_ip))
 end
 
--- Runs fn(...) for one task at a time per `key`; the others wait their turn
--- and then usually find what it fetched already cached.
-local turns = {}
-
-local function one_at_a_time(key, fn, ...)
-  local m = turns[key]
-  if not m then
-    m = ephrun.mutex()
-    turns[key] = m
-  end
-  local _ <close> = m:lock()
-  return fn(...)
-end
-
--- Plans, fetched once per API URL (no key needed).
-local plans_cache = {}
-
+-- Plans, fetched once per API URL (no key needed); one fetch serves every
+-- task that asks meanwhile (fifty parallel launches price at once).
 local function plans(c, opts)
-  -- One fetch serves every task that asks meanwhile (fifty parallel launches price at once).
-  return one_at_a_time("plans " .. c.url, function()
-    if plans_cache[c.url] then return plans_cache[c.url] end
+  return api.once("vultr plans " .. c.url, function()
     local found = {}
     for _, path in ipairs { "/plans", "/plans-metal" } do
       -- No key is needed, and a dry-run on a machine without network should not wait long.
@@ -289,7 +236,6 @@ local function plans(c, opts)
         error(list, 0)
       end
     end
-    plans_cache[c.url] = found
     return found
   end)
 end
@@ -333,18 +279,14 @@ end
 M.price_basis = "Vultr price: hourly = monthly_cost / 730 from /plans (billed by the hour up to the monthly cap)"
 
 -- This run's SSH key, registered once per API URL and deleted at the end of the run.
-local run_keys = {}
-
 local function run_key(c, opts, public_key)
-  return one_at_a_time("ssh-key " .. c.url, function()
-    local k = run_keys[c.url]
-    if k and k.public_key == public_key then return k.id end
+  local key = "vultr ssh-key " .. c.url .. " " .. public_key
+  return api.once(key, function()
     local doc = call(c, opts, "POST", "/ssh-keys", { name = "ephrun-run-" .. ephrun.run_id(), ssh_key = public_key })
     local id = doc.ssh_key.id
-    run_keys[c.url] = { id = id, public_key = public_key }
     ephrun.defer(function()
       call(c, opts, "DELETE", "/ssh-keys/" .. id, nil, { allow = { [404] = true } })
-      if run_keys[c.url] and run_keys[c.url].id == id then run_keys[c.url] = nil end
+      api.forget(key)
       ephrun.log.info("deleted Vultr SSH key %s", id)
     end, "delete this run's Vultr SSH key " .. id,
       ("curl -X DELETE -H \"Authorization: Bearer $VULTR_API_KEY\" %s"):format(q(c.url .. "/ssh-keys/" .. id)))
@@ -382,40 +324,30 @@ function M.launch(spec, opts)
     end
     body.os_id = os_id
   end
-  -- Until the create's reply is in hand, a cleanup looks for the label and
-  -- deletes what it finds: a run interrupted mid-create leaves nothing.
-  local guard = ephrun.defer(function()
-    -- cloud:destroy retries while the instance is locked, as the run's own destroy does
-    local cloud = ephrun.provider("vultr", opts)
-    for _, raw in ipairs(list_all(c, opts, "/instances", "instances", { { "label", label } })) do
-      cloud:destroy(to_instance(raw, c))
-    end
-  end, "delete the Vultr instance labelled " .. label .. " if its create went through",
-    ("curl -H \"Authorization: Bearer $VULTR_API_KEY\" %s   # then delete the instance it lists"):format(
-      q(c.url .. "/instances?label=" .. label)))
-  -- A 5xx or a lost reply may hide a create that happened: look for the label
-  -- before trying again, so a retry never makes a second, unseen instance.
-  local deadline = ephrun.time.monotonic() + 300
-  local delay = 1
-  while true do
-    local ok, doc = pcall(call, c, opts, "POST", "/instances", body, { deadline = 120 })
-    if ok then
-      guard:cancel()
-      return to_instance(doc.instance, c)
-    end
-    local err = tostring(doc)
-    if not err:match("HTTP 5%d%d") and not err:match("failed: [^H]") then error(doc, 0) end
-    local found = list_all(c, opts, "/instances", "instances", { { "label", label } })
-    if found[1] then
-      ephrun.log.warn("vultr: create answered '%s' but instance %s exists; using it", err, found[1].id)
-      guard:cancel()
-      return to_instance(found[1], c)
-    end
-    if ephrun.time.monotonic() + delay > deadline then error(doc, 0) end
-    ephrun.log.warn("%s; no instance was made, retrying in %ds", err, delay)
-    ephrun.time.sleep(delay)
-    delay = math.min(delay * 2, 30)
+  local function labelled()
+    return list_all(c, opts, "/instances", "instances", { { "label", label } })
   end
+  -- Until the create's reply is in hand, a cleanup looks for the label and
+  -- deletes what it finds: a run interrupted mid-create leaves nothing. A 5xx
+  -- or a lost reply may hide a create that happened: the label is looked up
+  -- before trying again, so a retry never makes a second, unseen instance.
+  return api.create {
+    name = "vultr: create",
+    create = function() return to_instance(call(c, opts, "POST", "/instances", body, { deadline = 120 }).instance, c) end,
+    lookup = function()
+      local found = labelled()[1]
+      return found and to_instance(found, c) or nil
+    end,
+    describe = function(inst) return "instance " .. inst.id end,
+    undo = function()
+      -- cloud:destroy retries while the instance is locked, as the run's own destroy does
+      local cloud = ephrun.provider("vultr", opts)
+      for _, raw in ipairs(labelled()) do cloud:destroy(to_instance(raw, c)) end
+    end,
+    what = "delete the Vultr instance labelled " .. label .. " if its create went through",
+    hint = ("curl -H \"Authorization: Bearer $VULTR_API_KEY\" %s   # then delete the instance it lists"):format(
+      q(c.url .. "/instances?label=" .. label)),
+  }
 end
 
 --- The instance `id`, or nil when Vultr does not know it.
@@ -504,82 +436,64 @@ function M.destroy_hint(inst, opts)
     q(c.url .. "/instances/" .. inst.id))
 end
 
--- Waiting tasks of a run share one listing per poll: with 50 instances
--- booting, one GET per interval instead of fifty.
-local boards = {}
-
 local PENDING = { status = "pending", power_status = "stopped", server_status = "none", main_ip = "0.0.0.0" }
 local FIRST_POLL = 0.25
 
-local function signature(list)
-  local parts = {}
-  for _, r in ipairs(list) do
-    parts[#parts + 1] = table.concat({ r.id, tostring(r.status), tostring(r.power_status), tostring(r.server_status),
-      tostring(r.main_ip), tostring(r.plan) }, "/")
-  end
-  table.sort(parts)
-  return table.concat(parts, ",")
+local function get_raw(c, opts, id)
+  local doc, resp = call(c, opts, "GET", "/instances/" .. id, nil, { allow = { [404] = true } })
+  return resp.status ~= 404 and doc.instance or nil
 end
 
--- The instance's latest state and how long to wait before asking again. The
--- run's board is refreshed at most every `interval` seconds, which starts
--- short, grows while nothing changes and shrinks again when something does.
-local function observe(c, opts, inst, delay)
+-- Waiting tasks of a run share one listing per poll: with 50 instances
+-- booting, one GET per interval instead of fifty.
+local function board(c, opts, run)
+  return api.board("vultr " .. c.url .. "\0" .. run, {
+    fetch = function()
+      local by_id = {}
+      for _, raw in ipairs(list_all(c, opts, "/instances", "instances", { { "tag", "ephrun-run=" .. run } })) do
+        by_id[raw.id] = raw
+      end
+      return by_id
+    end,
+    signature = function(r)
+      return table.concat({ tostring(r.status), tostring(r.power_status), tostring(r.server_status),
+        tostring(r.main_ip), tostring(r.plan) }, "/")
+    end,
+    lookup = function(id) return get_raw(c, opts, id) end,
+    first = math.min(FIRST_POLL, c.poll), max = c.poll,
+  })
+end
+
+-- The instance's latest state (nil: gone) and, from the run's board, when to
+-- ask again. One the listing does not have yet (created after it was taken)
+-- is pending, so fifty fresh instances cost no extra calls.
+local function observe(c, opts, inst)
   local run = inst.tags and inst.tags["ephrun-run"]
-  if not run then
-    local doc, resp = call(c, opts, "GET", "/instances/" .. inst.id, nil, { allow = { [404] = true } })
-    return resp.status ~= 404 and doc.instance or nil, math.min(delay * 1.5, c.poll)
-  end
-  local key = c.url .. "\0" .. run
-  local b = boards[key]
-  if not b then
-    b = { at = -math.huge, by_id = {}, missing = {}, interval = math.min(FIRST_POLL, c.poll) }
-    boards[key] = b
-  end
-  one_at_a_time("board " .. key, function()
-    if ephrun.time.monotonic() - b.at < b.interval then return end
-    local list = list_all(c, opts, "/instances", "instances", { { "tag", "ephrun-run=" .. run } })
-    local sig = signature(list)
-    b.interval = sig == b.sig and math.min(b.interval * 1.5, c.poll) or math.min(FIRST_POLL, c.poll)
-    b.by_id, b.at, b.sig = {}, ephrun.time.monotonic(), sig
-    for _, raw in ipairs(list) do b.by_id[raw.id] = raw end
-  end)
-  -- Wake just after the next refresh is due; a little spread keeps the waiters from all asking at once.
-  local next_in = math.max(0.02, b.at + b.interval - ephrun.time.monotonic()) + math.random() * 0.01
-  if b.by_id[inst.id] then
-    b.missing[inst.id] = nil
-    return b.by_id[inst.id], next_in
-  end
-  -- Not in the listing: created after it was taken, or gone. Ask for this one
-  -- only when it stays missing, so fifty fresh instances cost no extra calls.
-  local since = b.missing[inst.id]
-  if not since then
-    b.missing[inst.id] = ephrun.time.monotonic()
-    b.interval = math.min(FIRST_POLL, c.poll)
-    return PENDING, next_in
-  end
-  if ephrun.time.monotonic() - since < 2 then return PENDING, next_in end
-  b.missing[inst.id] = nil
-  local doc, resp = call(c, opts, "GET", "/instances/" .. inst.id, nil, { allow = { [404] = true } })
-  return resp.status ~= 404 and doc.instance or nil, next_in
+  if not run then return get_raw(c, opts, inst.id) end
+  local raw, next_in = board(c, opts, run):get(inst.id)
+  if raw == false then return PENDING, next_in end
+  return raw, next_in
 end
 
 local function poll_until(c, opts, inst, deadline, what, done)
-  local limit = ephrun.time.monotonic() + (deadline or 600)
-  local delay = math.min(FIRST_POLL, c.poll)
-  local raw
-  while true do
-    raw, delay = observe(c, opts, inst, delay)
+  deadline = deadline or 600
+  return api.poll_until(function()
+    local raw, next_in = observe(c, opts, inst)
     if not raw then
       errors.raise { kind = "not_found", message = ("vultr instance %s no longer exists (waiting for %s)"):format(inst.id, what) }
     end
-    if done(raw) then return raw end
-    if ephrun.time.monotonic() + delay > limit then
-      errors.raise { kind = "timeout", message = ("vultr instance %s is still %s after %s, not %s"):format(inst.id,
-        summary(raw), ephrun.time.format_duration(deadline or 600), what) }
-    end
-    ephrun.time.sleep(delay)
-  end
+    return done(raw), raw, next_in
+  end, {
+    deadline = deadline, delay = math.min(FIRST_POLL, c.poll) * 1.5, max_delay = c.poll,
+    timeout_message = function(raw)
+      return ("vultr instance %s is still %s after %s, not %s"):format(inst.id, summary(raw),
+        ephrun.time.format_duration(deadline), what)
+    end,
+    progress = function(elapsed, raw)
+      ephrun.log.info("vultr instance %s: still %s after %s, waiting for %s", inst.id, summary(raw),
+        ephrun.time.format_duration(elapsed), what)
+    end,
+  })
 end
 
 --- Polls until the instance is `running` (status active, power running,
@@ -638,21 +552,23 @@ end
 ---@return table snapshot
 function M.wait_snapshot(id, deadline, opts)
   local c = config(opts)
-  local limit = ephrun.time.monotonic() + (deadline or 3600)
-  local delay = math.min(0.25, c.poll)
-  while true do
+  deadline = deadline or 3600
+  return api.poll_until(function()
     local s = M.get_snapshot(id, opts)
     if not s or s.status == "deleted" then
       errors.raise { kind = "not_found", message = "vultr snapshot " .. id .. " disappeared while being made" }
     end
-    if s.status == "complete" then return s end
-    if ephrun.time.monotonic() + delay > limit then
-      errors.raise { kind = "timeout", message = ("vultr snapshot %s is still %s after %s"):format(id,
-        tostring(s.status), ephrun.time.format_duration(deadline or 3600)) }
-    end
-    ephrun.time.sleep(delay)
-    delay = math.min(delay * 1.5, c.poll * 2)
-  end
+    return s.status == "complete", s
+  end, {
+    deadline = deadline, delay = math.min(0.25, c.poll), max_delay = c.poll * 2,
+    timeout_message = function(s)
+      return ("vultr snapshot %s is still %s after %s"):format(id, tostring(s.status),
+        ephrun.time.format_duration(deadline))
+    end,
+    progress = function(elapsed, s)
+      ephrun.log.info("vultr snapshot %s: still %s after %s", id, tostring(s.status), ephrun.time.format_duration(elapsed))
+    end,
+  })
 end
 
 --- Deletes snapshot `id` (already gone is fine).

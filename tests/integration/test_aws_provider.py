@@ -250,6 +250,23 @@ class AwsProvider(unittest.TestCase):
         self.assertGreaterEqual(sum(1 for c in self.a.state()["log"][self.first_call:] if c["status"] == 503), 8)
         self.assertEqual(self.statuses("RunInstances").count(200), 2)
 
+    def test_parallel_waits_of_a_run_share_one_describe_per_interval(self):
+        # Twelve instances pending for 2 s while their launches wait: one listing of the
+        # run's instances per poll answers every wait, never one DescribeInstances each.
+        self.a.config(pending_seconds=2)
+        r = self.ephrun(OPS, "mode=fleet", "count=12")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("FLEET DESTROYED", r.stdout)
+        log = self.a.state()["log"][self.first_call:]
+        describes = [c for c in log if c["action"] == "DescribeInstances"]
+        self.assertEqual([c["path"] for c in describes if "InstanceId" in c["path"]], [],
+                         "a wait asked for its own instance")
+        listings = [c for c in describes if "tag%3Aephrun-run" in c["path"]]
+        self.assertGreater(len(listings), 1)
+        # the board takes a listing at most every 0.25 s (EPHRUN_AWS_POLL), however many wait
+        gaps = [b["t"] - a["t"] for a, b in zip(listings, listings[1:])]
+        self.assertGreaterEqual(min(gaps), 0.2, gaps)
+
     def test_a_security_group_in_use_is_locked_until_its_instance_is_terminated(self):
         r = self.ephrun("--yes", OPS, "mode=in-use")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)

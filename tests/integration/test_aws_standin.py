@@ -170,6 +170,31 @@ class StandinWithTheCli(unittest.TestCase):
         self.assertIn("InsufficientInstanceCapacity", err)
         self.assertIn("sufficient c5n.metal capacity", err)
 
+    def test_a_rate_limit_throttles_like_ec2(self):
+        import botocore.session
+        from botocore.config import Config
+        from aws import ACCESS_KEY, REGION, SECRET_KEY
+        once = botocore.session.get_session().create_client(
+            "ec2", region_name=REGION, endpoint_url=self.a.url, aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY, config=Config(retries={"total_max_attempts": 1}))
+        before = self.a.state()["throttled"]
+        self.a.config(rate_limit=3)
+        try:
+            refused = None
+            for _ in range(200):   # 3 a second get through: a burst soon meets the limit
+                try:
+                    once.describe_regions()
+                except once.exceptions.ClientError as e:
+                    refused = e.response
+                    break
+        finally:
+            self.a.config(rate_limit=0)
+        self.assertIsNotNone(refused, "never throttled")
+        self.assertEqual(refused["Error"]["Code"], "RequestLimitExceeded")
+        self.assertEqual(refused["ResponseMetadata"]["HTTPStatusCode"], 503)
+        self.assertEqual(self.a.state()["throttled"] - before, 1)
+        self.cli("ec2", "describe-regions")   # the limit is off again
+
     def test_a_shutdown_inside_follows_the_shutdown_behaviour(self):
         term, tpub = self.launch("--instance-initiated-shutdown-behavior", "terminate")
         stop, spub = self.launch()

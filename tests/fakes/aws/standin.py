@@ -37,10 +37,13 @@ scope. On top of moto, for EC2:
   PUT /latest/api/token, then GET /latest/meta-data/{instance-id,
   instance-life-cycle, spot/instance-action} with X-aws-ec2-metadata-token.
 
-Control endpoints (not AWS, not faulted, not logged):
-    GET  /_standin/state      {"instances":[…], "requests", "log":[{t,service,action,method,path,status}],
+Control endpoints (not AWS, not faulted, not logged, not throttled):
+    GET  /_standin/state      {"instances":[…], "requests", "throttled", "peak_rps" (most AWS requests
+                               let through in one sliding second), "log":[{t,service,action,method,path,status}],
                                "faults", "config", "ssh_port", "login_user", "imds_port"}
-    GET|POST /_standin/config read / change config keys (JSON object)
+    GET|POST /_standin/config read / change config keys (JSON object); `rate_limit` N > 0 answers
+                               RequestLimitExceeded (503) to any AWS request beyond N in one sliding
+                               second, as EC2 throttles an account (0: off, the default)
     POST /_standin/faults     {"action" (or "*"), "service" (default "ec2"), "code", "message",
                                "status", "count"}: the next `count` matching calls get that AWS
                                error (RequestLimitExceeded storms, InsufficientInstanceCapacity);
@@ -82,7 +85,7 @@ LOGIN_USER_AS_ROOT = "ephrun-aws"
 MARKER = "EPHRUN_AWS_INSTANCE"
 DEFAULT_CONFIG = {
     "pending_seconds": 0.5, "stopping_seconds": 0.5, "shutting_down_seconds": 0.5,
-    "minute_seconds": 60.0, "start_sshd": True, "enforce_size": False,
+    "minute_seconds": 60.0, "start_sshd": True, "enforce_size": False, "rate_limit": 0,
 }
 TIMING_KEYS = [k for k in DEFAULT_CONFIG if k.endswith("_seconds")]
 STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48,
@@ -243,6 +246,9 @@ class Standin:
         self.instances = collections.OrderedDict()
         self.faults = []
         self.requests = 0
+        self.throttled = 0
+        self.peak_rps = 0
+        self.window = collections.deque()   # arrival times of the AWS requests of the last second
         self.log = []
 
     def now(self):
@@ -372,17 +378,36 @@ class Standin:
         """Everything of a terminated instance goes (caller holds its oplock)."""
         self.stop_sshd(inst)
         if inst.imds:
-            inst.imds.shutdown()
-            inst.imds.server_close()
-            inst.imds = None
+            # shutdown() waits out the server's poll interval: not on the state thread
+            srv, inst.imds = inst.imds, None
+            threading.Thread(target=lambda: (srv.shutdown(), srv.server_close()), daemon=True).start()
         shutil.rmtree(inst.dir, ignore_errors=True)
         inst.gone = True
+
+    def advance(self, inst, t, cfg):
+        """The timed state changes (caller holds the lock)."""
+        st, el = inst.state, t - inst.since
+        if st == "pending" and el >= cfg["pending_seconds"]:
+            self.begin(inst, "running")
+            if inst.shutdown_minutes is not None and inst.shutdown_at is None and not inst.booted:
+                inst.shutdown_at = t + inst.shutdown_minutes * cfg["minute_seconds"]
+            inst.booted = True
+        elif st == "stopping" and el >= cfg["stopping_seconds"]:
+            self.begin(inst, "stopped")
+        elif st == "shutting-down" and el >= cfg["shutting_down_seconds"]:
+            self.begin(inst, "terminated")
 
     def tick(self):
         t = self.now()
         with self.lock:
             insts = [i for i in self.instances.values() if not i.gone]
             cfg = dict(self.config)
+            # Every instance's due change first: the slow work below for one
+            # instance (provisioning, sshd, cleanup) must not hold back another's,
+            # or fifty terminations end one after the other.
+            for inst in insts:
+                if inst.provisioned:
+                    self.advance(inst, t, cfg)
         for inst in insts:
             with inst.oplock:
                 if self.stopping:
@@ -396,16 +421,7 @@ class Standin:
                         log("instance %s: %s" % (inst.id, inst.cloud_init_error))
                 power_off = None
                 with self.lock:
-                    st, el = inst.state, t - inst.since
-                    if st == "pending" and el >= cfg["pending_seconds"]:
-                        self.begin(inst, "running")
-                        if inst.shutdown_minutes is not None and inst.shutdown_at is None and not inst.booted:
-                            inst.shutdown_at = t + inst.shutdown_minutes * cfg["minute_seconds"]
-                        inst.booted = True
-                    elif st == "stopping" and el >= cfg["stopping_seconds"]:
-                        self.begin(inst, "stopped")
-                    elif st == "shutting-down" and el >= cfg["shutting_down_seconds"]:
-                        self.begin(inst, "terminated")
+                    self.advance(inst, t, cfg)
                     st = inst.state
                     if st == "running" and inst.interrupt and t >= inst.interrupt["at"]:
                         power_off = "spot"
@@ -831,6 +847,17 @@ class Handler(BaseHTTPRequestHandler):
         S = self.S
         with S.lock:
             S.requests += 1
+            # EC2 throttles an account per region: above `rate_limit` requests in
+            # any one second, RequestLimitExceeded (a refused request is not counted)
+            limit = int(S.config["rate_limit"] or 0)
+            real = time.monotonic()
+            while S.window and S.window[0] <= real - 1.0:
+                S.window.popleft()
+            if limit and len(S.window) >= limit:
+                S.throttled += 1
+                raise AwsError(503, "RequestLimitExceeded", "Request limit exceeded.")
+            S.window.append(real)
+            S.peak_rps = max(S.peak_rps, len(S.window))
             fault = None
             for f in S.faults:
                 if f["count"] > 0 and f["service"] == service and f["action"] in ("*", action):
@@ -867,6 +894,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/_standin/state" and cmd == "GET":
             with S.lock:
                 out = {"instances": [S.view(i) for i in S.instances.values()], "requests": S.requests,
+                       "throttled": S.throttled, "peak_rps": S.peak_rps,
                        "log": list(S.log), "faults": list(S.faults), "config": dict(S.config),
                        "ssh_port": S.ssh_port, "login_user": S.user, "imds_port": S.imds_port}
             return self.send(200, json.dumps(out).encode())

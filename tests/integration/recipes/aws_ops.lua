@@ -2,14 +2,15 @@
 -- `hang` launches, prints READY and the instance id, and sleeps (for signals and reap);
 -- `ops` launches `count` in parallel and checks the run's listing (one key pair, one
 -- security group), then halt/start; `in-use` shows a security group refusing deletion
--- while its instance lives; `resize` changes the type (`to`) and reports the outcome.
+-- while its instance lives; `resize` changes the type (`to`) and reports the outcome;
+-- `fleet` launches `count` in parallel, waits until all run, then destroys them all.
 local ephrun = require "ephrun"
 local errors = require "ephrun.errors"
 
 return ephrun.recipe {
   name = "aws-ops",
   params = {
-    mode = { default = "ops", doc = "hang | ops | in-use | resize" },
+    mode = { default = "ops", doc = "hang | ops | in-use | resize | fleet" },
     count = { type = "number", default = 2, doc = "instances launched in parallel (ops)" },
     to = { default = "t3.large", doc = "type to resize to (resize)" },
   },
@@ -44,6 +45,16 @@ return ephrun.recipe {
       boxes[1]:start()
       check(cloud.impl.get(boxes[1].id, cloud.opts).state == "running", "running again")
       print("OPS OK")
+      return
+    end
+    if p.mode == "fleet" then
+      local items = {}
+      for i = 1, p.count do items[i] = i end
+      local boxes = ephrun.parallel(items, function() return cloud:launch(spec) end)
+      print("FLEET RUNNING " .. #boxes)
+      io.stdout:flush()
+      ephrun.parallel(boxes, function(b) b:destroy() end)
+      print("FLEET DESTROYED")
       return
     end
     if p.mode == "in-use" then
