@@ -89,6 +89,8 @@ function M.prepare(chunk, path, invoked, args, help)
     return "exit", 2
   end
   rawset(ephrun, "recipe_name", recipe.name)
+  -- What a detached run journals so that `ephrun finish` can load the recipe again.
+  rawset(ephrun, "_recipe", { def = recipe, path = path, invoked = invoked, params = p })
   local is_command = path:find("stdlib/ephrun/cmd/", 1, true) ~= nil
   return "run", function()
     core.phase("run")
