@@ -103,7 +103,8 @@ function M.record(inst, job, opts)
   local r = rawget(ephrun, "_recipe") or {}
   local def = r.def or {}
   local adopted = rawget(M, "_context")
-  local checkpoint = opts.checkpoint or (type(def.checkpoint) == "string" and def.checkpoint) or nil
+  local checkpoint = opts.checkpoint or (adopted and adopted.checkpoint)
+    or (type(def.checkpoint) == "string" and def.checkpoint) or nil
   local info = {
     version = 1, run = inst.tags["ephrun-detach"], launched_by = ephrun.run_id(),
     recipe = adopted and adopted.recipe or recipe_source(),
@@ -111,8 +112,8 @@ function M.record(inst, job, opts)
     provider = inst.cloud.name, provider_opts = plain(inst.cloud.opts), instance = inst.id,
     host = inst.host, port = inst.port, user = inst.user, host_key = inst.host_key, key_dir = inst.key_dir,
     job = { pid = job.pid, log = job.log, status_file = job.status_file },
-    done = opts.done or (type(def.done) == "string" and def.done) or nil,
-    done_fn = type(def.done) == "function" or nil,
+    done = opts.done or (adopted and adopted.done) or (type(def.done) == "string" and def.done) or nil,
+    done_fn = (adopted and adopted.done_fn) or type(def.done) == "function" or nil,
     checkpoint = checkpoint, spot = inst.raw.spot and true or nil,
     interruptions = opts.interruptions or (adopted and adopted.interruptions) or 0,
     cost_before = opts.cost_before or (adopted and adopted.cost_before) or nil,
@@ -244,7 +245,8 @@ function M.provider_state(inst)
   if not get then return { state = "unknown" } end
   local cur = get(inst.id, inst.cloud.opts)
   if not cur then return { state = "terminated" } end
-  return { state = cur.state or "unknown", reason = cur.state_reason, raw = cur }
+  local reason = cur.state_reason
+  return { state = cur.state or "unknown", reason = reason ~= "" and reason or nil, raw = cur }
 end
 
 --- A session to the instance with the run's key and its pinned host key.
@@ -417,7 +419,7 @@ function M.interrupted(rec, inst, pstate, extra)
   ephrun.log.warn("run %s: spot interruption %d; running %s's on_interrupt", rec.id, run.interruptions, def.name)
   cloudlib._adopted = rec.id
   M._context = { recipe = rec.info.recipe, params = rec.info.params, interruptions = run.interruptions,
-    cost_before = M.cost(rec) }
+    cost_before = M.cost(rec), done = rec.info.done, done_fn = rec.info.done_fn, checkpoint = rec.info.checkpoint }
   rawset(ephrun, "recipe_name", def.name)
   local ok, err = pcall(def.on_interrupt, p, run)
   cloudlib._adopted, M._context = nil, nil
@@ -570,7 +572,7 @@ function M.from_tags(id, opts, now)
   local expires = common.parse_iso8601(tags["ephrun-expires"])
   local born = type(inst.created) == "number" and inst.created or nil
   local out = { run = id, recipe = tags["ephrun-recipe"], provider = f.provider, instance = tostring(inst.id),
-    state = inst.state, reason = inst.state_reason, detached = tags["ephrun-detach"] ~= nil, from_tags = true,
+    state = inst.state, reason = inst.state_reason ~= "" and inst.state_reason or nil, detached = tags["ephrun-detach"] ~= nil, from_tags = true,
     age = born and (now - born) or nil, ttl_left = expires and (expires - now) or nil, expires_at = expires,
     cost = hourly and born and hourly * (now - born) / 3600 or nil, status = inst.state == "terminated" and "forced"
       or "unknown" }

@@ -16,8 +16,10 @@ import time
 import unittest
 
 from common import BIN, RECIPES, env
+from aws import AwsStandin
 
 RECIPE = os.path.join(RECIPES, "detach_job.lua")
+SPOT = os.path.join(RECIPES, "detach_spot.lua")
 TOKEN = "detach-secret-token-8d1c0a"
 
 
@@ -204,6 +206,102 @@ class DetachLocal(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("providers=aws", r.stderr)
         self.ok("finish", run, "--yes")
+
+
+class DetachAws(unittest.TestCase):
+    """On the AWS stand-in, spot: another machine finds the run by its tags; a spot
+    interruption seen by `attach` runs on_interrupt, which copies the checkpoint out,
+    relaunches and resumes; `finish` ends the new instance and leaves nothing behind."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.aws = AwsStandin(pending_seconds=0.3, shutting_down_seconds=0.3).__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.aws.__exit__(None, None, None)
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="ephrun-detach-aws-")
+        self.env = env(EPHRUN_HOME=os.path.join(self.tmp, "state"), EPHRUN_SPOT_POLL="1",
+                       **self.aws.env(EPHRUN_AWS_SPOT="true", EPHRUN_AWS_MAX_PRICE="0.05",
+                                      EPHRUN_AWS_IMAGE=self.aws.image_id()))
+        self.env.pop("EPHRUN_LUA_DIR", None)
+
+    def tearDown(self):
+        left = self.aws.leftovers()
+        for i in left["instances"]:
+            self.aws.ec2().terminate_instances(InstanceIds=[i])
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.assertEqual(left, {"instances": [], "key_pairs": [], "security_groups": []})
+
+    def ephrun(self, *args, timeout=120, **kw):
+        e = dict(self.env)
+        e.update(kw)
+        return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout, env=e,
+                              stdin=subprocess.DEVNULL)
+
+    def ok(self, *args, **kw):
+        r = self.ephrun(*args, **kw)
+        self.assertEqual(r.returncode, 0, "ephrun %s\nstdout: %s\nstderr: %s" % (" ".join(args), r.stdout, r.stderr))
+        return r
+
+    def read_until(self, p, marker):
+        lines = []
+        while True:
+            line = p.stdout.readline()
+            if not line:
+                self.fail("attach ended before showing %r: %s %s" % (marker, lines, p.stderr.read()))
+            lines.append(line)
+            if marker in line:
+                return line
+
+    def test_spot_interruption_relaunches_and_resumes_from_the_checkpoint(self):
+        r = self.ok(SPOT, "--yes")
+        _, run, first = r.stdout.split()[:3]
+        self.assertTrue(self.aws.instance(first)["spot"])
+        # Another machine: a fresh EPHRUN_HOME finds it by its tags and says what it cannot know.
+        fresh = os.path.join(self.tmp, "other-machine")
+        s = json.loads(self.ok("status", run, "providers=aws", "--json", EPHRUN_HOME=fresh).stdout)
+        self.assertEqual((s["instance"], s["state"], s["from_tags"], s["recipe"]), (first, "running", True,
+                                                                                      "detach-spot"))
+        self.assertGreater(s["ttl_left"], 1500)
+        self.assertIn("need the run's key", s["unknown"][0])
+        self.assertIn("ephrun status %s providers=aws" % run,
+                      self.ephrun("status", run, EPHRUN_HOME=os.path.join(self.tmp, "nothing")).stderr)
+        # Reap leaves the detached instance and the security group it still uses.
+        self.assertIn("Nothing to reap", self.ok("reap", "--yes").stdout)
+
+        p = subprocess.Popen([BIN, "attach", run], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=self.env, stdin=subprocess.DEVNULL)
+        try:
+            self.read_until(p, "job-started from 0")
+            self.aws.interrupt(first, seconds=12)
+            self.read_until(p, "spot interruption notice")
+            saved = int(self.read_until(p, "CHECKPOINT").split()[1])
+            self.assertGreater(saved, 0)
+            second = self.read_until(p, "DETACHED %s " % run).split()[2]
+            self.assertNotEqual(second, first)
+            resumed = int(self.read_until(p, "job-started from").split()[-1])
+            self.assertEqual(resumed, saved)
+            open(os.path.join(self.aws.instance(second)["home"], "gate"), "w").close()
+            out, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        self.assertEqual(p.returncode, 0, err)
+        self.assertIn("the job is over: ephrun finish %s" % run, out)
+        self.aws.wait_state(first, "terminated", timeout=60)
+        s = json.loads(self.ok("status", run, "--json").stdout)
+        self.assertEqual((s["instance"], s["status"], s["interruptions"]), (second, "done", 1))
+
+        r = self.ok("finish", run)
+        self.assertIn("FINISH COMPLETE at", r.stdout)
+        self.assertIn("verified: aws instance %s is terminated" % second, r.stdout)
+        self.assertIn("run %s finished: 2 instances" % run, r.stdout)
+        self.assertEqual(self.aws.instance(second)["state"], "terminated")
+        self.ok("reap", "--yes")
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -7,7 +7,7 @@ local common = require "ephrun.cmd.common"
 local detach = require "ephrun.detach"
 
 -- Destroys, then asks the provider again: only `terminated` (or unknown to it) counts.
-local function destroy_and_verify(inst)
+local function destroy_and_verify(inst, rows)
   inst:destroy()
   ephrun.effect {
     kind = "verify", what = ("%s instance %s is terminated"):format(inst.cloud.name, inst.id), where = inst.cloud.name,
@@ -17,8 +17,13 @@ local function destroy_and_verify(inst)
         error(("%s instance %s is %s after its destroy, not terminated; it may still bill. Remove it: %s"):format(
           inst.cloud.name, inst.id, ps.state, inst:destroy_hint()), 0)
       end
-      -- what the run left for its instance's sake (AWS: its security group)
-      if inst.cloud.impl.release then inst.cloud.impl.release(inst.raw, inst.cloud.opts) end
+      -- what the run left for its instances' sake (AWS: their runs' security groups)
+      if inst.cloud.impl.release then
+        for _, row in ipairs(rows) do
+          local raw = type(row.extra) == "table" and row.extra or {}
+          inst.cloud.impl.release({ id = row.id, region = raw.region, tags = row.tags }, inst.cloud.opts)
+        end
+      end
       io.stdout:write(("verified: %s instance %s is terminated\n"):format(inst.cloud.name, inst.id))
     end,
   }
@@ -57,7 +62,7 @@ return ephrun.recipe {
         def.finish(params, run)
       end
       ephrun.phase("destroy")
-      destroy_and_verify(inst)
+      destroy_and_verify(inst, rec.rows)
     else
       io.stdout:write(("%s instance %s is already gone (%s): nothing to destroy\n"):format(inst.cloud.name, inst.id,
         r.why or r.reason or "terminated"))

@@ -208,11 +208,20 @@ return ephrun.recipe {
           problems[#problems + 1] = ("listing %s instances failed: %s"):format(name, tostring(list))
           list = {}
         end
+        -- A run's security group or key pair stays while an instance of that run lives
+        -- (a detached or kept one): EC2 refuses the delete until it is gone.
+        local alive_runs = {}
+        for _, inst in ipairs(list) do
+          if (inst.kind or "instance") == "instance" and inst.state ~= "terminated" and inst.tags then
+            alive_runs[inst.tags["ephrun-run"] or ""] = true
+          end
+        end
         for _, inst in ipairs(list) do
           local tags = inst.tags or {}
           local run_id = tags["ephrun-run"]
           local key = name .. "\0" .. tostring(inst.id)
-          if run_id and inst.state ~= "terminated" and not seen[key] then
+          local in_use = (inst.kind or "instance") ~= "instance" and alive_runs[run_id or ""]
+          if run_id and inst.state ~= "terminated" and not seen[key] and not in_use then
             local row = by_id[key]
             local why = tag_reason(p, inst, row, jr, now)
             if why then
