@@ -262,8 +262,9 @@ end
 --- it, registers its destroy on the cleanup stack and waits for `running`.
 --- `spec.ttl` (default 1h; `false` for none) bounds its life: the instance
 --- ends itself at expiry even if ephrun is killed. `keep=true` skips the
---- destroy (loudly).
----@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string, warn_cost?: number}
+--- destroy (loudly). `detach=true` tags it for `instance:detach`; `tags` adds
+--- the recipe's own tags (ephrun's `ephrun-*` tags are never replaced).
+---@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, detach?: boolean, tags?: table<string,string>, label?: string, boot_delay?: number, deadline?: number|string, warn_cost?: number}
 ---@return ephrun.Instance
 function Cloud:launch(spec)
   -- A permanent server (the static provider) is attached to, never created.
@@ -292,6 +293,10 @@ function Cloud:launch(spec)
   if spec.keep then tags["ephrun-keep"] = "true" end
   -- A run that will leave its job going is found by this tag from any machine.
   if spec.detach then tags["ephrun-detach"] = M.detach_id() end
+  -- The recipe's own tags (Name, Phase, ...) never replace ephrun's.
+  for k, v in pairs(spec.tags or {}) do
+    if tags[k] == nil and not tostring(k):match("^ephrun%-") then tags[k] = tostring(v) end
+  end
   local what = describe(self, spec)
 
   local keys = ephrun.effect {
@@ -482,7 +487,7 @@ function Instance:detach(job, opts)
     error("instance:detach(job): job must be what sh:run_detached returned ({pid, log, status_file})", 2)
   end
   local detach = require "ephrun.detach"
-  return ephrun.effect {
+  local run = ephrun.effect {
     kind = "detach", what = ("leave %s instance %s running its job (log %s)"):format(self.cloud.name, self.id, job.log),
     where = self.cloud.name,
     details = { self.ttl and ("it ends itself at " .. self.tags["ephrun-expires"] .. " (its TTL) unless `ephrun finish` "
@@ -499,6 +504,8 @@ function Instance:detach(job, opts)
     end,
     placeholder = self.tags["ephrun-detach"],
   }
+  self.keep = true -- a dry-run's plan shows no destroy either
+  return run
 end
 
 --- An instance object for a provider instance this process did not launch

@@ -7,6 +7,22 @@
 local ephrun = require "ephrun"
 local detach = require "ephrun.detach"
 
+-- Runs fn while what the recipe prints goes to stderr: stdout carries only the report
+-- (the JSON of --json).
+local function with_stdout_on_stderr(fn, ...)
+  local out, pr = io.stdout, print
+  io.stdout = io.stderr
+  print = function(...) -- luacheck: ignore 121
+    local parts = table.pack(...)
+    for i = 1, parts.n do parts[i] = tostring(parts[i]) end
+    io.stderr:write(table.concat(parts, "\t", 1, parts.n), "\n")
+  end
+  local ok, res = pcall(fn, ...)
+  io.stdout, print = out, pr -- luacheck: ignore 121
+  if not ok then error(res, 0) end
+  return res
+end
+
 return ephrun.recipe {
   name = "status",
   summary = "A detached run's instance, state, age, cost so far, TTL left, job state and last log lines.",
@@ -24,7 +40,7 @@ return ephrun.recipe {
       -- Found gone with the spot reason: the recipe's on_interrupt relaunches it.
       if r.status == "interrupted" and ps and ps.state == "terminated" and rec and rec.row
         and rec.row.status == "detached" and opts.relaunch ~= "false" then
-        if detach.interrupted(rec, inst, ps) then r = detach.report(rid, opts) end
+        if with_stdout_on_stderr(detach.interrupted, rec, inst, ps) then r = detach.report(rid, opts) end
       end
       reports[#reports + 1] = r
     end
