@@ -340,11 +340,11 @@ int l_journal_path(lua_State* L) {
 }
 
 const luaL_Reg kJournalFns[] = {
-    {"intent", lua::safe<l_journal_intent>}, {"created", lua::safe<l_journal_created>},
-    {"kept", lua::safe<l_journal_kept>},     {"destroyed", lua::safe<l_journal_destroyed>},
-    {"failed", lua::safe<l_journal_failed>}, {"resources", lua::safe<l_journal_resources>},
-    {"runs", lua::safe<l_journal_runs>},     {"run", lua::safe<l_journal_run>},
-    {"path", lua::safe<l_journal_path>},     {"detached", lua::safe<l_journal_detached>},
+    {"intent", lua::safe<l_journal_intent>},     {"created", lua::safe<l_journal_created>},
+    {"kept", lua::safe<l_journal_kept>},         {"destroyed", lua::safe<l_journal_destroyed>},
+    {"failed", lua::safe<l_journal_failed>},     {"resources", lua::safe<l_journal_resources>},
+    {"runs", lua::safe<l_journal_runs>},         {"run", lua::safe<l_journal_run>},
+    {"path", lua::safe<l_journal_path>},         {"detached", lua::safe<l_journal_detached>},
     {"finished", lua::safe<l_journal_finished>}, {nullptr, nullptr},
 };
 

@@ -445,7 +445,10 @@ end
 -- ------------------------------------------------------------------ status
 
 
--- `words` as the run id, name=value options, and the other arguments.
+--- The `words` a command got (`ephrun status RUN n=v ...`): the run id, its
+--- name=value options as a table, and the same as a list of arguments.
+---@param w string words separated by the unit separator
+---@return string|nil run, table<string,string> opts, string[] args
 function M.words(w)
   local run, opts, rest = nil, {}, {}
   for word in (w or ""):gmatch("[^\31]+") do
@@ -572,7 +575,8 @@ function M.from_tags(id, opts, now)
   local expires = common.parse_iso8601(tags["ephrun-expires"])
   local born = type(inst.created) == "number" and inst.created or nil
   local out = { run = id, recipe = tags["ephrun-recipe"], provider = f.provider, instance = tostring(inst.id),
-    state = inst.state, reason = inst.state_reason ~= "" and inst.state_reason or nil, detached = tags["ephrun-detach"] ~= nil, from_tags = true,
+    state = inst.state, reason = inst.state_reason ~= "" and inst.state_reason or nil,
+    detached = tags["ephrun-detach"] ~= nil, from_tags = true,
     age = born and (now - born) or nil, ttl_left = expires and (expires - now) or nil, expires_at = expires,
     cost = hourly and born and hourly * (now - born) / 3600 or nil, status = inst.state == "terminated" and "forced"
       or "unknown" }

@@ -11,14 +11,14 @@ local detach = require "ephrun.detach"
 -- (the JSON of --json).
 local function with_stdout_on_stderr(fn, ...)
   local out, pr = io.stdout, print
-  io.stdout = io.stderr
+  io.stdout = io.stderr -- luacheck: ignore 122
   print = function(...) -- luacheck: ignore 121
     local parts = table.pack(...)
     for i = 1, parts.n do parts[i] = tostring(parts[i]) end
     io.stderr:write(table.concat(parts, "\t", 1, parts.n), "\n")
   end
   local ok, res = pcall(fn, ...)
-  io.stdout, print = out, pr -- luacheck: ignore 121
+  io.stdout, print = out, pr -- luacheck: ignore 121 122
   if not ok then error(res, 0) end
   return res
 end
