@@ -188,6 +188,35 @@ class DetachLocal(unittest.TestCase):
         r = self.ok("finish", run)
         self.assertIn("already gone", r.stdout)
 
+    def test_a_killed_launchers_instance_its_ttl_ended_shows_forced(self):
+        recipe = os.path.join(self.tmp, "held.lua")
+        with open(recipe, "w") as f:
+            f.write('local ephrun = require "ephrun"\n'
+                    'return ephrun.recipe { name = "held", run = function()\n'
+                    '  local box <close> = ephrun.provider("local"):launch { ttl = "3s" }\n'
+                    '  print("READY " .. ephrun.run_id() .. " " .. box.id)\n'
+                    '  io.stdout:flush()\n'
+                    '  ephrun.time.sleep(600)\n'
+                    'end }\n')
+        p = subprocess.Popen([BIN, recipe], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=self.env, stdin=subprocess.DEVNULL)
+        try:
+            line = p.stdout.readline()
+            self.assertTrue(line.startswith("READY "), p.stderr.read() if not line else line)
+            _, run, inst = line.split()
+            p.send_signal(signal.SIGKILL)
+        finally:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=30)
+        deadline = time.time() + 60
+        while os.path.exists(self.instance_dir(inst)):
+            self.assertLess(time.time(), deadline, "the TTL never ended the instance")
+            time.sleep(0.2)
+        s = self.status(run)
+        self.assertEqual((s["status"], s["instance"], s["detached"]), ("forced", inst, False))
+        self.assertIn("TTL", s["why"])
+
     def test_the_runs_directory_is_enough_without_the_journal(self):
         run, inst = self.launch()
         # The journal lost (or this is not the journal that launched it): runs/RUN/ is enough.
@@ -255,6 +284,20 @@ class DetachAws(unittest.TestCase):
             lines.append(line)
             if marker in line:
                 return line
+
+    def test_an_instance_its_lifetime_timer_shut_down_shows_forced(self):
+        self.aws.config(minute_seconds=5)
+        try:
+            r = self.ok(SPOT, "--yes", "ttl=1m")
+        finally:
+            self.aws.config(minute_seconds=60)
+        _, run, inst = r.stdout.split()[:3]
+        self.aws.wait_state(inst, "terminated", timeout=60)
+        s = json.loads(self.ok("status", run, "--json").stdout)
+        self.assertEqual((s["status"], s["reason"]), ("forced", "Client.InstanceInitiatedShutdown"))
+        self.assertIn("lifetime timer (TTL)", s["why"])
+        self.assertIn("already gone", self.ok("finish", run).stdout)
+        self.ok("reap", "--yes")
 
     def test_spot_interruption_relaunches_and_resumes_from_the_checkpoint(self):
         r = self.ok(SPOT, "--yes")

@@ -6,6 +6,20 @@ local ephrun = require "ephrun"
 local common = require "ephrun.cmd.common"
 local detach = require "ephrun.detach"
 
+-- What the run left for its instances' sake (AWS: their runs' security groups).
+local function release(inst, rows)
+  if not inst.cloud.impl.release then return end
+  ephrun.effect {
+    kind = "delete", what = "what the run's instances needed (" .. inst.cloud.name .. ")", where = inst.cloud.name,
+    run = function()
+      for _, row in ipairs(rows) do
+        local raw = type(row.extra) == "table" and row.extra or {}
+        inst.cloud.impl.release({ id = row.id, region = raw.region, tags = row.tags }, inst.cloud.opts)
+      end
+    end,
+  }
+end
+
 -- Destroys, then asks the provider again: only `terminated` (or unknown to it) counts.
 local function destroy_and_verify(inst, rows)
   inst:destroy()
@@ -17,16 +31,10 @@ local function destroy_and_verify(inst, rows)
         error(("%s instance %s is %s after its destroy, not terminated; it may still bill. Remove it: %s"):format(
           inst.cloud.name, inst.id, ps.state, inst:destroy_hint()), 0)
       end
-      -- what the run left for its instances' sake (AWS: their runs' security groups)
-      if inst.cloud.impl.release then
-        for _, row in ipairs(rows) do
-          local raw = type(row.extra) == "table" and row.extra or {}
-          inst.cloud.impl.release({ id = row.id, region = raw.region, tags = row.tags }, inst.cloud.opts)
-        end
-      end
       io.stdout:write(("verified: %s instance %s is terminated\n"):format(inst.cloud.name, inst.id))
     end,
   }
+  release(inst, rows)
 end
 
 return ephrun.recipe {
@@ -66,6 +74,7 @@ return ephrun.recipe {
     else
       io.stdout:write(("%s instance %s is already gone (%s): nothing to destroy\n"):format(inst.cloud.name, inst.id,
         r.why or r.reason or "terminated"))
+      release(inst, rec.rows)
     end
     if rec.row and rec.row.key then ephrun.journal.finished(rec.row.key) end
     local found = detach.find(id)
