@@ -414,6 +414,18 @@ function M.interrupted(rec, inst, pstate, extra)
       rec.id, def.name)
     return false
   end
+  -- One relaunch per interruption, whichever watcher (attach, status, another shell) sees it first.
+  local lok, lock = pcall(require("ephrun.lock").lock, "ephrun-relaunch-" .. rec.id, { lease = "15m" })
+  if not lok then
+    ephrun.log.warn("run %s: not relaunching it here: %s", rec.id, tostring(lock))
+    return false
+  end
+  local _ <close> = lock
+  local fresh = M.find(rec.id)
+  if fresh and fresh.row and rec.row and fresh.row.key ~= rec.row.key then
+    ephrun.log.info("run %s was relaunched meanwhile (instance %s)", rec.id, tostring(fresh.row.id))
+    return true
+  end
   local run = M.run_object(rec, inst, pstate)
   run.interruptions = run.interruptions + 1
   ephrun.log.warn("run %s: spot interruption %d; running %s's on_interrupt", rec.id, run.interruptions, def.name)
