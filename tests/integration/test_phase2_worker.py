@@ -139,7 +139,6 @@ class Phase2Aws(Base):
         try:
             while "worker from" not in p.stdout.readline():
                 self.assertIsNone(p.poll(), p.stderr.read() if p.poll() is not None else "")
-            time.sleep(0.5)  # let the count move past 0; the assertion below only needs > 0
             self.aws.interrupt(second, seconds=15)
             resumed = None
             while resumed is None:

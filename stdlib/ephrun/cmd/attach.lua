@@ -29,13 +29,7 @@ return ephrun.recipe {
   run = function(p)
     local id, opts = detach.words(p.words)
     if not id then error("ephrun attach RUN: give the run id (ephrun status lists detached runs)", 0) end
-    local following = true
-    ephrun.defer(function()
-      if following then
-        io.stderr:write(("ephrun: detached from run %s; its job keeps running. Come back: ephrun attach %s   "
-          .. "End it: ephrun finish %s\n"):format(id, id, id))
-      end
-    end, "say how to come back to run " .. id)
+    local following, said = false, false
     while true do
       local r, rec, inst, ps = detach.report(id, { lines = 0 })
       if r.status == "interrupted" and rec and rec.row and rec.row.status == "detached" then
@@ -50,6 +44,17 @@ return ephrun.recipe {
       else
         io.stderr:write(("ephrun: following run %s's job on %s instance %s (log %s); Ctrl-C detaches, the job "
           .. "keeps running\n"):format(id, r.provider, r.instance, r.log))
+        following = true
+        if not said then
+          said = true
+          -- Ctrl-C ends this process only: say so, and how to come back.
+          ephrun.defer(function()
+            if following then
+              io.stderr:write(("ephrun: detached from run %s; its job keeps running. Come back: ephrun attach %s   "
+                .. "End it: ephrun finish %s\n"):format(id, id, id))
+            end
+          end, "say how to come back to run " .. id)
+        end
         local sh <close> = detach.session(inst)
         follow(sh, rec.info, math.tointeger(tonumber(opts.lines) or 20))
       end
