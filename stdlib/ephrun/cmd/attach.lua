@@ -29,7 +29,8 @@ return ephrun.recipe {
   run = function(p)
     local id, opts = detach.words(p.words)
     if not id then error("ephrun attach RUN: give the run id (ephrun status lists detached runs)", 0) end
-    local following, said = false, false
+    local following -- set while the log is followed
+    local said = false
     while true do
       local r, rec, inst, ps = detach.report(id, { lines = 0 })
       if r.status == "interrupted" and rec and rec.row and rec.row.status == "detached" then
