@@ -112,6 +112,8 @@ function M.record(inst, job, opts)
     provider = inst.cloud.name, provider_opts = plain(inst.cloud.opts), instance = inst.id,
     host = inst.host, port = inst.port, user = inst.user, host_key = inst.host_key, key_dir = inst.key_dir,
     job = { pid = job.pid, log = job.log, status_file = job.status_file },
+    -- the provider's view once running (the journal's `extra` is the one at create: no address yet)
+    raw = plain(inst.raw),
     done = opts.done or (adopted and adopted.done) or (type(def.done) == "string" and def.done) or nil,
     done_fn = (adopted and adopted.done_fn) or type(def.done) == "function" or nil,
     checkpoint = checkpoint, spot = inst.raw.spot and true or nil,
@@ -223,6 +225,7 @@ function M.instance(rec)
   if row and type(row.extra) == "table" then
     for k, v in pairs(row.extra) do if k ~= "detach" then raw[k] = v end end
   end
+  for k, v in pairs(info.raw or {}) do raw[k] = v end
   raw.id = raw.id or info.instance or (row and row.id)
   raw.tags = raw.tags or (row and row.tags) or {}
   local key = info.key_dir and ephrun.fs.read(info.key_dir .. "/id_ed25519")
@@ -230,10 +233,13 @@ function M.instance(rec)
   if not (row and type(row.extra) == "table") then
     raw.host, raw.port, raw.user, raw.login_user = info.host, info.port, info.user, info.user
   end
-  return cloudlib._rebuild(cloud, { id = raw.id, raw = raw, tags = raw.tags, key_dir = info.key_dir,
+  local o = cloudlib._rebuild(cloud, { id = raw.id, raw = raw, tags = raw.tags, key_dir = info.key_dir,
     host_key = info.host_key, client_key = key, journal_key = row and row.key, keep = true,
     hourly = info.hourly or (row and row.hourly_price), started = info.started or (row and (row.created or row.intended)),
     expires = info.expires or (row and row.expires_at), ttl = info.ttl, cost_before = info.cost_before })
+  -- The address the run reached the job at, which its pinned host key belongs to.
+  if info.host then o.host, o.port, o.user = info.host, info.port or o.port, info.user or o.user end
+  return o
 end
 
 --- What the provider says of the instance now: state ("terminated" when it

@@ -17,6 +17,7 @@ import unittest
 
 from common import BIN, RECIPES, env
 from aws import AwsStandin
+from vultr import VultrStandin
 
 RECIPE = os.path.join(RECIPES, "detach_job.lua")
 SPOT = os.path.join(RECIPES, "detach_spot.lua")
@@ -344,6 +345,34 @@ class DetachAws(unittest.TestCase):
         self.assertIn("run %s finished: 2 instances" % run, r.stdout)
         self.assertEqual(self.aws.instance(second)["state"], "terminated")
         self.ok("reap", "--yes")
+
+
+
+class DetachVultr(unittest.TestCase):
+    """On the Vultr stand-in, whose instance has no address until it runs: status and finish
+    reach the job at the address the run had when it detached."""
+
+    def test_status_and_finish_reach_the_job(self):
+        tmp = tempfile.mkdtemp(prefix="ephrun-detach-vultr-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        with VultrStandin() as v:
+            e = env(EPHRUN_HOME=os.path.join(tmp, "state"), DETACH_TOKEN=TOKEN, **v.env())
+            e.pop("EPHRUN_LUA_DIR", None)
+
+            def ok(*args):
+                r = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=120, env=e,
+                                   stdin=subprocess.DEVNULL)
+                self.assertEqual(r.returncode, 0, "%s\n%s\n%s" % (args, r.stdout, r.stderr))
+                return r
+            r = ok(RECIPE, "provider=vultr", "plan=vc2-1c-1gb", "region=ewr", "--yes")
+            _, run, inst = [l for l in r.stdout.splitlines() if l.startswith("DETACHED ")][0].split()
+            s = json.loads(ok("status", run, "--json").stdout)
+            self.assertEqual((s["status"], s["job"]["state"]), ("running", "running"), s)
+            self.assertIn("job-started", s["log_tail"])
+            self.assertIn("Nothing to reap", ok("reap", "--yes").stdout)
+            r = ok("finish", run, "--yes")
+            self.assertIn("verified: vultr instance %s is terminated" % inst, r.stdout)
+            self.assertEqual([i["id"] for i in v.state()["instances"]], [])
 
 
 if __name__ == "__main__":
