@@ -455,6 +455,8 @@ end
 -- kept until its TTL, and the log says how to reach and remove it.
 function Instance:_keep()
   leave_running(self)
+  -- what the instance still uses past the run's end (AWS: its run's security group)
+  if self.cloud.impl.detach then self.cloud.impl.detach(self.raw, self.cloud.opts) end
   if self.journal_key then journal().kept(self.journal_key) end
   if self._destroy then self._destroy:cancel() end
   self._destroy = nil

@@ -300,6 +300,24 @@ class DetachAws(unittest.TestCase):
         self.assertIn("already gone", self.ok("finish", run).stdout)
         self.ok("reap", "--yes")
 
+    def test_a_kept_instance_keeps_its_security_group_until_reaped(self):
+        recipe = os.path.join(self.tmp, "keep.lua")
+        with open(recipe, "w") as f:
+            f.write('local ephrun = require "ephrun"\n'
+                    'return ephrun.recipe { name = "keep-aws", run = function()\n'
+                    '  local box = ephrun.provider("aws"):launch { plan = "t3.micro", ttl = "10m", keep = true }\n'
+                    '  print("KEPT " .. box.id)\n'
+                    'end }\n')
+        # Before: the run's cleanup tried to delete the group the kept instance uses and failed.
+        r = self.ok(recipe, "--yes", EPHRUN_AWS_CLEANUP_DEADLINE="5s", EPHRUN_AWS_SPOT="false")
+        inst = r.stdout.split()[1]
+        left = self.aws.leftovers()
+        self.assertEqual(left["instances"], [inst])
+        self.assertEqual(len(left["security_groups"]), 1)
+        self.assertIn("Nothing to reap", self.ok("reap", "--yes").stdout)
+        r = self.ok("reap", "--yes", "--kept")
+        self.assertIn("destroyed aws %s (kept)" % inst, r.stdout)
+
     def test_spot_interruption_relaunches_and_resumes_from_the_checkpoint(self):
         r = self.ok(SPOT, "--yes")
         _, run, first = r.stdout.split()[:3]
