@@ -29,6 +29,9 @@ Commands (a Lua file of that name in the current directory runs instead):
   ephrun reaper install|status|remove         a systemd timer or crontab line that
                                               runs `ephrun reap --expired --yes`
   ephrun history [--json]                     past runs
+  ephrun status [RUN] [--json]                a detached run: instance, cost, TTL left, job, log
+  ephrun attach RUN                           follow a detached run's log (Ctrl-C detaches)
+  ephrun finish RUN [name=value ...]          its finish step, destroy, verify, cost
   ephrun new recipe NAME [--provider P]       write NAME.lua, a commented recipe to start from
   ephrun new provider NAME                    write providers/NAME.lua and its conformance spec
   ephrun check RECIPE... [name=value ...] [--json]
@@ -79,14 +82,15 @@ std::optional<double> parse_usd(const std::string& flag, const std::string& text
 // Commands whose output --json shapes.
 bool json_without_dry_run_ok(const std::string& recipe) {
   return recipe == "ephrun:ls" || recipe == "ephrun:history" || recipe == "ephrun:check" ||
-         recipe == "ephrun:pack" || recipe == "ephrun:lock";
+         recipe == "ephrun:pack" || recipe == "ephrun:lock" || recipe == "ephrun:status";
 }
 
 // Commands that read their own words (`ephrun check a.lua b.lua n=v`): they
 // get them as one `words` parameter, split on the unit separator, which no
 // file name or value typed on a command line holds.
 bool takes_words(const std::string& recipe) {
-  return recipe == "ephrun:new" || recipe == "ephrun:check" || recipe == "ephrun:meta";
+  return recipe == "ephrun:new" || recipe == "ephrun:check" || recipe == "ephrun:meta" ||
+         recipe == "ephrun:status" || recipe == "ephrun:attach" || recipe == "ephrun:finish";
 }
 
 }  // namespace
@@ -152,7 +156,7 @@ int main(int argc, char** argv) {
   // of the same name in the current directory still wins (see load_recipe).
   if ((recipe == "ls" || recipe == "reap" || recipe == "history" || recipe == "reaper" ||
        recipe == "new" || recipe == "check" || recipe == "meta" || recipe == "pack" ||
-       recipe == "lock") &&
+       recipe == "lock" || recipe == "status" || recipe == "attach" || recipe == "finish") &&
       !std::filesystem::is_regular_file(recipe))
     recipe = "ephrun:" + recipe;
   if (!older_than.empty()) {

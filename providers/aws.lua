@@ -289,13 +289,17 @@ local function ssh_cidr(c, region)
   return ip .. "/32"
 end
 
+-- The cleanups deleting this run's security groups, by region (a detached
+-- instance still uses its group when the run ends).
+local group_cleanups = {}
+
 -- The run's security group in `region`: SSH from `ssh_cidr` only. Deleted by
 -- the run's cleanup after its instances, retrying DependencyViolation.
 local function run_security_group(c, region, tags)
   local name = run_name()
   return once("security-group " .. region .. " " .. name, function()
     local cidr = ssh_cidr(c, region)
-    ephrun.defer(function()
+    group_cleanups[region] = ephrun.defer(function()
       local id = group_by_name(c, region, name)
       if id then delete_group(c, region, id, c.cleanup_deadline) end
       ephrun.log.info("deleted AWS security group %s (%s)", name, region)
@@ -618,6 +622,28 @@ function M.destroy(inst, opts)
     if gone(cur) then return true end
     return false
   end)
+end
+
+--- The run leaves `inst` running (a detached run): its security group stays
+--- until `release` (after `ephrun finish`) or `ephrun reap` deletes it.
+function M.detach(inst, opts)
+  local c = config(opts)
+  local d = group_cleanups[region_of(c, inst.region)]
+  if d then d:cancel() end
+end
+
+--- After a detached instance is terminated: deletes the security group of the
+--- run that launched it (retrying while EC2 still counts the instance in it).
+function M.release(inst, opts)
+  local c = config(opts)
+  local region = region_of(c, inst.region)
+  local run = (inst.tags or {})["ephrun-run"]
+  if not run then return end
+  local id = group_by_name(c, region, "ephrun-run-" .. run)
+  if id then
+    delete_group(c, region, id, c.cleanup_deadline)
+    ephrun.log.info("deleted AWS security group ephrun-run-%s (%s)", run, region)
+  end
 end
 
 --- The command that removes the instance (or security group, key pair) by hand.

@@ -451,6 +451,30 @@ void Journal::kept(std::int64_t key) {
                   "", now());
 }
 
+void Journal::detached(std::int64_t key, const std::string& info_json) {
+  if (!db_) throw std::runtime_error("journal: opened read-only");
+  auto info = json::parse(info_json.empty() ? "{}" : info_json, nullptr, false);
+  if (!info.is_object()) throw std::invalid_argument("journal detached: info is not a JSON object");
+  auto row = resource(key);
+  if (!row) throw std::invalid_argument("journal: no resource with key " + std::to_string(key));
+  auto extra = json::parse(row->extra, nullptr, false);
+  if (!extra.is_object()) extra = json::object();
+  extra["detach"] = std::move(info);
+  Stmt s(db_,
+         "UPDATE resources SET created = COALESCE(created, ?), extra = ?,"
+         " status = CASE WHEN status IN ('pending', 'live', 'kept') THEN 'detached' ELSE status END"
+         " WHERE key = ?");
+  s.bind(1, now()).bind(2, extra.dump()).bind(3, key);
+  s.step();
+}
+
+void Journal::finished(std::int64_t key) {
+  update_resource(key,
+                  "UPDATE resources SET destroyed = COALESCE(destroyed, ?), status = 'finished',"
+                  " error = COALESCE(NULLIF(?, ''), error) WHERE key = ?",
+                  "", now());
+}
+
 void Journal::destroyed(std::int64_t key) {
   update_resource(key,
                   "UPDATE resources SET destroyed = COALESCE(destroyed, ?), status = 'destroyed',"
@@ -470,7 +494,7 @@ std::vector<Resource> Journal::resources(bool live_only, const std::optional<std
   if (!db_) return out;
   std::string sql = std::string("SELECT ") + kResourceCols +
                     " FROM resources r LEFT JOIN runs u ON u.id = r.run_id WHERE 1";
-  if (live_only) sql += " AND r.status IN ('pending', 'live', 'kept')";
+  if (live_only) sql += " AND r.status IN ('pending', 'live', 'kept', 'detached')";
   if (run_id) sql += " AND r.run_id = ?";
   sql += " ORDER BY r.key";
   Stmt s(db_, sql.c_str());

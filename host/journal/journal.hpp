@@ -40,7 +40,7 @@ struct Resource {
   std::string extra = "{}";  // JSON object: what the provider needs to destroy it
   double intended = 0;       // when the intent was written
   std::optional<double> created, destroyed, hourly_price, expires_at;
-  std::string status;  // pending | live | kept | destroyed | failed
+  std::string status;  // pending | live | kept | detached | destroyed | finished | failed
   std::string error;
   // From the run's row (empty/false when the run is not in this journal).
   std::string run_status;
@@ -94,9 +94,16 @@ class Journal {
   /// A created resource the run leaves on purpose (keep=true): not destroyed
   /// at the end, reaped only once expired (or when asked for kept ones).
   void kept(std::int64_t key);
+  /// A created resource whose run ended on purpose with its job still going
+  /// (a detached run): not destroyed at the end, reaped only once expired.
+  /// `info_json` (what `ephrun finish` needs) is stored as `extra.detach`.
+  void detached(std::int64_t key, const std::string& info_json);
+  /// A detached resource that `ephrun finish` destroyed.
+  void finished(std::int64_t key);
   void destroyed(std::int64_t key);
   void failed(std::int64_t key, const std::string& message);
-  /// `live_only`: pending, live or kept (not destroyed, not failed). Oldest first.
+  /// `live_only`: pending, live, kept or detached (not destroyed, finished or failed).
+  /// Oldest first.
   std::vector<Resource> resources(bool live_only, const std::optional<std::string>& run_id);
   std::optional<Resource> resource(std::int64_t key);
 

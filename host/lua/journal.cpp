@@ -248,6 +248,25 @@ int l_journal_kept(lua_State* L) {
   return 0;
 }
 
+// journal.detached(key, info): the run leaves it with its job going; info is
+// what `ephrun finish` needs (stored as extra.detach).
+int l_journal_detached(lua_State* L) {
+  lua_Integer key = luaL_checkinteger(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  json info = to_json(L, 2, 0);
+  if (info.is_array() && info.empty()) info = json::object();
+  if (dry_run(L) || key == 0) return 0;
+  writer(L).detached(key, info.dump());
+  return 0;
+}
+
+int l_journal_finished(lua_State* L) {
+  lua_Integer key = luaL_checkinteger(L, 1);
+  if (dry_run(L) || key == 0) return 0;
+  writer(L).finished(key);
+  return 0;
+}
+
 int l_journal_destroyed(lua_State* L) {
   lua_Integer key = luaL_checkinteger(L, 1);
   if (dry_run(L) || key == 0) return 0;
@@ -321,11 +340,12 @@ int l_journal_path(lua_State* L) {
 }
 
 const luaL_Reg kJournalFns[] = {
-    {"intent", lua::safe<l_journal_intent>}, {"created", lua::safe<l_journal_created>},
-    {"kept", lua::safe<l_journal_kept>},     {"destroyed", lua::safe<l_journal_destroyed>},
-    {"failed", lua::safe<l_journal_failed>}, {"resources", lua::safe<l_journal_resources>},
-    {"runs", lua::safe<l_journal_runs>},     {"run", lua::safe<l_journal_run>},
-    {"path", lua::safe<l_journal_path>},     {nullptr, nullptr},
+    {"intent", lua::safe<l_journal_intent>},     {"created", lua::safe<l_journal_created>},
+    {"kept", lua::safe<l_journal_kept>},         {"destroyed", lua::safe<l_journal_destroyed>},
+    {"failed", lua::safe<l_journal_failed>},     {"resources", lua::safe<l_journal_resources>},
+    {"runs", lua::safe<l_journal_runs>},         {"run", lua::safe<l_journal_run>},
+    {"path", lua::safe<l_journal_path>},         {"detached", lua::safe<l_journal_detached>},
+    {"finished", lua::safe<l_journal_finished>}, {nullptr, nullptr},
 };
 
 const luaL_Reg kHandleMeta[] = {{"__gc", lua::destroy<Handle>}, {nullptr, nullptr}};

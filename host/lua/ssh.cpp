@@ -223,7 +223,7 @@ int with_session(lua_State* L, std::string what, Fn fn) {
   });
 }
 
-// session:run(cmd, {env, cwd, stdin, timeout, stream, prefix, max_capture})
+// session:run(cmd, {env, cwd, stdin, timeout, stream, prefix, stdout, max_capture})
 //   -> {code, signal, stdout, stderr, duration} | nil, msg, kind
 int l_session_run(lua_State* L) {
   std::string cmd = luaL_checkstring(L, 2);
@@ -235,7 +235,15 @@ int l_session_run(lua_State* L) {
   o.stdin_data = lua::opt_string_field(L, 3, "stdin", "");
   o.timeout = opt_seconds(L, 3, "timeout", 0);
   o.max_capture = static_cast<size_t>(lua::opt_number_field(L, 3, "max_capture", 1 << 20));
-  if (lua::opt_bool_field(L, 3, "stream", true)) {
+  if (lua::opt_bool_field(L, 3, "stdout", false)) {
+    // The remote output is the command's own output (`ephrun attach` follows a log).
+    o.on_stdout_line = [](std::string_view line) {
+      std::string text = redact(std::string(line));
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fputc('\n', stdout);
+      std::fflush(stdout);
+    };
+  } else if (lua::opt_bool_field(L, 3, "stream", true)) {
     std::string prefix = lua::opt_string_field(L, 3, "prefix", "");
     o.on_stdout_line = [prefix](std::string_view line) { spdlog::info("{}{}", prefix, line); };
     o.on_stderr_line = [prefix](std::string_view line) { spdlog::warn("{}{}", prefix, line); };

@@ -32,7 +32,7 @@ local journal = {}
 ---@field destroyed? number
 ---@field hourly_price? number
 ---@field expires_at? number
----@field status "pending"|"live"|"kept"|"destroyed"|"failed"
+---@field status "pending"|"live"|"kept"|"detached"|"destroyed"|"finished"|"failed"
 ---@field error? string
 ---@field run_status? string the run's status; nil when the run is not in this journal
 ---@field run_alive boolean the run's process is still running
@@ -65,6 +65,16 @@ function journal.created(key, id, extra) end
 ---@param key integer
 function journal.kept(key) end
 
+--- Marks a created resource detached: its run ended with its job going
+--- (`instance:detach`); `info` is stored as `extra.detach`. Reaped only once expired.
+---@param key integer
+---@param info table
+function journal.detached(key, info) end
+
+--- Marks a detached resource finished: `ephrun finish` destroyed it.
+---@param key integer
+function journal.finished(key) end
+
 --- Marks the resource destroyed (idempotent).
 ---@param key integer
 function journal.destroyed(key) end
@@ -74,7 +84,7 @@ function journal.destroyed(key) end
 ---@param message? string
 function journal.failed(key, message) end
 
---- Resources, oldest first; `live=true` keeps pending, live and kept ones only.
+--- Resources, oldest first; `live=true` keeps pending, live, kept and detached ones only.
 ---@param filter? {live?: boolean, run_id?: string}
 ---@return ephrun.journal.Resource[]
 function journal.resources(filter) end

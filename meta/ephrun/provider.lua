@@ -124,6 +124,18 @@ function Provider.ssh_endpoint(inst, opts) end
 ---@return string
 function Provider.destroy_hint(inst, opts) end
 
+--- Optional. The run leaves `inst` running (`instance:detach`): keep what it
+--- still needs past the run's end (AWS: the run's security group).
+---@param inst ephrun.provider.Instance
+---@param opts table
+function Provider.detach(inst, opts) end
+
+--- Optional. After `ephrun finish` terminated a detached instance: remove what
+--- `detach` kept for it.
+---@param inst ephrun.provider.Instance
+---@param opts table
+function Provider.release(inst, opts) end
+
 --- Optional. Checks settings and credentials before anything is made (also under
 --- `--dry-run`, where a missing secret becomes a plan line).
 ---@param opts table

@@ -90,6 +90,8 @@ function M.prepare(chunk, path, invoked, args, help)
   end
   rawset(ephrun, "recipe_name", recipe.name)
   require("ephrun.cost")._set_recipe(recipe, path)
+  -- What a detached run journals so that `ephrun finish` can load the recipe again.
+  rawset(ephrun, "_recipe", { def = recipe, path = path, invoked = invoked, params = p })
   local is_command = path:find("stdlib/ephrun/cmd/", 1, true) ~= nil
   return "run", function()
     core.phase("run")

@@ -288,8 +288,9 @@ end
 --- it, registers its destroy on the cleanup stack and waits for `running`.
 --- `spec.ttl` (default 1h; `false` for none) bounds its life: the instance
 --- ends itself at expiry even if ephrun is killed. `keep=true` skips the
---- destroy (loudly).
----@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, label?: string, boot_delay?: number, deadline?: number|string, warn_cost?: number, extra_cost?: {usd: number, what?: string}, tags?: table<string, string>, volumes?: {size: integer, type?: string, device?: string, iops?: integer, throughput?: integer}[]}
+--- destroy (loudly). `detach=true` tags it for `instance:detach`; `tags` adds
+--- the recipe's own tags (ephrun's `ephrun-*` tags are never replaced).
+---@param spec {plan?: string, region?: string, image?: string, snapshot?: string, ttl?: number|string|false, keep?: boolean, detach?: boolean, label?: string, boot_delay?: number, deadline?: number|string, warn_cost?: number, extra_cost?: {usd: number, what?: string}, tags?: table<string, string>, volumes?: {size: integer, type?: string, device?: string, iops?: integer, throughput?: integer}[]}
 ---@return ephrun.Instance
 function Cloud:launch(spec)
   -- A permanent server (the static provider) is attached to, never created.
@@ -316,10 +317,13 @@ function Cloud:launch(spec)
   -- `ephrun reap` leaves a kept instance alone until it expires, even when it finds it
   -- only by its tags.
   if spec.keep then tags["ephrun-keep"] = "true" end
-  -- The recipe's own tags (a team's Project/CostCenter...) go beside ephrun's, never over them.
+  -- A run that will leave its job going is found by this tag from any machine.
+  if spec.detach then tags["ephrun-detach"] = M.detach_id() end
+  -- The recipe's own tags (a team's Project/CostCenter...) go beside ephrun's, never over them
+  -- (nor take an ephrun-* name).
   local own = {}
   for k, v in pairs(spec.tags or {}) do
-    if tags[k] == nil then
+    if tags[k] == nil and not tostring(k):match("^ephrun%-") then
       tags[k] = tostring(v)
       own[#own + 1] = k .. "=" .. tostring(v)
     end
@@ -333,7 +337,7 @@ function Cloud:launch(spec)
     kind = "keys", what = "generate this run's ed25519 client key and instance host key",
     where = M.state_dir() .. "/runs/" .. ephrun.run_id(),
     run = function()
-      local ck = client_keys(spec.keep)
+      local ck = client_keys(spec.keep or spec.detach)
       return { client = ck.pair, host = ephrun.keys.generate("ephrun-host-" .. ephrun.run_id()), dir = ck.dir }
     end,
     placeholder = {},
@@ -477,20 +481,86 @@ function Instance:ssh_command()
   return table.concat(parts, " ")
 end
 
--- keep=true, once the launch is complete: the destroy guard goes, the journal marks it
--- kept until its TTL, and the log says how to reach and remove it.
-function Instance:_keep()
+-- The instance outlives the run: its pinned host key goes beside the run's key
+-- (for `ssh_command` and later commands), and the run's key directory stays.
+local function leave_running(self)
   if self.key_dir and self.host_key and self.host then
     local who = (self.port and self.port ~= 22) and ("[" .. self.host .. "]:" .. self.port) or self.host
     assert(ephrun.fs.write(self.key_dir .. "/known_hosts", who .. " " .. self.host_key .. "\n", { mode = "0600" }))
   end
   if run_keys and run_keys.dir == self.key_dir then run_keys.keep = true end
+end
+
+-- keep=true, once the launch is complete: the destroy guard goes, the journal marks it
+-- kept until its TTL, and the log says how to reach and remove it.
+function Instance:_keep()
+  leave_running(self)
+  -- what the instance still uses past the run's end (AWS: its run's security group)
+  if self.cloud.impl.detach then self.cloud.impl.detach(self.raw, self.cloud.opts) end
   if self.journal_key then journal().kept(self.journal_key) end
   if self._destroy then self._destroy:cancel() end
   self._destroy = nil
   ephrun.log.warn("KEPT %s instance %s (keep=true): NOT destroyed by this run; it %s. Log in: %s   Remove it: %s",
     self.cloud.name, self.id, self.ttl and ("ends itself at " .. self.tags["ephrun-expires"])
       or "has NO lifetime timer", self:ssh_command(), self:destroy_hint())
+end
+
+--- The id `ephrun status/attach/finish` know a detached run by: this run's,
+--- or, while a command relaunches an interrupted run, that run's.
+---@return string
+function M.detach_id()
+  return rawget(M, "_adopted") or ephrun.run_id()
+end
+
+--- Leaves the instance running with `job` (from `sh:run_detached`) when the
+--- run ends: launched with `detach=true`, it is journalled `detached` (not
+--- orphaned; `ephrun reap` leaves it until its TTL), its destroy is taken off
+--- the cleanup stack, and the run's key and what `ephrun status`, `attach` and
+--- `finish` need stay under EPHRUN_HOME. See docs/api/detach.md.
+---@param job {pid: integer, log: string, status_file: string}
+---@param opts? {done?: string, checkpoint?: string, interruptions?: integer}
+---@return string run the id to give `ephrun status`, `attach` and `finish`
+function Instance:detach(job, opts)
+  if not self.tags or not self.tags["ephrun-detach"] then
+    error("instance:detach needs an instance launched with detach=true (cloud:launch{detach=true, ...}), so that "
+      .. "its tags let `ephrun status` find it from another machine", 2)
+  end
+  if type(job) ~= "table" or not job.log then
+    error("instance:detach(job): job must be what sh:run_detached returned ({pid, log, status_file})", 2)
+  end
+  local detach = require "ephrun.detach"
+  local run = ephrun.effect {
+    kind = "detach", what = ("leave %s instance %s running its job (log %s)"):format(self.cloud.name, self.id, job.log),
+    where = self.cloud.name,
+    details = { self.ttl and ("it ends itself at " .. self.tags["ephrun-expires"] .. " (its TTL) unless `ephrun finish` "
+      .. "ends it first") or "it has NO lifetime timer: only `ephrun finish` or `ephrun reap` ends it" },
+    run = function()
+      leave_running(self)
+      local run = detach.record(self, job, opts or {})
+      if self._destroy then self._destroy:cancel() end
+      self._destroy = nil
+      self.keep = true
+      if self.cloud.impl.detach then self.cloud.impl.detach(self.raw, self.cloud.opts) end
+      detach.announce(self, run, job)
+      return run
+    end,
+    placeholder = self.tags["ephrun-detach"],
+  }
+  self.keep = true -- a dry-run's plan shows no destroy either
+  return run
+end
+
+--- An instance object for a provider instance this process did not launch
+--- (a detached run's, rebuilt by `ephrun status/attach/finish`).
+---@param cloud ephrun.Cloud
+---@param fields table id, raw, tags, key_dir, host_key, client_key, journal_key, hourly, started, expires, ttl
+---@return ephrun.Instance
+function M._rebuild(cloud, fields)
+  fields.cloud = cloud
+  fields.raw = fields.raw or { id = fields.id }
+  local o = setmetatable(fields, Instance)
+  o:_endpoint()
+  return o
 end
 
 --- Closes the instance: destroys it, unless it was launched with keep=true.

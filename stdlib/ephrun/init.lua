@@ -83,6 +83,10 @@ local recipe_marker = {}
 ---@field budget? number USD: a run whose worst case is above it is refused (the lower of it and --max-cost wins)
 ---@field warn_cost? number USD: warn and notify when the run's worst case passes it (below --warn-cost and EPHRUN_WARN_COST)
 ---@field run fun(p: table): any
+---@field done? string|fun(p: table, run: ephrun.DetachedRun): boolean a detached run's "done" test (`LOG` is its log), for `ephrun status`
+---@field finish? fun(p: table, run: ephrun.DetachedRun) what `ephrun finish` runs before it destroys the instance
+---@field on_interrupt? fun(p: table, run: ephrun.DetachedRun) a detached spot run's relaunch on an interruption
+---@field checkpoint? string shell step the spot poller runs on the instance at the interruption notice
 
 --- Declares a recipe; a recipe file returns the result.
 ---@param def ephrun.RecipeDef

@@ -173,7 +173,8 @@ end
 --- the result also has `peak_mem`, `peak_swap`, `cpu_avg`, `cpu_peak`,
 --- `samples` and `warnings`, and the summary and warnings are logged.
 ---@param cmd string
----@param opts? {env?: table<string,string>, cwd?: string, stdin?: string, timeout?: number|string, check?: boolean, stream?: boolean, prefix?: string, measure?: boolean|{paths?: string[], swap_warn?: number, disk_warn?: number}}
+--- With `stdout=true` the remote stdout is written to ephrun's own stdout, line by line, instead of the log.
+---@param opts? {env?: table<string,string>, cwd?: string, stdin?: string, timeout?: number|string, check?: boolean, stream?: boolean, prefix?: string, stdout?: boolean, measure?: boolean|{paths?: string[], swap_warn?: number, disk_warn?: number}}
 ---@return {code: integer, signal?: string, stdout: string, stderr: string, duration: number, peak_mem?: integer, peak_swap?: integer, cpu_avg?: number, cpu_peak?: number, samples?: table[], warnings?: string[]}
 function Session:run(cmd, opts)
   opts = opts or {}

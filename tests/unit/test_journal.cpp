@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -110,6 +111,30 @@ TEST_CASE("journal: a kept resource stays listed as kept until destroyed", "[jou
   j.destroyed(key);
   CHECK(j.resources(true, std::nullopt).empty());
   CHECK_THROWS(j.kept(999));
+}
+
+TEST_CASE("journal: a detached resource keeps what finish needs and stays live until finished",
+          "[journal]") {
+  TempHome h;
+  Journal j(h.file());
+  j.run_started("r1", "phase2-worker", "hash");
+  auto key = j.intent(sample("r1"));
+  j.created(key, "inst-8", R"({"dir":"/x"})");
+  j.detached(key, R"({"run":"r1","params":["note=hi"]})");
+  j.run_ended("r1", "ok", "");
+  auto live = j.resources(true, std::nullopt);
+  REQUIRE(live.size() == 1);
+  CHECK(live[0].status == "detached");
+  auto extra = nlohmann::json::parse(live[0].extra);
+  CHECK(extra["dir"] == "/x");  // what the provider's destroy needs is still there
+  CHECK(extra["detach"]["params"][0] == "note=hi");
+  j.finished(key);
+  CHECK(j.resource(key)->status == "finished");
+  CHECK(j.resource(key)->destroyed);
+  CHECK(j.resources(true, std::nullopt).empty());
+  CHECK_THROWS(j.detached(key, "[1]"));
+  CHECK_THROWS(j.detached(999, "{}"));
+  CHECK_THROWS(j.finished(999));
 }
 
 TEST_CASE("journal: a failed create is not live; unknown keys are errors", "[journal]") {

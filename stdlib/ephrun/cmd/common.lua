@@ -26,12 +26,14 @@ function M.born(r)
   return r.created or r.intended
 end
 
---- Why a journalled (pending, live or kept) resource may be reaped, or nil when
+--- Why a journalled (pending, live, kept or detached) resource may be reaped, or nil when
 --- its run is alive and it has not expired: "expired", "orphaned", or "kept"
 --- (only with `opts.kept`: a kept instance otherwise stays until it expires).
 function M.reason(r, now, opts)
   if r.expires_at and r.expires_at < now then return "expired" end
   if r.status == "kept" then return (opts and opts.kept) and "kept" or nil end
+  -- a detached run ended its launcher on purpose: its job goes on until the TTL or `ephrun finish`
+  if r.status == "detached" then return nil end
   if r.run_status == nil then return "orphaned" end -- its run is not in this journal
   if r.run_status ~= "running" then return "orphaned" end -- the run ended; the resource stayed
   if not r.run_alive then return "orphaned" end -- the run's process died (SIGKILL, crash)
@@ -42,7 +44,7 @@ end
 function M.state(r, now)
   local why = M.reason(r, now)
   if why then return why end
-  if r.status == "kept" then return "kept" end
+  if r.status == "kept" or r.status == "detached" then return r.status end
   return r.status == "pending" and "creating" or "running"
 end
 

@@ -17,13 +17,14 @@ return ephrun.recipe {
     for _, r in ipairs(rows) do
       local cost = common.cost(r, now)
       total = total + (cost or 0)
-      local live = r.status == "pending" or r.status == "live" or r.status == "kept"
+      local live = r.status == "pending" or r.status == "live" or r.status == "kept" or r.status == "detached"
       out[#out + 1] = {
         key = r.key, provider = r.provider, kind = r.kind, id = r.id, run_id = r.run_id, recipe = r.recipe,
         status = r.status, state = live and common.state(r, now) or r.status,
         age = now - common.born(r), ttl_left = r.expires_at and (r.expires_at - now) or nil,
         expires_at = r.expires_at, hourly_price = r.hourly_price, cost = cost, tags = r.tags,
         created = r.created, destroyed = r.destroyed, error = r.error,
+        detached_run = type(r.extra) == "table" and type(r.extra.detach) == "table" and r.extra.detach.run or nil,
       }
     end
     if ephrun.options().json then
@@ -42,6 +43,8 @@ return ephrun.recipe {
       local state = r.state
       if state == "kept" then
         state = r.expires_at and ("kept (until " .. common.local_time(r.expires_at) .. ")") or "kept (no TTL)"
+      elseif state == "detached" then
+        state = "detached (ephrun status " .. (r.detached_run or r.run_id) .. ")"
       end
       cells[#cells + 1] = { r.provider, r.id or "(creating)", r.run_id, r.recipe ~= "" and r.recipe or "?",
         state, common.short_duration(r.age), r.ttl_left and common.short_duration(r.ttl_left) or "none",

@@ -44,6 +44,24 @@ local function only_expired(candidates, stale, now)
   return kept, old
 end
 
+-- A run's security group or key pair stays while an instance of that run stays
+-- (a detached or kept one, or one not reaped now): EC2 refuses the delete until
+-- the instance is gone, and the destroy would retry for minutes.
+local function without_groups_in_use(candidates, running)
+  local staying = {}
+  for _, k in ipairs(running) do staying[k] = (staying[k] or 0) + 1 end
+  for _, c in ipairs(candidates) do
+    local k = c.provider .. "\0" .. tostring(c.run_id)
+    if ((c.inst or {}).kind or "instance") == "instance" and staying[k] then staying[k] = staying[k] - 1 end
+  end
+  local out = {}
+  for _, c in ipairs(candidates) do
+    local k = c.provider .. "\0" .. tostring(c.run_id)
+    if ((c.inst or {}).kind or "instance") == "instance" or (staying[k] or 0) <= 0 then out[#out + 1] = c end
+  end
+  return out
+end
+
 -- What a provider's destroy needs, rebuilt from the journal row.
 local function instance_of(r)
   local inst = {}
@@ -195,6 +213,7 @@ return ephrun.recipe {
 
     -- 2. Provider tags: every instance ephrun made, journalled or not.
     local clouds = {}
+    local running = {} -- provider .. "\0" .. run id, once per live instance listed
     for _, name in ipairs(sorted_keys(providers)) do
       local ok, cloud = pcall(ephrun.provider, name)
       if not ok then
@@ -212,6 +231,9 @@ return ephrun.recipe {
           local tags = inst.tags or {}
           local run_id = tags["ephrun-run"]
           local key = name .. "\0" .. tostring(inst.id)
+          if (inst.kind or "instance") == "instance" and run_id and inst.state ~= "terminated" then
+            running[#running + 1] = name .. "\0" .. run_id
+          end
           if run_id and inst.state ~= "terminated" and not seen[key] then
             local row = by_id[key]
             local why = tag_reason(p, inst, row, jr, now)
@@ -250,6 +272,7 @@ return ephrun.recipe {
     end
 
     if p.expired then candidates, stale = only_expired(candidates, stale, now) end
+    candidates = without_groups_in_use(candidates, running)
 
     if #candidates == 0 then
       io.stdout:write("Nothing to reap.\n")
