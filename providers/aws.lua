@@ -153,6 +153,7 @@ local REPEATABLE = { rate_limited = true, server = true }
 
 -- One EC2 call, paced per region's endpoint with every task of the process.
 -- `o.idempotent` (and any Describe*) may be sent again after a 5xx.
+-- `o.once`: one attempt (figures that only label something must not hold a run up).
 local function call(c, region, action, params, o)
   o = o or {}
   local s = session(c, region)
@@ -164,7 +165,7 @@ local function call(c, region, action, params, o)
     if ok then return r end
     error(lift(r), 0)
   end, { what = "aws: " .. action, pacer = api.pacer("aws ec2 " .. s:endpoint("ec2") .. " " .. region, c.rate),
-    kinds = repeatable and REPEATABLE or nil, deadline = o.deadline or 300,
+    kinds = repeatable and REPEATABLE or nil, deadline = o.deadline or 300, attempts = o.once and 1 or nil,
     delay = 0.25, max_delay = 12, stats = M.stats })
 end
 

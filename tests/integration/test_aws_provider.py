@@ -254,7 +254,7 @@ class AwsProvider(unittest.TestCase):
         # Twelve instances pending for 2 s while their launches wait: one listing of the
         # run's instances per poll answers every wait, never one DescribeInstances each.
         self.a.config(pending_seconds=2)
-        r = self.ephrun(OPS, "mode=fleet", "count=12")
+        r = self.ephrun("--yes", OPS, "mode=fleet", "count=12")
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("FLEET DESTROYED", r.stdout)
         log = self.a.state()["log"][self.first_call:]

@@ -67,7 +67,12 @@ class Signing(unittest.TestCase):
         if r.returncode != 0:
             raise AssertionError("the signing recipe failed: " + r.stdout + r.stderr)
         cls.sent = {}
-        for line in r.stdout.splitlines():
+        # What the recipe printed is redacted, so the access key id would show as a mask there.
+        for k in (AK, TOKEN_AK, SK, TOKEN_SK, TOKEN):
+            assert k not in r.stdout + r.stderr, "a credential was printed"
+        with open(os.path.join(cls.tmp, "echoes.jsonl")) as f:
+            lines = f.read().splitlines()
+        for line in lines:
             doc = json.loads(line)
             cls.sent[doc["name"]] = doc["echo"]
 

@@ -63,7 +63,8 @@ class DetachLocal(unittest.TestCase):
         return run, inst
 
     def status(self, run, home=None):
-        return json.loads(self.ok("status", run, "--json", home=home).stdout)
+        # --yes: a status that finds a spot instance gone relaunches it, a paid launch
+        return json.loads(self.ok("status", run, "--json", "--yes", home=home).stdout)
 
     def wait_status(self, run, want, timeout=30):
         deadline = time.time() + timeout
@@ -334,7 +335,7 @@ class DetachAws(unittest.TestCase):
         # Reap leaves the detached instance and the security group it still uses.
         self.assertIn("Nothing to reap", self.ok("reap", "--yes").stdout)
 
-        p = subprocess.Popen([BIN, "attach", run], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        p = subprocess.Popen([BIN, "attach", "--yes", run], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=self.env, stdin=subprocess.DEVNULL)
         try:
             self.read_until(p, "job-started from 0")

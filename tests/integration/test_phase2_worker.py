@@ -46,7 +46,8 @@ class Base(unittest.TestCase):
         return run, inst
 
     def status(self, run):
-        return json.loads(self.ok("status", run, "--json").stdout)
+        # --yes: a status that finds the spot instance gone relaunches it, a paid launch
+        return json.loads(self.ok("status", run, "--json", "--yes").stdout)
 
     def wait_status(self, run, want, timeout=30):
         deadline = time.time() + timeout
@@ -134,8 +135,8 @@ class Phase2Aws(Base):
         second = s["instance"]
         self.assertNotEqual(second, first)
         self.assertEqual((s["interruptions"], s["status"]), (1, "running"))
-        p = subprocess.Popen([BIN, "attach", run], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=self.env, stdin=subprocess.DEVNULL)
+        p = subprocess.Popen([BIN, "attach", "--yes", run], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=self.env, stdin=subprocess.DEVNULL)
         try:
             while "worker from" not in p.stdout.readline():
                 self.assertIsNone(p.poll(), p.stderr.read() if p.poll() is not None else "")

@@ -1,12 +1,16 @@
 -- Sends the requests whose SigV4 signatures test_aws_signing.py checks against
--- botocore: to the echo server (AWS_ENDPOINT_URL points at it), printing each
--- echoed request (method, path, query, headers, body) as one JSON line.
+-- botocore: to the echo server (AWS_ENDPOINT_URL points at it), writing each
+-- echoed request (method, path, query, headers, body) as one JSON line to
+-- echoes.jsonl (a file: what a recipe prints is redacted, and the access key
+-- id the test compares is a secret).
 local ephrun = require "ephrun"
 local aws = require "ephrun.aws"
 
 local function show(name, resp)
   assert(resp and resp.status == 200, "the echo server did not answer 200")
-  io.stdout:write(ephrun.json.encode { name = name, echo = ephrun.json.decode(resp.body) }, "\n")
+  local f = assert(io.open("echoes.jsonl", "a"))
+  f:write(ephrun.json.encode { name = name, echo = ephrun.json.decode(resp.body) }, "\n")
+  f:close()
 end
 
 return ephrun.recipe {
