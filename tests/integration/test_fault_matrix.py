@@ -88,7 +88,9 @@ class Output:
 
 def processes(needle):
     """Live processes whose command line contains `needle` or whose environment carries the
-    local provider's instance marker EPHRUN_LOCAL_INSTANCE=`needle`."""
+    local provider's instance marker EPHRUN_LOCAL_INSTANCE=`needle`, each described with its
+    state, parent, process group, session and the start of its command line (a watchdog's
+    command line is its whole program), so a failure says what was left and where it came from."""
     found = []
     marker = ("EPHRUN_LOCAL_INSTANCE=%s\0" % needle).encode()
     for pid in os.listdir("/proc"):
@@ -96,8 +98,9 @@ def processes(needle):
             continue
         try:
             with open("/proc/%s/stat" % pid) as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
+                stat = f.read().rsplit(")", 1)[1].split()
+            if stat[0] == "Z":
+                continue
             with open("/proc/%s/cmdline" % pid, "rb") as f:
                 cmd = f.read()
             with open("/proc/%s/environ" % pid, "rb") as f:
@@ -105,7 +108,9 @@ def processes(needle):
         except (OSError, IndexError):
             continue
         if needle.encode() in cmd or marker in environ:
-            found.append("%s %s" % (pid, cmd.replace(b"\0", b" ").decode(errors="replace").strip()))
+            text = cmd.replace(b"\0", b" ").decode(errors="replace").strip()
+            found.append("pid %s state %s ppid %s pgid %s sid %s: %s" % (
+                pid, stat[0], stat[1], stat[2], stat[3], text if len(text) <= 160 else text[:160] + "..."))
     return found
 
 
