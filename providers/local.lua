@@ -272,15 +272,44 @@ end
 local function destroy_script(o)
   return ("#!/bin/sh\n# Ends ephrun local instance %s: sh %s/destroy.sh\n%s"):format(o.id, o.dir, end_instance_sh(o)) .. [[
 [ -d "$dir" ] || [ -d "$work" ] || [ -n "$uid" ] || exit 0
+is_watchdog() {
+  grep -qasF ephrun-watchdog "/proc/$1/cmdline" && grep -qasF "$dir" "/proc/$1/cmdline"
+}
+# Inside execve (setsid, then sh) a process's command line reads empty for a
+# moment; a zombie's stays empty.
+execing() {
+  [ -e "/proc/$1/cmdline" ] && [ -z "$(tr -d '\0' < "/proc/$1/cmdline" 2>/dev/null)" ] &&
+    ! grep -qs '^[0-9]* (.*) Z' "/proc/$1/stat"
+}
+# The recorded pid only while it still runs this instance's watchdog (a pid
+# can be reused); and, record or not, whatever runs that program (the
+# watchdog when the launch was cut off before recording it, a subshell it is
+# forking), so a destroy at any moment of the watchdog's start finds it.
 w=$(cat "$dir/watchdog.pid" 2>/dev/null)
-# Only if that pid is still this instance's watchdog (a pid can be reused).
-[ -n "$w" ] && grep -qasF "$dir" "/proc/$w/cmdline" && grep -qasF ephrun-watchdog "/proc/$w/cmdline" || w=
-# The watchdog's shell first, so it cannot end the instance meanwhile; sshd
-# (its child) stays up until end_instance has walked its process tree.
-[ -n "$w" ] && kill -KILL "$w" 2>/dev/null
+n=0
+while [ -n "$w" ] && ! is_watchdog "$w"; do
+  n=$((n + 1))
+  if [ $n -gt 100 ] || ! execing "$w"; then w=; break; fi
+  sleep 0.01
+done
+for p in $(grep -lasF "$dir" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3 | grep -vx "$$"); do
+  [ "$p" != "$w" ] && is_watchdog "$p" && w="$w $p"
+done
+# The watchdog's shell first, so it cannot boot sshd or end the instance
+# meanwhile; sshd (its child) stays up until end_instance has walked its tree.
+[ -n "$w" ] && kill -KILL $w 2>/dev/null
 sshd_pid=$(cat "$dir/sshd.started" 2>/dev/null)
 end_instance
-[ -n "$w" ] && kill -KILL "-$w" 2>/dev/null
+# Then what the watchdog started (its sleep, an sshd being started), by its
+# process group, and until it has ended: gone, not only signalled.
+n=0
+while [ -n "$w" ] && [ $n -lt 250 ]; do
+  n=$((n + 1))
+  for p in $w; do kill -KILL "-$p" 2>/dev/null; done
+  ps -e -o pid=,pgid=,stat= | awk -v w=" $w " '$3 !~ /^Z/ && (index(w, " " $1 " ") || index(w, " " $2 " ")) { f = 1 }
+    END { exit !f }' || break
+  sleep 0.02
+done
 exit 0
 ]]
 end
@@ -292,7 +321,9 @@ local function watchdog_script(o)
   return ("# Watchdog of ephrun local instance %s: boots sshd, ends the instance at expiry.\n%s"):format(
     o.id, end_instance_sh(o)) .. ([[
 end=$(( $(date +%%s) + %d ))
-echo $$ > "$dir/watchdog.pid"
+# (The launch has recorded this pid too: replace it whole, never truncate it
+# in place, or a destroy reading it meanwhile would find no watchdog.)
+echo $$ > "$dir/watchdog.pid.new" && mv -f "$dir/watchdog.pid.new" "$dir/watchdog.pid"
 sleep %s
 %s -D -f "$dir/sshd_config" -E "$dir/sshd.log" &
 sshd_pid=$!
