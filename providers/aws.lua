@@ -27,11 +27,14 @@
 ---   cleanup_deadline EPHRUN_AWS_CLEANUP_DEADLINE, how long deleting the security group
 ---              retries DependencyViolation (default 5m)
 ---   regions    EPHRUN_AWS_REGIONS, the regions `list` (and so `ephrun reap`) scans, comma
----              separated (default: the session's region)
+---              separated, besides the session's region and any `filter.regions`
+---   scheduler, scheduler_role, scheduler_grace: the second timer (providers/aws/scheduler.lua)
 local ephrun = require "ephrun"
 local errors = require "ephrun.errors"
 local aws = require "ephrun.aws"
 local PRICES = require "providers.aws.prices"
+local scheduler = require "providers.aws.scheduler"
+local auth = require "providers.aws.auth"
 
 local M = {}
 
@@ -130,10 +133,10 @@ end
 -- keeping AWS's code; the lifecycle decides on `kind` and `retry` only.
 local LIFT = { conflict = "invalid" }
 
-local function lift(e)
+local function lift(e, s)
   if not aws.is_error(e) then return e end
   return errors.new { kind = LIFT[e.kind] or e.kind, retry = e.retry, code = e.code, status = e.status,
-    message = "aws: " .. tostring(e) }
+    message = "aws: " .. tostring(e) .. ((e.kind == "auth" and s) and (" -- " .. auth.advice(s, e)) or "") }
 end
 
 local NO_RETRIES = { retries = 0 }
@@ -160,7 +163,7 @@ local function call(c, region, action, params, o)
     if not aws.is_error(r) then error(r, 0) end
     local again = r.kind == "rate_limited" or (r.kind == "server" and repeatable)
     if r.kind == "rate_limited" then M.stats.throttled = M.stats.throttled + 1 end
-    if o.once or not again or ephrun.time.monotonic() + delay > limit then error(lift(r), 0) end
+    if o.once or not again or ephrun.time.monotonic() + delay > limit then error(lift(r, s), 0) end
     ephrun.log.debug("aws: %s: %s; again in %.1fs", action, tostring(r), delay)
     ephrun.time.sleep(delay * (1 + math.random() * 0.5))
     delay = math.min(delay * 2, 8)
@@ -438,9 +441,10 @@ function M.launch(spec, opts)
   while true do
     local ok, r = pcall(call, c, region, "RunInstances", params, { once = true })
     if ok then
-      guard:cancel()
       local inst = instances_of({ reservationSet = { r } }, region)[1]
       inst.login_user = login_user
+      inst.schedule = scheduler.arm(session(c, region), region, inst, spec, c.opts)
+      guard:cancel()
       return inst
     end
     if type(r) == "table" and r.code == "IdempotentInstanceTerminated" then
@@ -452,8 +456,9 @@ function M.launch(spec, opts)
     local found = by_token(c, region, token)[1]
     if found then
       ephrun.log.warn("aws: RunInstances answered '%s' but instance %s exists; using it", tostring(r), found.id)
-      guard:cancel()
       found.login_user = login_user
+      found.schedule = scheduler.arm(session(c, region), region, found, spec, c.opts)
+      guard:cancel()
       return found
     end
     if ephrun.time.monotonic() + delay > limit then error(r, 0) end
@@ -506,12 +511,43 @@ local function run_resources(c, region, run)
   return out
 end
 
+-- The session's region, the `regions` setting and `filter.regions` (those
+-- `ephrun reap` found in the journal or was given), each once.
+local function regions_to_scan(c, filter)
+  local out, seen = {}, {}
+  local function add(r)
+    if r and r ~= "" and not seen[r] then
+      seen[r] = true
+      out[#out + 1] = r
+    end
+  end
+  local ok, own = pcall(region_of, c)
+  for _, r in ipairs(c.regions or {}) do add(r) end
+  for _, r in ipairs((filter or {}).regions or {}) do add(r) end
+  if ok then add(own) elseif #out == 0 then error(own, 0) end
+  for _, r in ipairs(out) do region_of(c, r) end
+  return out
+end
+
+-- The runs' EventBridge schedules; a Scheduler that cannot be listed (not
+-- enabled, no permission) is said, not fatal: instances, groups and keys still go.
+local function run_schedules(c, region, run)
+  if scheduler.settings(c.opts).mode == "false" then return {} end
+  local s = session(c, region)
+  local ok, list = pcall(scheduler.list, s, region, run)
+  if ok then return list end
+  ephrun.log.warn("aws: cannot list EventBridge schedules in %s (%s); list them with: aws scheduler list-schedules "
+    .. "--region %s --name-prefix ephrun-", region, tostring(list), q(region))
+  return {}
+end
+
 --- Instances not terminated whose tags include every `filter.tags` pair (all
---- of ephrun's when none are given), in each of the `regions`, then, unless a tag other than
+--- of ephrun's when none are given), in the session's region, the `regions`
+--- setting and `filter.regions`, then, unless a tag other than
 --- `ephrun-run` is asked for, the runs' security groups (`kind =
---- "security-group"`) and key pairs (`kind = "key-pair"`), which `ephrun
---- reap` removes after the instances.
----@param filter? {tags?: table<string,string>}
+--- "security-group"`), key pairs (`kind = "key-pair"`) and EventBridge
+--- schedules (`kind = "schedule"`), which `ephrun reap` removes after the instances.
+---@param filter? {tags?: table<string,string>, regions?: string[]}
 ---@return table[]
 function M.list(filter, opts)
   local c = config(opts)
@@ -523,10 +559,12 @@ function M.list(filter, opts)
   end
   if next(want) == nil then filters[#filters + 1] = { Name = "tag-key", Value = { "ephrun-run" } } end
   local out = {}
-  for _, region in ipairs(c.regions or { region_of(c) }) do
+  for _, region in ipairs(regions_to_scan(c, filter)) do
     for _, i in ipairs(describe(c, region, filters)) do out[#out + 1] = i end
     if not other then
       for _, r in ipairs(run_resources(c, region, want["ephrun-run"])) do out[#out + 1] = r end
+      -- last: a reap stopped halfway leaves the timer of what it did not end
+      for _, r in ipairs(run_schedules(c, region, want["ephrun-run"])) do out[#out + 1] = r end
     end
   end
   return out
@@ -574,12 +612,21 @@ function M.destroy(inst, opts)
         .. "terminated yet"):format(inst.id) }
     end
     error(err, 0)
+  elseif inst.kind == "schedule" then
+    scheduler.disarm(session(c, region), region, inst.id)
+    return
   end
-  if not terminate(c, region, inst.id) then return end
-  poll_until(c, { id = inst.id, region = region }, 600, "terminated", function(cur)
-    if gone(cur) then return true end
-    return false
-  end)
+  if terminate(c, region, inst.id) then
+    poll_until(c, { id = inst.id, region = region }, 600, "terminated", function(cur)
+      if gone(cur) then return true end
+      return false
+    end)
+  end
+  -- The timer has nothing left to end; the run's cleanup deletes it again if this fails.
+  if inst.schedule then
+    local ok, err = pcall(scheduler.disarm, session(c, region), region, inst.schedule)
+    if not ok then ephrun.log.warn("aws: %s (the run's cleanup tries again)", tostring(err)) end
+  end
 end
 
 --- The command that removes the instance (or security group, key pair) by hand.
@@ -593,6 +640,8 @@ function M.destroy_hint(inst, opts)
     return ("aws ec2 delete-key-pair --region %s --key-name %s%s"):format(q(region), q(inst.id), ep)
   elseif inst.kind == "security-group" then
     return ("aws ec2 delete-security-group --region %s --group-id %s%s"):format(q(region), q(inst.id), ep)
+  elseif inst.kind == "schedule" then
+    return scheduler.hint(session(c, ok and region or nil), region, inst.id)
   end
   return ("aws ec2 terminate-instances --region %s --instance-ids %s%s   # or: ephrun reap"):format(q(region),
     q(inst.id), ep)
@@ -608,6 +657,14 @@ function M.wait(inst, state, deadline, opts)
     if gone(cur) and state ~= "terminated" then return nil end
     return false
   end)
+end
+
+--- The launch step's plan lines about the EventBridge Scheduler timer.
+---@return string[]
+function M.plan_details(spec, opts)
+  local c = config(opts)
+  local region = region_of(c, spec.region)
+  return scheduler.plan_lines(session(c, region), region, spec.ttl, c.opts)
 end
 
 --- Where to connect: the public address, the configured SSH port and user.

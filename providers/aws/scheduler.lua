@@ -1,0 +1,244 @@
+--- The AWS provider's second lifetime timer: a one-time EventBridge Scheduler
+--- schedule, `at(expiry + grace)`, whose target is the universal target
+--- `ec2:terminateInstances` for one instance. It needs neither ephrun nor the
+--- guest, so it ends an instance whose guest hangs (its own `shutdown` never
+--- runs) and whose launcher was killed. `ActionAfterCompletion=DELETE`: once it
+--- has fired it deletes itself; destroy and the run's cleanup delete it earlier.
+---
+--- Settings (provider option, else environment):
+---   scheduler        EPHRUN_AWS_SCHEDULER = auto | true | false (default auto: armed when a
+---                    role is set and the Scheduler answers; the plan and the log say when not)
+---   scheduler_role   EPHRUN_AWS_SCHEDULER_ROLE, the role ARN the Scheduler assumes to
+---                    terminate (docs/providers.md gives its trust and permission policies)
+---   scheduler_grace  EPHRUN_AWS_SCHEDULER_GRACE, how long after the expiry it fires (default 10m)
+---
+--- Schedules live in the `default` group (no group to create, none to leak) and
+--- are named `ephrun-<run>-<instance>`: Scheduler schedules carry no tags, so
+--- `ephrun reap` finds them by that name.
+local ephrun = require "ephrun"
+local errors = require "ephrun.errors"
+local aws = require "ephrun.aws"
+
+local M = {}
+
+M.TARGET = "arn:aws:scheduler:::aws-sdk:ec2:terminateInstances"
+M.GROUP = "default"
+M.PREFIX = "ephrun-"
+
+local function setting(opts, key, env, default)
+  local v = opts and opts[key]
+  if v == nil or v == "" then v = os.getenv(env) end
+  if v == nil or v == "" then return default end
+  return v
+end
+
+--- The scheduler settings: `mode` ("auto", "true", "false"), `role`, `grace` (seconds).
+---@param opts table provider options
+---@return {mode: string, role?: string, grace: number}
+function M.settings(opts)
+  local mode = tostring(setting(opts, "scheduler", "EPHRUN_AWS_SCHEDULER", "auto")):lower()
+  if mode == "1" or mode == "yes" then mode = "true" elseif mode == "0" or mode == "no" then mode = "false" end
+  if mode ~= "auto" and mode ~= "true" and mode ~= "false" then
+    errors.raise { kind = "invalid", message = ("aws: scheduler (EPHRUN_AWS_SCHEDULER) must be auto, true or false, "
+      .. "got '%s'"):format(mode) }
+  end
+  local grace = setting(opts, "scheduler_grace", "EPHRUN_AWS_SCHEDULER_GRACE", 600)
+  if type(grace) ~= "number" then
+    grace = ephrun.time.parse_duration(grace) or errors.raise { kind = "invalid",
+      message = ("aws: scheduler_grace (EPHRUN_AWS_SCHEDULER_GRACE) must be seconds or a duration (10m), got '%s'")
+        :format(tostring(grace)) }
+  end
+  local role = setting(opts, "scheduler_role", "EPHRUN_AWS_SCHEDULER_ROLE", nil)
+  if role and not tostring(role):match("^arn:aws[%w%-]*:iam::%d+:role/.+") then
+    errors.raise { kind = "invalid", message = ("aws: scheduler_role (EPHRUN_AWS_SCHEDULER_ROLE) must be an IAM role "
+      .. "ARN (arn:aws:iam::123456789012:role/ephrun-scheduler), got '%s'"):format(tostring(role)) }
+  end
+  return { mode = mode, role = role, grace = grace }
+end
+
+--- The schedule's name for instance `id` of run `run` (64 characters at most).
+---@return string
+function M.name(run, id)
+  return (M.PREFIX .. run .. "-" .. id):sub(1, 64)
+end
+
+--- The run and instance a schedule name stands for, or nil for another's schedule.
+---@return string|nil run, string|nil instance
+function M.parse_name(name)
+  return tostring(name):match("^ephrun%-(%d+%-%d+%-%x+)%-(i%-%x+)$")
+end
+
+local function q(s) return ephrun.shell_quote(s) end
+
+local function endpoint_flag(s)
+  local url = s:endpoint("scheduler")
+  if url:match("%.amazonaws%.com[%.%w]*$") then return "" end
+  return " --endpoint-url " .. q(url)
+end
+
+--- The aws CLI command that deletes schedule `name` by hand.
+---@return string
+function M.hint(s, region, name)
+  local ok, flag = pcall(endpoint_flag, s)
+  return ("aws scheduler delete-schedule --region %s --group-name %s --name %s%s"):format(q(region), M.GROUP, q(name),
+    ok and flag or "")
+end
+
+-- A REST-JSON error (`x-amzn-ErrorType` or the body's `__type`, and `message`)
+-- as an ephrun.aws error, so kinds are decided as for every AWS call.
+local function rest_error(resp, action)
+  local doc = resp.body and resp.body:match("^%s*{") and ephrun.json.decode(resp.body) or nil
+  doc = type(doc) == "table" and doc or {}
+  local code = (resp.headers or {})["x-amzn-errortype"] or doc.__type or doc.code or doc.Code
+  code = code and tostring(code):gsub(":.*$", ""):gsub("^.*#", "") or ("HTTP" .. tostring(resp.status))
+  local msg = doc.message or doc.Message or (resp.body or ""):sub(1, 200)
+  return aws.error(code, tostring(msg), { status = resp.status, service = "scheduler", action = action })
+end
+
+-- One Scheduler call; raises an ephrun.aws error when it is not answered 2xx.
+local function call(s, region, action, req)
+  req.region = region
+  local resp, err = s:request("scheduler", req)
+  if not resp then
+    error(aws.error("ConnectionError", ("scheduler %s: %s"):format(action, tostring(err)),
+      { service = "scheduler", action = action }), 0)
+  end
+  if resp.dry_run then return {} end
+  if not resp.ok then error(rest_error(resp, action), 0) end
+  local doc = resp.body ~= "" and ephrun.json.decode(resp.body) or {}
+  return type(doc) == "table" and doc or {}
+end
+
+-- Whether the Scheduler answers in `region` (one read per region and process):
+-- true, or false and why not.
+local reachable = {}
+
+local function probe(s, region)
+  local r = reachable[region]
+  if r == nil then
+    local ok, err = pcall(call, s, region, "ListSchedules", { method = "GET", path = "/schedules",
+      query = { NamePrefix = M.PREFIX, MaxResults = 1 }, retries = 0, timeout = 10, connect_timeout = 5 })
+    r = ok and true or tostring(err)
+    reachable[region] = r
+  end
+  if r == true then return true end
+  return false, r
+end
+
+-- Why no schedule is made, or nil when one is (raises when `true` cannot be kept).
+local function why_not(s, region, set)
+  if set.mode == "false" then return "scheduler=false" end
+  if not set.role then
+    if set.mode == "true" then
+      errors.raise { kind = "invalid", message = "aws: scheduler=true needs scheduler_role (EPHRUN_AWS_SCHEDULER_ROLE), "
+        .. "the ARN of a role EventBridge Scheduler may assume to terminate instances (docs/providers.md)" }
+    end
+    return "no scheduler_role (EPHRUN_AWS_SCHEDULER_ROLE) is set"
+  end
+  local ok, err = probe(s, region)
+  if ok then return nil end
+  if set.mode == "true" then
+    errors.raise { kind = "invalid", message = ("aws: scheduler=true but EventBridge Scheduler does not answer in %s "
+      .. "(%s): fix the endpoint or the permissions (scheduler:ListSchedules), or set scheduler=auto"):format(region,
+      err) }
+  end
+  return ("EventBridge Scheduler does not answer in %s (%s)"):format(region, err)
+end
+
+--- The launch step's plan lines about the second timer.
+---@return string[]
+function M.plan_lines(s, region, ttl, opts)
+  local set = M.settings(opts)
+  if not ttl then return {} end
+  local why = why_not(s, region, set)
+  if why then
+    return { ("no second timer: %s; only the guest's own shutdown ends the instance if ephrun dies"):format(why) }
+  end
+  return { ("second timer: EventBridge Scheduler terminates the instance at expiry + %s even if the guest hangs "
+    .. "(one-time schedule %sRUN-INSTANCE, role %s), deleted by destroy"):format(
+    ephrun.time.format_duration(set.grace), M.PREFIX, set.role) }
+end
+
+-- Warned once per process: fifty launches, one line.
+local warned = {}
+
+--- Arms the timer for `inst` (just answered by RunInstances): registers its
+--- deletion on the cleanup stack, then creates the schedule. Returns its name,
+--- or nil when none is made (auto mode says why in the log).
+---@return string|nil
+function M.arm(s, region, inst, spec, opts)
+  local set = M.settings(opts)
+  local expires = spec.tags and aws.parse_time(spec.tags["ephrun-expires"])
+  if not spec.ttl or not expires then return nil end
+  local why = why_not(s, region, set)
+  if why then
+    if not warned[why] then
+      warned[why] = true
+      ephrun.log.warn("aws: no EventBridge Scheduler timer: %s; if ephrun dies and the guest hangs, nothing but "
+        .. "`ephrun reap` ends the instance", why)
+    end
+    return nil
+  end
+  local run = spec.tags["ephrun-run"] or ephrun.run_id()
+  local name = M.name(run, inst.id)
+  ephrun.defer(function() M.disarm(s, region, name) end, "delete the EventBridge schedule " .. name,
+    M.hint(s, region, name))
+  local at = ephrun.time.iso8601(math.ceil(expires + set.grace)):gsub("Z$", "")
+  local body = ephrun.json.encode {
+    ScheduleExpression = ("at(%s)"):format(at), ScheduleExpressionTimezone = "UTC",
+    FlexibleTimeWindow = { Mode = "OFF" }, ActionAfterCompletion = "DELETE", GroupName = M.GROUP,
+    Description = ("ephrun run %s: terminate %s if it outlives its lifetime (%s)"):format(run, inst.id,
+      spec.tags["ephrun-expires"]),
+    ClientToken = name,
+    Target = { Arn = M.TARGET, RoleArn = set.role, Input = ephrun.json.encode { InstanceIds = { inst.id } },
+      RetryPolicy = { MaximumRetryAttempts = 185, MaximumEventAgeInSeconds = 86400 } },
+  }
+  local ok, err = pcall(call, s, region, "CreateSchedule", { method = "POST", path = "/schedules/" .. name,
+    body = body, headers = { ["Content-Type"] = "application/json" }, retry = true })
+  -- Conflict: a create sent again whose first answer was lost; the name is this instance's.
+  if not ok and not (aws.is_error(err) and err.code == "ConflictException") then
+    if set.mode == "true" then
+      errors.raise { kind = aws.is_error(err) and err.kind or "server", message = ("aws: cannot create the "
+        .. "EventBridge schedule for %s (scheduler=true): %s"):format(inst.id, tostring(err)) }
+    end
+    ephrun.log.warn("aws: no EventBridge Scheduler timer for %s: %s (scheduler=auto; set scheduler=false to skip it)",
+      inst.id, tostring(err))
+    return nil
+  end
+  ephrun.log.info("aws: EventBridge schedule %s terminates %s at %s UTC unless destroyed first", name, inst.id, at)
+  return name
+end
+
+--- Deletes schedule `name` (one already gone, fired or deleted, is success).
+function M.disarm(s, region, name)
+  local ok, err = pcall(call, s, region, "DeleteSchedule", { method = "DELETE", path = "/schedules/" .. name,
+    query = { groupName = M.GROUP } })
+  if ok or (aws.is_error(err) and err.kind == "not_found") then return end
+  if aws.is_error(err) then
+    error(errors.new { kind = err.kind, retry = err.retry, code = err.code,
+      message = ("aws: cannot delete EventBridge schedule %s: %s"):format(name, tostring(err)) }, 0)
+  end
+  error(err, 0)
+end
+
+--- This account's ephrun schedules in `region` (of run `run` when given), as
+--- `list` entries of kind "schedule".
+---@return table[]
+function M.list(s, region, run)
+  local out, token = {}, nil
+  repeat
+    local doc = call(s, region, "ListSchedules", { method = "GET", path = "/schedules",
+      query = { NamePrefix = M.PREFIX, MaxResults = 100, NextToken = token } })
+    for _, sc in ipairs(doc.Schedules or {}) do
+      local r, iid = M.parse_name(sc.Name)
+      if r and (not run or r == run) and (sc.GroupName == nil or sc.GroupName == M.GROUP) then
+        out[#out + 1] = { id = sc.Name, kind = "schedule", state = "running", region = region, label = sc.Name,
+          instance = iid, tags = { ["ephrun-run"] = r } }
+      end
+    end
+    token = doc.NextToken
+  until token == nil or token == "" or token == ephrun.json.null
+  return out
+end
+
+return M
