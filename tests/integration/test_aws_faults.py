@@ -280,7 +280,7 @@ class AwsFaults(unittest.TestCase):
             self.assertEqual(self.cli_leftovers(), {"instances": [], "key_pairs": [], "security_groups": [],
                                                     "schedules": []}, r.stdout + r.stderr)
             result = "left %s; `reap` removed all" % ", ".join(
-                "%d %s" % (len(v), k.replace("_", " ")) for k, v in left.items() if v)
+                "%d %s" % (len(v), k.replace("_", " ").rstrip("s")) for k, v in left.items() if v)
         AwsFaults.results[(phase, fault)] = result
 
     # -- the EventBridge Scheduler timer ------------------------------------------------------
