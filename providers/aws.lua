@@ -529,18 +529,6 @@ local function regions_to_scan(c, filter)
   return out
 end
 
--- The runs' EventBridge schedules; a Scheduler that cannot be listed (not
--- enabled, no permission) is said, not fatal: instances, groups and keys still go.
-local function run_schedules(c, region, run)
-  if scheduler.settings(c.opts).mode == "false" then return {} end
-  local s = session(c, region)
-  local ok, list = pcall(scheduler.list, s, region, run)
-  if ok then return list end
-  ephrun.log.warn("aws: cannot list EventBridge schedules in %s (%s); list them with: aws scheduler list-schedules "
-    .. "--region %s --name-prefix ephrun-", region, tostring(list), q(region))
-  return {}
-end
-
 --- Instances not terminated whose tags include every `filter.tags` pair (all
 --- of ephrun's when none are given), in the session's region, the `regions`
 --- setting and `filter.regions`, then, unless a tag other than
@@ -564,7 +552,9 @@ function M.list(filter, opts)
     if not other then
       for _, r in ipairs(run_resources(c, region, want["ephrun-run"])) do out[#out + 1] = r end
       -- last: a reap stopped halfway leaves the timer of what it did not end
-      for _, r in ipairs(run_schedules(c, region, want["ephrun-run"])) do out[#out + 1] = r end
+      for _, r in ipairs(scheduler.leftovers(session(c, region), region, want["ephrun-run"], c.opts)) do
+        out[#out + 1] = r
+      end
     end
   end
   return out

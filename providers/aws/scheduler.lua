@@ -70,18 +70,18 @@ end
 
 local function q(s) return ephrun.shell_quote(s) end
 
+-- The CLI's --endpoint-url when the Scheduler is not AWS's own ("" when it is or is unknown).
 local function endpoint_flag(s)
-  local url = s:endpoint("scheduler")
-  if url:match("%.amazonaws%.com[%.%w]*$") then return "" end
+  local ok, url = pcall(s.endpoint, s, "scheduler")
+  if not ok or url:match("%.amazonaws%.com[%.%w]*$") then return "" end
   return " --endpoint-url " .. q(url)
 end
 
 --- The aws CLI command that deletes schedule `name` by hand.
 ---@return string
 function M.hint(s, region, name)
-  local ok, flag = pcall(endpoint_flag, s)
   return ("aws scheduler delete-schedule --region %s --group-name %s --name %s%s"):format(q(region), M.GROUP, q(name),
-    ok and flag or "")
+    endpoint_flag(s))
 end
 
 -- A REST-JSON error (`x-amzn-ErrorType` or the body's `__type`, and `message`)
@@ -95,9 +95,7 @@ local function rest_error(resp, action)
   return aws.error(code, tostring(msg), { status = resp.status, service = "scheduler", action = action })
 end
 
--- One Scheduler call; raises an ephrun.aws error when it is not answered 2xx.
-local function call(s, region, action, req)
-  req.region = region
+local function send(s, action, req)
   local resp, err = s:request("scheduler", req)
   if not resp then
     error(aws.error("ConnectionError", ("scheduler %s: %s"):format(action, tostring(err)),
@@ -109,16 +107,40 @@ local function call(s, region, action, req)
   return type(doc) == "table" and doc or {}
 end
 
+-- One Scheduler call; raises an ephrun.aws error when it is not answered 2xx.
+-- Every call here is safe to repeat (a create by name answers Conflict the
+-- second time), so throttling and 5xx are sent again with backoff until
+-- `deadline` seconds pass (0: once), as the EC2 calls are; this loop is the
+-- only one, ephrun.http's own retries are off.
+local function call(s, region, action, req, deadline)
+  req.region, req.retries = region, 0
+  local limit = ephrun.time.monotonic() + (deadline or 120)
+  local delay = 0.25
+  while true do
+    local ok, r = pcall(send, s, action, req)
+    if ok then return r end
+    if not (aws.is_error(r) and r.retry and r.kind ~= "locked") or ephrun.time.monotonic() + delay > limit then
+      error(r, 0)
+    end
+    ephrun.log.debug("aws: scheduler %s: %s; again in %.1fs", action, tostring(r), delay)
+    ephrun.time.sleep(delay * (1 + math.random() * 0.5))
+    delay = math.min(delay * 2, 8)
+  end
+end
+
 -- Whether the Scheduler answers in `region` (one read per region and process):
--- true, or false and why not.
+-- true, or false and why not. A throttled or failing answer is an answer, so
+-- a storm does not cost the instance its timer.
 local reachable = {}
 
 local function probe(s, region)
   local r = reachable[region]
   if r == nil then
     local ok, err = pcall(call, s, region, "ListSchedules", { method = "GET", path = "/schedules",
-      query = { NamePrefix = M.PREFIX, MaxResults = 1 }, retries = 0, timeout = 10, connect_timeout = 5 })
-    r = ok and true or tostring(err)
+      query = { NamePrefix = M.PREFIX, MaxResults = 1 }, timeout = 10, connect_timeout = 5 }, 0)
+    -- throttled or failing for a moment: it answers, and the create retries
+    r = (ok or (aws.is_error(err) and (err.kind == "rate_limited" or err.kind == "server") and err.status)) and true
+      or tostring(err)
     reachable[region] = r
   end
   if r == true then return true end
@@ -194,7 +216,7 @@ function M.arm(s, region, inst, spec, opts)
       RetryPolicy = { MaximumRetryAttempts = 185, MaximumEventAgeInSeconds = 86400 } },
   }
   local ok, err = pcall(call, s, region, "CreateSchedule", { method = "POST", path = "/schedules/" .. name,
-    body = body, headers = { ["Content-Type"] = "application/json" }, retry = true })
+    body = body, headers = { ["Content-Type"] = "application/json" } }, 300)
   -- Conflict: a create sent again whose first answer was lost; the name is this instance's.
   if not ok and not (aws.is_error(err) and err.code == "ConflictException") then
     if set.mode == "true" then
@@ -222,13 +244,13 @@ function M.disarm(s, region, name)
 end
 
 --- This account's ephrun schedules in `region` (of run `run` when given), as
---- `list` entries of kind "schedule".
+--- `list` entries of kind "schedule"; throttling is retried for `deadline` seconds (default 120).
 ---@return table[]
-function M.list(s, region, run)
+function M.list(s, region, run, deadline)
   local out, token = {}, nil
   repeat
     local doc = call(s, region, "ListSchedules", { method = "GET", path = "/schedules",
-      query = { NamePrefix = M.PREFIX, MaxResults = 100, NextToken = token } })
+      query = { NamePrefix = M.PREFIX, MaxResults = 100, NextToken = token } }, deadline)
     for _, sc in ipairs(doc.Schedules or {}) do
       local r, iid = M.parse_name(sc.Name)
       if r and (not run or r == run) and (sc.GroupName == nil or sc.GroupName == M.GROUP) then
@@ -239,6 +261,23 @@ function M.list(s, region, run)
     token = doc.NextToken
   until token == nil or token == "" or token == ephrun.json.null
   return out
+end
+
+--- `list`, for `ephrun reap`: a Scheduler that cannot be listed (not enabled,
+--- no permission) is said, not fatal, so instances, groups and keys still go.
+---@return table[]
+function M.leftovers(s, region, run, opts)
+  if M.settings(opts).mode == "false" then return {} end
+  local ok, list
+  if type(reachable[region]) == "string" then
+    ok, list = false, reachable[region]   -- this process found it silent already
+  else
+    ok, list = pcall(M.list, s, region, run, 30)
+  end
+  if ok then return list end
+  ephrun.log.warn("aws: cannot list EventBridge schedules in %s (%s); list them with: aws scheduler list-schedules "
+    .. "--region %s --name-prefix %s%s", region, tostring(list), q(region), M.PREFIX, endpoint_flag(s))
+  return {}
 end
 
 return M
