@@ -308,11 +308,22 @@ end
 
 -- The run's security group in `region`: SSH from `ssh_cidr` only. Deleted by
 -- the run's cleanup after its instances, retrying DependencyViolation.
+-- Regions where this run launched a kept instance (keep=true): its group must
+-- stay with it (deleting it would retry DependencyViolation until the deadline);
+-- `ephrun reap` removes it once the instance is gone.
+local kept_in = {}
+
 local function run_security_group(c, region, tags)
   local name = run_name()
+  if tags["ephrun-keep"] == "true" then kept_in[region] = true end
   return once("security-group " .. region .. " " .. name, function()
     local cidr = ssh_cidr(c, region)
     ephrun.defer(function()
+      if kept_in[region] then
+        ephrun.log.info("kept: AWS security group %s (%s) stays with this run's kept instance; `ephrun reap` "
+          .. "removes it once the instance is gone", name, region)
+        return
+      end
       local id = group_by_name(c, region, name)
       if id then delete_group(c, region, id, c.cleanup_deadline) end
       ephrun.log.info("deleted AWS security group %s (%s)", name, region)

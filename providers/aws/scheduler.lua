@@ -203,8 +203,11 @@ function M.arm(s, region, inst, spec, opts)
   end
   local run = spec.tags["ephrun-run"] or ephrun.run_id()
   local name = M.name(run, inst.id)
-  ephrun.defer(function() M.disarm(s, region, name) end, "delete the EventBridge schedule " .. name,
-    M.hint(s, region, name))
+  -- A kept instance (keep=true) outlives the run: so does its timer, until destroy or its firing.
+  if spec.tags["ephrun-keep"] ~= "true" then
+    ephrun.defer(function() M.disarm(s, region, name) end, "delete the EventBridge schedule " .. name,
+      M.hint(s, region, name))
+  end
   local at = ephrun.time.iso8601(math.ceil(expires + set.grace)):gsub("Z$", "")
   local body = ephrun.json.encode {
     ScheduleExpression = ("at(%s)"):format(at), ScheduleExpressionTimezone = "UTC",

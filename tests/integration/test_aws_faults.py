@@ -308,6 +308,18 @@ class AwsFaults(unittest.TestCase):
         self.assertEqual([c["status"] for c in self.a.state()["log"][self.first_call:]
                           if c["action"] == "DELETE /schedules/" + name][:1], [200])
 
+    def test_a_kept_instance_keeps_its_timer_until_it_is_destroyed(self):
+        r = self.ephrun(RECIPE, "keep=true")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        left = self.leftovers()
+        # the group stays with its kept instance (its deletion used to retry DependencyViolation for 5 minutes)
+        self.assertEqual((len(left["instances"]), len(left["schedules"]), len(left["security_groups"])), (1, 1, 1),
+                         left)
+        [name] = left["schedules"]
+        self.assertTrue(name.endswith("-" + left["instances"][0][1]), name)
+        r = self.reap("kept=true")
+        self.assertIn("destroyed aws " + left["instances"][0][1], r.stdout)
+
     def test_a_sigkilled_launchers_hung_instance_is_ended_by_the_schedule(self):
         # minute_seconds: the guest's own `shutdown -h +N` never comes (a hung guest)
         self.a.config(minute_seconds=1e6)

@@ -23,6 +23,7 @@ return ephrun.recipe {
     fault = { default = "none", choices = { "none", "fail", "hold" } },
     region = { default = "eu-west-1" },
     image = { default = "", doc = "an AMI of that region (default: the provider's EPHRUN_AWS_IMAGE)" },
+    keep = { default = false, doc = "launch with keep=true (the instance outlives the run)" },
     ttl = { type = "duration", default = "30m" },
   },
   run = function(p)
@@ -32,7 +33,8 @@ return ephrun.recipe {
       io.stdout:flush()
     end
     local cloud = ephrun.provider("aws")
-    local spec = { plan = "t3.micro", region = p.region, ttl = p.ttl, image = p.image ~= "" and p.image or nil }
+    local spec = { plan = "t3.micro", region = p.region, ttl = p.ttl, image = p.image ~= "" and p.image or nil,
+      keep = p.keep }
     if at == "boot" then
       if fail then spec.deadline = 1 end
       if hold then
