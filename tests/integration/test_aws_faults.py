@@ -15,6 +15,7 @@ never ready are rows of tests/integration/test_aws_provider.py (not repeated her
 After every test: no instance alive, no key pair, no security group, no EventBridge schedule, no
 unfinished multipart upload in any bucket, and no credential (access key id, secret key, session
 token) in any output of ephrun nor in any file under EPHRUN_HOME."""
+import calendar
 import json
 import os
 import shutil
@@ -292,7 +293,7 @@ class AwsFaults(unittest.TestCase):
         tags = {t["Key"]: t["Value"] for t in self.a.ec2().describe_instances(
             InstanceIds=[iid])["Reservations"][0]["Instances"][0]["Tags"]}
         self.assertEqual(name, "ephrun-%s-%s" % (tags["ephrun-run"], iid))
-        expires = time.mktime(time.strptime(tags["ephrun-expires"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+        expires = calendar.timegm(time.strptime(tags["ephrun-expires"], "%Y-%m-%dT%H:%M:%SZ"))
         self.assertEqual(sc["ScheduleExpression"],
                          "at(%s)" % time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(expires + 600)))
         self.assertEqual(sc["ScheduleExpressionTimezone"], "UTC")
@@ -328,7 +329,7 @@ class AwsFaults(unittest.TestCase):
         p.kill()
         self.finish(p, out)
         [sc] = self.a.schedules().values()
-        due = time.mktime(time.strptime(sc["ScheduleExpression"], "at(%Y-%m-%dT%H:%M:%S)")) - time.timezone
+        due = calendar.timegm(time.strptime(sc["ScheduleExpression"], "at(%Y-%m-%dT%H:%M:%S)"))
         self.assertEqual(self.a.fire_schedules(due - 1), [], "fired before it was due")
         self.assertEqual(self.a.instance(iid)["state"], "running")
         [fired] = self.a.fire_schedules(due)

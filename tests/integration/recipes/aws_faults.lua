@@ -61,7 +61,10 @@ return ephrun.recipe {
       if hold then ephrun.time.sleep(3600) end
     end
 
-    if at == "ssh" then say("FAULT-POINT ssh", box.id) end
+    if at == "ssh" then
+      ephrun.phase("ssh")   -- before the marker: a signal right after it finds the run in 'ssh'
+      say("FAULT-POINT ssh", box.id)
+    end
     local sh <close> = box:ssh { deadline = (at == "ssh" and fail) and "2s" or "5m" }
 
     ephrun.phase("build")
