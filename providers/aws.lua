@@ -306,13 +306,13 @@ local function ssh_cidr(c, region)
   return ip .. "/32"
 end
 
--- The run's security group in `region`: SSH from `ssh_cidr` only. Deleted by
--- the run's cleanup after its instances, retrying DependencyViolation.
 -- Regions where this run launched a kept instance (keep=true): its group must
 -- stay with it (deleting it would retry DependencyViolation until the deadline);
 -- `ephrun reap` removes it once the instance is gone.
 local kept_in = {}
 
+-- The run's security group in `region`: SSH from `ssh_cidr` only. Deleted by
+-- the run's cleanup after its instances, retrying DependencyViolation.
 local function run_security_group(c, region, tags)
   local name = run_name()
   if tags["ephrun-keep"] == "true" then kept_in[region] = true end
