@@ -131,18 +131,32 @@ end
 -- Whether the Scheduler answers in `region` (one read per region and process):
 -- true, or false and why not. A throttled or failing answer is an answer, so
 -- a storm does not cost the instance its timer.
-local reachable = {}
+-- Fifty parallel launches ask once: the first starts the read, the others wait for it.
+local reachable, asking = {}, {}
+
+local function ask(s, region)
+  local ok, err = pcall(call, s, region, "ListSchedules", { method = "GET", path = "/schedules",
+    query = { NamePrefix = M.PREFIX, MaxResults = 1 }, timeout = 10, connect_timeout = 5 }, 0)
+  -- throttled or failing for a moment: it answers, and the create retries
+  if ok or (aws.is_error(err) and (err.kind == "rate_limited" or err.kind == "server") and err.status) then
+    return true
+  end
+  return tostring(err)
+end
 
 local function probe(s, region)
-  local r = reachable[region]
-  if r == nil then
-    local ok, err = pcall(call, s, region, "ListSchedules", { method = "GET", path = "/schedules",
-      query = { NamePrefix = M.PREFIX, MaxResults = 1 }, timeout = 10, connect_timeout = 5 }, 0)
-    -- throttled or failing for a moment: it answers, and the create retries
-    r = (ok or (aws.is_error(err) and (err.kind == "rate_limited" or err.kind == "server") and err.status)) and true
-      or tostring(err)
+  if reachable[region] == nil then
+    local task = asking[region]
+    if not task then
+      task = ephrun.spawn("aws scheduler probe " .. region, function() return ask(s, region) end)
+      asking[region] = task
+    end
+    local ok, r = pcall(task.wait, task)
+    if asking[region] == task then asking[region] = nil end
+    if not ok then error(r, 0) end
     reachable[region] = r
   end
+  local r = reachable[region]
   if r == true then return true end
   return false, r
 end

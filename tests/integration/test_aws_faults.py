@@ -341,15 +341,17 @@ class AwsFaults(unittest.TestCase):
         self.assertEqual((left["instances"], len(left["key_pairs"]), len(left["security_groups"])), ([], 1, 1))
         self.reap()
 
-    def test_a_throttled_scheduler_still_arms_the_timer(self):
+    def test_a_throttled_scheduler_still_arms_the_timers(self):
         self.a.fault("*", "ThrottlingException", count=6, status=429, service="scheduler", message="Rate exceeded")
-        r = self.ephrun(OPS, "mode=ops", "count=1")
+        r = self.ephrun(OPS, "mode=ops", "count=3")   # three launches in parallel
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         log = [c for c in self.a.state()["log"][self.first_call:] if c["service"] == "scheduler"]
         self.assertEqual(sum(1 for c in log if c["status"] == 429), 6, log)
         created = [c for c in log if c["action"].startswith("POST /schedules/ephrun-") and c["status"] == 200]
         deleted = [c for c in log if c["action"].startswith("DELETE /schedules/ephrun-") and c["status"] == 200]
-        self.assertEqual((len(created), len(deleted)), (1, 1), log)
+        self.assertEqual((len(created), len(deleted)), (3, 3), log)
+        probes = [c for c in log if "MaxResults=1&" in c["path"]]
+        self.assertEqual(len(probes), 1, "the launches share one reachability read: %r" % probes)
 
     def test_without_a_reachable_scheduler_auto_says_so_and_launches(self):
         self.env["AWS_ENDPOINT_URL_SCHEDULER"] = "http://127.0.0.1:1"   # nothing listens there
