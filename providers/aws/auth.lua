@@ -35,7 +35,7 @@ function M.advice(s, e)
       .. "they work)"):format(source)
   end
   return ("the credentials from %s are valid but not allowed to call %s:%s: add it to their IAM policy")
-    :format(source, tostring(e.service or "ec2"), tostring(e.action or "?"))
+    :format(env and "the environment" or source, tostring(e.service or "ec2"), tostring(e.action or "?"))
 end
 
 return M

@@ -478,6 +478,14 @@ class AwsFaults(unittest.TestCase):
         self.assertNotIn("stack traceback", r.stderr)
         self.assertEqual(self.calls("RunInstances"), [])
 
+    def test_a_missing_permission_is_told_apart_from_wrong_keys(self):
+        self.a.fault("RunInstances", "UnauthorizedOperation", status=403,
+                     message="You are not authorized to perform this operation.")
+        r = self.ephrun(RECIPE)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("the credentials from the environment are valid but not allowed to call ec2:RunInstances", r.stderr)
+        self.assertNotIn("stack traceback", r.stderr)
+
     def test_the_standin_checks_signatures(self):
         wrong = dict(self.a.env(), AWS_SECRET_ACCESS_KEY=SECRET_KEY + "x")
         rc, _, err = self.a.aws_cli("ec2", "describe-instances", check=False, env=wrong)
