@@ -31,12 +31,15 @@
 ---   cleanup_deadline EPHRUN_AWS_CLEANUP_DEADLINE, how long deleting the security group
 ---              retries DependencyViolation (default 5m)
 ---   regions    EPHRUN_AWS_REGIONS, the regions `list` (and so `ephrun reap`) scans, comma
----              separated (default: the session's region)
+---              separated, besides the session's region and any `filter.regions`
+---   scheduler, scheduler_role, scheduler_grace: the second timer (providers/aws/scheduler.lua)
 local ephrun = require "ephrun"
 local api = require "ephrun.api"
 local errors = require "ephrun.errors"
 local aws = require "ephrun.aws"
 local PRICES = require "providers.aws.prices"
+local scheduler = require "providers.aws.scheduler"
+local auth = require "providers.aws.auth"
 
 local M = {}
 
@@ -136,10 +139,10 @@ end
 -- keeping AWS's code; the lifecycle decides on `kind` and `retry` only.
 local LIFT = { conflict = "invalid" }
 
-local function lift(e)
+local function lift(e, s)
   if not aws.is_error(e) then return e end
   return errors.new { kind = LIFT[e.kind] or e.kind, retry = e.retry, code = e.code, status = e.status,
-    message = "aws: " .. tostring(e) }
+    message = "aws: " .. tostring(e) .. ((e.kind == "auth" and s) and (" -- " .. auth.advice(s, e)) or "") }
 end
 
 local NO_RETRIES = { retries = 0 }
@@ -163,7 +166,7 @@ local function call(c, region, action, params, o)
     -- error answered with a 500 is never sent again by the HTTP layer
     local ok, r = pcall(s.ec2, s, action, params, NO_RETRIES)
     if ok then return r end
-    error(lift(r), 0)
+    error(lift(r, s), 0)
   end, { what = "aws: " .. action, pacer = api.pacer("aws ec2 " .. s:endpoint("ec2") .. " " .. region, c.rate),
     kinds = repeatable and REPEATABLE or nil, deadline = o.deadline or 300, attempts = o.once and 1 or nil,
     delay = 0.25, max_delay = 12, stats = M.stats })
@@ -294,13 +297,24 @@ end
 -- instance still uses its group when the run ends).
 local group_cleanups = {}
 
+-- Regions where this run launched a kept instance (keep=true): its group must
+-- stay with it (deleting it would retry DependencyViolation until the deadline);
+-- `ephrun reap` removes it once the instance is gone.
+local kept_in = {}
+
 -- The run's security group in `region`: SSH from `ssh_cidr` only. Deleted by
 -- the run's cleanup after its instances, retrying DependencyViolation.
 local function run_security_group(c, region, tags)
   local name = run_name()
+  if tags["ephrun-keep"] == "true" then kept_in[region] = true end
   return once("security-group " .. region .. " " .. name, function()
     local cidr = ssh_cidr(c, region)
     group_cleanups[region] = ephrun.defer(function()
+      if kept_in[region] then
+        ephrun.log.info("kept: AWS security group %s (%s) stays with this run's kept instance; `ephrun reap` "
+          .. "removes it once the instance is gone", name, region)
+        return
+      end
       local id = group_by_name(c, region, name)
       if id then delete_group(c, region, id, c.cleanup_deadline) end
       ephrun.log.info("deleted AWS security group %s (%s)", name, region)
@@ -440,6 +454,7 @@ function M.launch(spec, opts)
   local params, login_user = run_params(c, region, spec, token)
   local function made(inst)
     inst.login_user = login_user
+    inst.schedule = scheduler.arm(session(c, region), region, inst, spec, c.opts)
     -- the reply may carry no tags; the board of the run's waiters is found by them
     if next(inst.tags) == nil then inst.tags = params_tags(params) end
     return inst
@@ -521,12 +536,31 @@ local function run_resources(c, region, run)
   return out
 end
 
+-- The session's region, the `regions` setting and `filter.regions` (those
+-- `ephrun reap` found in the journal or was given), each once.
+local function regions_to_scan(c, filter)
+  local out, seen = {}, {}
+  local function add(r)
+    if r and r ~= "" and not seen[r] then
+      seen[r] = true
+      out[#out + 1] = r
+    end
+  end
+  local ok, own = pcall(region_of, c)
+  for _, r in ipairs(c.regions or {}) do add(r) end
+  for _, r in ipairs((filter or {}).regions or {}) do add(r) end
+  if ok then add(own) elseif #out == 0 then error(own, 0) end
+  for _, r in ipairs(out) do region_of(c, r) end
+  return out
+end
+
 --- Instances not terminated whose tags include every `filter.tags` pair (all
---- of ephrun's when none are given), in each of the `regions`, then, unless a tag other than
+--- of ephrun's when none are given), in the session's region, the `regions`
+--- setting and `filter.regions`, then, unless a tag other than
 --- `ephrun-run` is asked for, the runs' security groups (`kind =
---- "security-group"`) and key pairs (`kind = "key-pair"`), which `ephrun
---- reap` removes after the instances.
----@param filter? {tags?: table<string,string>}
+--- "security-group"`), key pairs (`kind = "key-pair"`) and EventBridge
+--- schedules (`kind = "schedule"`), which `ephrun reap` removes after the instances.
+---@param filter? {tags?: table<string,string>, regions?: string[]}
 ---@return table[]
 function M.list(filter, opts)
   local c = config(opts)
@@ -538,10 +572,14 @@ function M.list(filter, opts)
   end
   if next(want) == nil then filters[#filters + 1] = { Name = "tag-key", Value = { "ephrun-run" } } end
   local out = {}
-  for _, region in ipairs(c.regions or { region_of(c) }) do
+  for _, region in ipairs(regions_to_scan(c, filter)) do
     for _, i in ipairs(describe(c, region, filters)) do out[#out + 1] = i end
     if not other then
       for _, r in ipairs(run_resources(c, region, want["ephrun-run"])) do out[#out + 1] = r end
+      -- last: a reap stopped halfway leaves the timer of what it did not end
+      for _, r in ipairs(scheduler.leftovers(session(c, region), region, want["ephrun-run"], c.opts)) do
+        out[#out + 1] = r
+      end
     end
   end
   return out
@@ -617,12 +655,21 @@ function M.destroy(inst, opts)
         .. "terminated yet"):format(inst.id) }
     end
     error(err, 0)
+  elseif inst.kind == "schedule" then
+    scheduler.disarm(session(c, region), region, inst.id)
+    return
   end
-  if not terminate(c, region, inst.id) then return end
-  poll_until(c, { id = inst.id, region = region, tags = inst.tags }, 600, "terminated", function(cur)
-    if gone(cur) then return true end
-    return false
-  end)
+  if terminate(c, region, inst.id) then
+    poll_until(c, { id = inst.id, region = region, tags = inst.tags }, 600, "terminated", function(cur)
+      if gone(cur) then return true end
+      return false
+    end)
+  end
+  -- The timer has nothing left to end; the run's cleanup deletes it again if this fails.
+  if inst.schedule then
+    local ok, err = pcall(scheduler.disarm, session(c, region), region, inst.schedule)
+    if not ok then ephrun.log.warn("aws: %s (the run's cleanup tries again)", tostring(err)) end
+  end
 end
 
 --- The run leaves `inst` running (a detached run): its security group stays
@@ -658,6 +705,8 @@ function M.destroy_hint(inst, opts)
     return ("aws ec2 delete-key-pair --region %s --key-name %s%s"):format(q(region), q(inst.id), ep)
   elseif inst.kind == "security-group" then
     return ("aws ec2 delete-security-group --region %s --group-id %s%s"):format(q(region), q(inst.id), ep)
+  elseif inst.kind == "schedule" then
+    return scheduler.hint(session(c, ok and region or nil), region, inst.id)
   end
   return ("aws ec2 terminate-instances --region %s --instance-ids %s%s   # or: ephrun reap"):format(q(region),
     q(inst.id), ep)
@@ -673,6 +722,14 @@ function M.wait(inst, state, deadline, opts)
     if gone(cur) and state ~= "terminated" then return nil end
     return false
   end)
+end
+
+--- The launch step's plan lines about the EventBridge Scheduler timer.
+---@return string[]
+function M.plan_details(spec, opts)
+  local c = config(opts)
+  local region = region_of(c, spec.region)
+  return scheduler.plan_lines(session(c, region), region, spec.ttl, c.opts)
 end
 
 --- Where to connect: the public address, the configured SSH port and user.

@@ -18,7 +18,7 @@
 --- out: the lifecycle then says "provider 'x' cannot ..." and names the built-ins that can.
 ---
 --- Under `--dry-run` no provider function is called except `price`, `plan_info`,
---- `preflight`, `destroy_deadline` and `attach` (which must change nothing).
+--- `plan_details`, `preflight`, `destroy_deadline` and `attach` (which must change nothing).
 
 ---@alias ephrun.provider.State "pending"|"running"|"stopping"|"stopped"|"terminated"
 
@@ -110,6 +110,14 @@ function Provider.price(spec, opts) end
 ---@param opts table
 ---@return {plan: string, vcpu: integer, memory_mb: integer, price: number}|nil
 function Provider.plan_info(spec, opts) end
+
+--- Optional. More lines for the launch step of the plan (what else the launch
+--- makes, e.g. AWS's EventBridge Scheduler timer, or why it does not); called
+--- in both modes, before the launch, so it may read but must change nothing.
+---@param spec ephrun.provider.LaunchSpec
+---@param opts table
+---@return string[]
+function Provider.plan_details(spec, opts) end
 
 --- Where `instance:ssh()` connects.
 ---@param inst ephrun.provider.Instance

@@ -362,6 +362,10 @@ function Cloud:launch(spec)
       or ("price $%.4f/hour, worst case unbounded"):format(hourly)
   end
   if hourly and self.impl.price_basis then details[#details + 1] = self.impl.price_basis end
+  if self.impl.plan_details then
+    for _, line in ipairs(self.impl.plan_details({ plan = spec.plan, region = spec.region, ttl = ttl or nil },
+      self.opts) or {}) do details[#details + 1] = line end
+  end
   for _, line in ipairs(cost_lines) do details[#details + 1] = line end
   if spec.keep then details[#details + 1] = "keep=true: NOT destroyed at the end of the run" end
   local obj = ephrun.effect {

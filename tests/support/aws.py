@@ -183,6 +183,34 @@ class AwsStandin:
                 "security_groups": [g["GroupName"] for g in groups["SecurityGroups"]
                                     if g["GroupName"].startswith("ephrun-")]}
 
+    def client(self, service, region=REGION):
+        import botocore.session
+        return botocore.session.get_session().create_client(
+            service, region_name=region, endpoint_url=self.url, aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY)
+
+    def schedules(self, regions=(REGION,)):
+        """ephrun's EventBridge schedules (name -> GetSchedule), in `regions`."""
+        out = {}
+        for region in regions:
+            sch = self.client("scheduler", region)
+            for s in sch.list_schedules(NamePrefix="ephrun-")["Schedules"]:
+                out[s["Name"]] = sch.get_schedule(Name=s["Name"], GroupName=s.get("GroupName") or "default")
+        return out
+
+    def fire_schedules(self, now=None):
+        """What EventBridge Scheduler would have run by `now` (epoch seconds; default: now)."""
+        return self._control("POST", "/_standin/scheduler/fire", {} if now is None else {"now": now})["fired"]
+
+    def multipart_uploads(self, region=REGION):
+        """Unfinished multipart uploads in every bucket: [(bucket, key, upload id)]."""
+        s3 = self.client("s3", region)
+        out = []
+        for b in s3.list_buckets().get("Buckets", []):
+            for u in s3.list_multipart_uploads(Bucket=b["Name"]).get("Uploads", []):
+                out.append((b["Name"], u["Key"], u["UploadId"]))
+        return out
+
     # -- the official AWS CLI
     def aws_cli(self, *args, check=True, env=None):
         """Runs `aws --endpoint-url URL ARGS --output json`; (returncode, parsed stdout or text, stderr)."""

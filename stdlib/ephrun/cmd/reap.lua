@@ -109,8 +109,10 @@ local function record(problems, what, fn, ...)
 end
 
 -- Lists a provider's instances, saying what it waits for: an API that does
--- not answer can keep the list retrying for a minute.
-local function list_instances(name, cloud)
+-- not answer can keep the list retrying for a minute. `regions`: where the
+-- journal says the provider made something, plus `regions=` (a provider
+-- scans them besides its own region; those without regions ignore them).
+local function list_instances(name, cloud, regions)
   ephrun.log.info("reap: asking %s for its instances (looking for ephrun tags)…", name)
   local started = ephrun.time.monotonic()
   local ticker = ephrun.spawn("reap", function()
@@ -122,7 +124,7 @@ local function list_instances(name, cloud)
         .. "rate-limiting, and is retried; Ctrl-C stops)", name, math.floor(ephrun.time.monotonic() - started))
     end
   end)
-  local ok, list = pcall(cloud.impl.list, { tags = {} }, cloud.opts)
+  local ok, list = pcall(cloud.impl.list, { tags = {}, regions = regions }, cloud.opts)
   ticker:cancel("listed")
   return unless_interrupted(ok, list)
 end
@@ -178,6 +180,8 @@ return ephrun.recipe {
     older_than = { type = "duration", doc = "only resources at least this old (e.g. 2h)" },
     expired = { default = false, doc = "only resources past their lifetime (--expired; what the reaper runs)" },
     providers = { type = "list", default = {}, doc = "providers to scan by tag besides those in the journal and local" },
+    regions = { type = "list", default = {}, doc = "regions to scan besides each provider's own and those in the journal "
+      .. "(AWS: a run killed before its instance was recorded left its key pair and security group there)" },
     kept = { default = false, doc = "also destroy kept instances (keep=true) that have not expired yet" },
   },
   run = function(p)
@@ -189,9 +193,20 @@ return ephrun.recipe {
     local providers = { ["local"] = true }
     for _, name in ipairs(p.providers) do providers[name] = true end
 
+    local regions = {} -- provider -> regions its journal rows name, then `regions=`
     for _, r in ipairs(jr.all) do
       providers[r.provider] = true
       if r.id then by_id[r.provider .. "\0" .. r.id] = r end
+      local region = type(r.extra) == "table" and r.extra.region
+      if type(region) == "string" and region ~= "" then
+        regions[r.provider] = regions[r.provider] or {}
+        regions[r.provider][region] = true
+      end
+    end
+    local function regions_of(name)
+      local set = regions[name] or {}
+      for _, region in ipairs(p.regions) do set[region] = true end
+      return sorted_keys(set)
     end
 
     -- 1. The journal: pending or live resources whose run is over or that expired.
@@ -222,7 +237,7 @@ return ephrun.recipe {
         ephrun.log.warn("reap: provider '%s' cannot list instances; only the journal is used", name)
       else
         clouds[name] = cloud
-        local lok, list = list_instances(name, cloud)
+        local lok, list = list_instances(name, cloud, regions_of(name))
         if not lok then
           problems[#problems + 1] = ("listing %s instances failed: %s"):format(name, tostring(list))
           list = {}
@@ -322,7 +337,10 @@ return ephrun.recipe {
             detail = ("%s %s destroyed by `ephrun reap` (%s)"):format(c.provider, c.id, c.why) })
         end
       else
-        failures[#failures + 1] = ("%s %s: %s"):format(c.provider, c.id, tostring(err))
+        local hinted, hint = false, nil
+        if cloud and cloud.impl.destroy_hint then hinted, hint = pcall(cloud.impl.destroy_hint, c.inst, cloud.opts) end
+        failures[#failures + 1] = ("%s %s: %s%s"):format(c.provider, c.id, tostring(err),
+          hinted and hint and ("\n    remove it by hand: " .. hint) or "")
       end
     end
     for _, r in ipairs(stale) do

@@ -32,6 +32,14 @@ scope. On top of moto, for EC2:
   type's vCPUs (at most this machine's, taskset) and memory (RLIMIT_AS), from
   moto's instance type table, so `nproc` and `ulimit -v` show the type; a type
   change applies when the instance starts again;
+- CreateSchedule is refused (ValidationException) for what EventBridge Scheduler refuses
+  and moto accepts: no FlexibleTimeWindow, no role ARN, a bad `at()` expression, an
+  ec2:terminateInstances target whose Input is not {"InstanceIds": [...]}; moto stores
+  schedules and never runs them: /_standin/scheduler/fire does;
+- with config "credentials" ({access key id: {"secret", "token", "expired"}}), every AWS
+  request must be signed (SigV4, checked with botocore's signer) with one of those keys and
+  its session token, else it gets the service's own refusal (EC2 AuthFailure, S3
+  SignatureDoesNotMatch / InvalidAccessKeyId, RequestExpired / ExpiredToken for an expired token);
 - each instance has an IMDSv2 endpoint on its own address (port `imds_port`),
   given to its sessions as AWS_EC2_METADATA_SERVICE_ENDPOINT, as botocore reads it:
   PUT /latest/api/token, then GET /latest/meta-data/{instance-id,
@@ -54,7 +62,11 @@ Control endpoints (not AWS, not faulted, not logged, not throttled):
     GET|DELETE /_standin/faults
     POST /_standin/instances/ID/shutdown   {"args": ["-P", "+2"]}: as if run inside it
     POST /_standin/instances/ID/interrupt  {"action": "terminate", "seconds": 120}
-    POST /_standin/advance    {"seconds": N} moves the stand-in's clock forward
+    POST /_standin/scheduler/fire  {"now": epoch seconds (default: the stand-in's clock)}: what
+                              EventBridge Scheduler would do: each due one-time `at()` schedule
+                              runs (ec2:terminateInstances terminates its instances) and is
+                              deleted if ActionAfterCompletion=DELETE; answers {"fired": [...]}
+    POST /_standin/advance    {"seconds": N} moves the stand-in's clock forward (the scheduler's too)
     POST /_standin/reset      moto's /moto-api/reset, and every instance stopped
 SIGTERM, SIGINT, end of stdin with --watch-stdin: stops every sshd it started and
 removes the files it made under DIR.
@@ -86,6 +98,8 @@ MARKER = "EPHRUN_AWS_INSTANCE"
 DEFAULT_CONFIG = {
     "pending_seconds": 0.5, "stopping_seconds": 0.5, "shutting_down_seconds": 0.5,
     "minute_seconds": 60.0, "start_sshd": True, "enforce_size": False, "rate_limit": 0,
+    # {access key id: {"secret", "token" (optional), "expired" (optional)}}; empty: no check
+    "credentials": {},
 }
 TIMING_KEYS = [k for k in DEFAULT_CONFIG if k.endswith("_seconds")]
 STATE_CODES = {"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48,
@@ -153,6 +167,116 @@ def query_error(code, message):
 def s3_error(code, message):
     return ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>%s</Code><Message>%s</Message>'
             '<RequestId>%s</RequestId></Error>' % (code, xml_escape(message), uuid.uuid4())).encode()
+
+
+def json_error(code, message):
+    return json.dumps({"__type": code, "message": message}).encode()
+
+
+# How each service refuses a request it cannot authenticate: (status, code, message).
+AUTH_ERRORS = {
+    "ec2": {"unknown_key": (401, "AuthFailure", "AWS was not able to validate the provided access credentials"),
+            "signature": (401, "AuthFailure", "AWS was not able to validate the provided access credentials"),
+            "token": (401, "AuthFailure", "AWS was not able to validate the provided access credentials"),
+            "expired": (400, "RequestExpired", "Request has expired.")},
+    "s3": {"unknown_key": (403, "InvalidAccessKeyId",
+                           "The AWS Access Key Id you provided does not exist in our records."),
+           "signature": (403, "SignatureDoesNotMatch", "The request signature we calculated does not match the "
+                         "signature you provided. Check your key and signing method."),
+           "token": (400, "InvalidToken", "The provided token is malformed or otherwise invalid."),
+           "expired": (400, "ExpiredToken", "The provided token has expired.")},
+    "scheduler": {"unknown_key": (403, "UnrecognizedClientException",
+                                  "The security token included in the request is invalid."),
+                  "signature": (403, "InvalidSignatureException", "The request signature we calculated does not "
+                                "match the signature you provided. Check your AWS Secret Access Key and signing "
+                                "method."),
+                  "token": (403, "UnrecognizedClientException",
+                            "The security token included in the request is invalid."),
+                  "expired": (403, "ExpiredTokenException", "The security token included in the request is expired")},
+    "*": {"unknown_key": (403, "InvalidClientTokenId", "The security token included in the request is invalid."),
+          "signature": (403, "SignatureDoesNotMatch", "The request signature we calculated does not match the "
+                        "signature you provided. Check your AWS Secret Access Key and signing method."),
+          "token": (403, "InvalidClientTokenId", "The security token included in the request is invalid."),
+          "expired": (403, "ExpiredToken", "The security token included in the request is expired")},
+}
+AUTH_HEADER = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request, ?"
+                         r"SignedHeaders=([a-z0-9;-]+), ?Signature=([0-9a-f]{64})$")
+REST_JSON = {"scheduler"}
+
+
+def check_auth(credentials, method, raw_path, headers, body, service):
+    """Refuses, as the service would, a request not signed with a configured key:
+    the access key id must be known, its session token match and not be expired,
+    and the SigV4 signature be the one botocore computes with the secret."""
+    if not credentials:
+        return
+    from botocore.auth import S3SigV4Auth, SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    errs = AUTH_ERRORS.get(service, AUTH_ERRORS["*"])
+    h = {k.lower(): v for k, v in headers.items()}
+    m = AUTH_HEADER.match(h.get("authorization", ""))
+    known = m and credentials.get(m.group(1))
+    if not known:
+        raise AwsError(*errs["unknown_key"])
+    if (known.get("token") or None) != (h.get("x-amz-security-token") or None):
+        raise AwsError(*errs["token"])
+    signed = m.group(5).split(";")
+    req = AWSRequest(method=method, url="http://" + h.get("host", "") + raw_path,
+                     headers={x: h[x] for x in signed if x in h}, data=body)
+    req.context["timestamp"] = h.get("x-amz-date", "")
+    signer = (S3SigV4Auth if service == "s3" else SigV4Auth)(
+        Credentials(m.group(1), known["secret"], h.get("x-amz-security-token")), m.group(4), m.group(3))
+    if signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req) != m.group(6):
+        raise AwsError(*errs["signature"])
+    if known.get("expired"):
+        raise AwsError(*errs["expired"])
+
+
+# ---------------------------------------------------------------- EventBridge Scheduler
+
+TERMINATE_TARGET = "arn:aws:scheduler:::aws-sdk:ec2:terminateInstances"
+AT = re.compile(r"at\((\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\)$")
+
+
+def schedule_due(expression, timezone):
+    """Seconds since the epoch when a one-time `at(...)` schedule fires, or None for another kind."""
+    m = AT.match(expression or "")
+    if not m:
+        return None
+    import calendar
+    import datetime
+    import zoneinfo
+    parts = [int(x) for x in m.groups()]
+    if (timezone or "UTC") == "UTC":
+        return calendar.timegm(tuple(parts) + (0, 0, 0))
+    return datetime.datetime(*parts, tzinfo=zoneinfo.ZoneInfo(timezone)).timestamp()
+
+
+def check_schedule(body):
+    """What EventBridge Scheduler refuses at CreateSchedule and moto lets through."""
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError:
+        raise AwsError(400, "ValidationException", "the request body is not JSON")
+    expr = doc.get("ScheduleExpression") or ""
+    if not (AT.match(expr) or expr.startswith("rate(") or expr.startswith("cron(")):
+        raise AwsError(400, "ValidationException", "Invalid Schedule Expression %s." % expr)
+    if (doc.get("FlexibleTimeWindow") or {}).get("Mode") not in ("OFF", "FLEXIBLE"):
+        raise AwsError(400, "ValidationException", "FlexibleTimeWindow.Mode must be OFF or FLEXIBLE")
+    target = doc.get("Target") or {}
+    if not target.get("Arn") or not re.match(r"arn:aws[\w-]*:iam::\d{12}:role/.+", target.get("RoleArn") or ""):
+        raise AwsError(400, "ValidationException", "Target.Arn and Target.RoleArn (an IAM role ARN) are required")
+    if target["Arn"] == TERMINATE_TARGET:
+        try:
+            ids = json.loads(target.get("Input") or "")["InstanceIds"]
+        except (ValueError, KeyError, TypeError):
+            ids = None
+        if not (isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)):
+            raise AwsError(400, "ValidationException",
+                           'Target.Input of ec2:terminateInstances must be {"InstanceIds": ["i-..."]}')
+    if doc.get("ActionAfterCompletion") not in (None, "NONE", "DELETE"):
+        raise AwsError(400, "ValidationException", "ActionAfterCompletion must be NONE or DELETE")
 
 
 def xml_escape(s):
@@ -496,6 +620,48 @@ class Standin:
                 "host_key_public": inst.host_public, "interrupt": inst.interrupt,
                 "user_data": inst.user_data, "history": list(inst.history)}
 
+    def fire_schedules(self, now=None):
+        """Does what EventBridge Scheduler would have done by `now` (the stand-in's
+        wall clock by default): every enabled one-time schedule that is due runs its
+        target (ec2:terminateInstances is carried out; any other target is reported,
+        not run), then is deleted when its ActionAfterCompletion is DELETE."""
+        from moto.scheduler.models import scheduler_backends
+        now = time.time() + self.clock_offset if now is None else float(now)
+        fired = []
+        for account, regions in list(scheduler_backends.items()):
+            for region, backend in list(regions.items()):
+                for group in list(backend.schedule_groups.values()):
+                    for sc in list(group.schedules.values()):
+                        due = schedule_due(sc.schedule_expression, sc.schedule_expression_timezone)
+                        if due is None or due > now or sc.state != "ENABLED":
+                            continue
+                        target = sc.target or {}
+                        result = {"name": sc.name, "group": group.name, "region": region, "account": account,
+                                  "target": target.get("Arn"), "role": target.get("RoleArn"), "instances": {}}
+                        if target.get("Arn") == TERMINATE_TARGET:
+                            for iid in json.loads(target.get("Input") or "{}").get("InstanceIds", []):
+                                result["instances"][iid] = self.terminate_by_schedule(iid)
+                        if sc.action_after_completion == "DELETE":
+                            group.schedules.pop(sc.name, None)
+                        else:
+                            sc.state = "DISABLED"   # a one-time schedule does not fire twice
+                        fired.append(result)
+        return fired
+
+    def terminate_by_schedule(self, iid):
+        with self.lock:
+            inst = self.instances.get(iid)
+            if inst is None:
+                return "unknown"
+            if inst.state in ("shutting-down", "terminated"):
+                return "already " + inst.state
+            self.begin(inst, "shutting-down", ("Client.UserInitiatedShutdown",
+                                               "Client.UserInitiatedShutdown: User initiated shutdown"))
+        with inst.oplock:
+            self.stop_sshd(inst)
+        self.moto_ec2(inst, "TerminateInstances", {"InstanceId.1": iid})
+        return "terminated"
+
     def delete_everything(self):
         with self.lock:
             insts = list(self.instances.values())
@@ -832,8 +998,11 @@ class Handler(BaseHTTPRequestHandler):
             status = self.aws(service, action, params, headers, body)
         except AwsError as e:
             status = e.status
-            fmt = ec2_error if service == "ec2" else s3_error if service == "s3" else query_error
-            self.send(e.status, fmt(e.code, e.message), ctype="text/xml")
+            if service in REST_JSON:
+                self.send(e.status, json_error(e.code, e.message), [("x-amzn-ErrorType", e.code)])
+            else:
+                fmt = ec2_error if service == "ec2" else s3_error if service == "s3" else query_error
+                self.send(e.status, fmt(e.code, e.message), ctype="text/xml")
         except Exception as e:  # a bug in the stand-in: say so, as AWS would, with a 500
             log("error serving %s %s: %r" % (self.command, self.path, e))
             status = 500
@@ -858,6 +1027,9 @@ class Handler(BaseHTTPRequestHandler):
                 raise AwsError(503, "RequestLimitExceeded", "Request limit exceeded.")
             S.window.append(real)
             S.peak_rps = max(S.peak_rps, len(S.window))
+            credentials = dict(S.config.get("credentials") or {})
+        check_auth(credentials, self.command, self.path, headers, body, service)
+        with S.lock:
             fault = None
             for f in S.faults:
                 if f["count"] > 0 and f["service"] == service and f["action"] in ("*", action):
@@ -869,6 +1041,8 @@ class Handler(BaseHTTPRequestHandler):
             raise AwsError(fault["status"], fault["code"], fault["message"])
         if service == "ec2":
             self.EC2.before(action, params)
+        if service == "scheduler" and self.command == "POST":
+            check_schedule(body)
         fwd = {k: v for k, v in headers.items() if k.lower() not in HOP}
         status, rheaders, data = S.moto_request(self.command, self.path, fwd, body)
         if service == "ec2" and status < 300 and data.lstrip().startswith(b"<"):
@@ -944,6 +1118,8 @@ class Handler(BaseHTTPRequestHandler):
                                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + secs))}
             S.wake.set()
             return self.send(204)
+        if path == "/_standin/scheduler/fire" and cmd == "POST":
+            return self.send(200, json.dumps({"fired": S.fire_schedules(doc.get("now"))}).encode())
         if path == "/_standin/advance" and cmd == "POST":
             with S.lock:
                 S.clock_offset += max(0.0, float(doc.get("seconds", 0)))
