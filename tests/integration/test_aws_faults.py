@@ -189,17 +189,22 @@ class AwsFaults(unittest.TestCase):
                 except Exception:
                     pass
 
+    @staticmethod
+    def confirmed(args):
+        """A recipe run launches paid instances: without a terminal it needs --yes."""
+        return ["--yes", *args] if args and args[0].endswith(".lua") else list(args)
+
     def ephrun(self, *args, timeout=TIMEOUT, **extra_env):
         e = dict(self.env)
         e.update(extra_env)
-        r = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout, env=e, cwd=self.tmp,
+        r = subprocess.run([BIN, *self.confirmed(args)], capture_output=True, text=True, timeout=timeout, env=e, cwd=self.tmp,
                            stdin=subprocess.DEVNULL)
         self.outputs += [r.stdout, r.stderr]
         return r
 
     def start(self, *args):
-        p = subprocess.Popen([BIN, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             env=self.env, cwd=self.tmp, stdin=subprocess.DEVNULL)
+        p = subprocess.Popen([BIN, *self.confirmed(args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=self.env, cwd=self.tmp, stdin=subprocess.DEVNULL)
         self.procs.append(p)
         return p, Output(p.stdout)
 
