@@ -385,6 +385,8 @@ void Secrets::add(const std::string& name, const std::string& value) {
     if (e.value == value) return;
   const int index = static_cast<int>(entries_.size());
   entries_.push_back({name, value, secrets_detail::forms(value, index)});
+  for (const auto& f : entries_.back().forms) pattern_bytes_ += f.first.size();
+  debt_ = 0;
   // A new snapshot: redactions in flight keep scanning the one they took.
   auto set = set_ ? std::make_shared<Set>(*set_) : std::make_shared<Set>();
   set->masks.push_back("<secret:" + name + ">");
@@ -404,13 +406,31 @@ void Secrets::add(const std::string& name, const std::string& value) {
   set_ = std::move(set);
 }
 
-std::shared_ptr<const Set> Secrets::matcher() const {
+// Several matchers make every scan several passes: once the scanning they
+// cost has paid for it (kCompact times the patterns' bytes, the order of one
+// build), the secrets are held by one matcher again. Adds reset the count, so
+// a burst of adds with logging in between (a fleet's launches) does not
+// rebuild everything each time.
+constexpr std::size_t kCompact = 16;
+
+std::shared_ptr<const Set> Secrets::matcher(std::size_t scanning) const {
   std::lock_guard lk(mu_);
+  if (!set_ || set_->levels.size() < 2) return set_;
+  debt_ += scanning * (set_->levels.size() - 1);
+  if (debt_ <= pattern_bytes_ * kCompact) return set_;
+  std::vector<std::pair<std::string, int>> patterns;
+  for (const auto& e : entries_) patterns.insert(patterns.end(), e.forms.begin(), e.forms.end());
+  auto m = std::make_shared<Matcher>();
+  m->build(patterns);
+  auto set = std::make_shared<Set>(*set_);
+  set->levels = {{std::move(m), 0, entries_.size()}};
+  set_ = std::move(set);
+  debt_ = 0;
   return set_;
 }
 
 std::string Secrets::redact(std::string text) const {
-  auto m = matcher();
+  auto m = matcher(text.size());
   if (!m) return text;
   auto ranges = m->find(text);
   if (ranges.empty()) return text;
@@ -426,10 +446,10 @@ std::string Secrets::redact(std::string text) const {
   return out;
 }
 
-bool Secrets::empty() const { return matcher() == nullptr; }
+bool Secrets::empty() const { return matcher(0) == nullptr; }
 
 std::size_t Secrets::safe_cut(std::string_view text, std::size_t max) const {
-  auto m = matcher();
+  auto m = matcher(0);
   if (!m) return std::min(text.size(), max);
   if (text.size() < m->max_form) return 0;
   // Everything from here on may be the start of an occurrence still arriving.

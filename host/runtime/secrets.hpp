@@ -53,13 +53,16 @@ class Secrets {
     std::string name, value;
     std::vector<std::pair<std::string, int>> forms;  // patterns, by secret index
   };
-  [[nodiscard]] std::shared_ptr<const secrets_detail::Set> matcher() const;
+  /// The current matchers, for scanning `scanning` bytes of text.
+  [[nodiscard]] std::shared_ptr<const secrets_detail::Set> matcher(std::size_t scanning) const;
 
   mutable std::mutex mu_;
   std::vector<Entry> entries_;
   std::set<std::string> warned_short_;
-  // Replaced on add, read without holding mu_ during a scan.
-  std::shared_ptr<const secrets_detail::Set> set_;
+  // Replaced on add (and when compacted), read without holding mu_ during a scan.
+  mutable std::shared_ptr<const secrets_detail::Set> set_;  // compacted by redactions
+  std::size_t pattern_bytes_ = 0;                           // of every form of every entry
+  mutable std::size_t debt_ = 0;  // bytes scanned × extra matchers since the last change
 };
 
 /// Shorthand for `Secrets::global().redact(text)`.

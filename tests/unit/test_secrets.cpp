@@ -114,6 +114,14 @@ TEST_CASE("secrets: every secret is found whichever matcher holds it", "[secrets
   s.add("LONG", values[0] + "-and-more");
   CHECK(s.redact("[" + values[0] + "-and-more]") == "[<secret:LONG>]");
   CHECK(s.redact("[" + values[0] + "]") == "[<secret:V1>]");
+  // Enough scanning that they are held by one matcher again, then one more add.
+  const std::string filler(1 << 20, 'x');
+  CHECK(s.redact(filler + values[5] + filler).size() == 2 * filler.size() + 11);
+  s.add("LAST", "the-last-value");
+  for (std::size_t i = 0; i < values.size(); ++i)
+    CHECK(s.redact("a " + values[i] + " b") == "a <secret:V" + std::to_string(i + 1) + "> b");
+  CHECK(s.redact("[" + values[0] + "-and-more]") == "[<secret:LONG>]");
+  CHECK(s.redact("(the-last-value)") == "(<secret:LAST>)");
 }
 
 TEST_CASE("secrets: a JSON document keeps its shape around a masked value", "[secrets]") {
