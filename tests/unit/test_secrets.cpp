@@ -288,7 +288,7 @@ TEST_CASE("secrets bench: 10 MB of log lines, 20 secrets", "[.bench][secrets-ben
   }
 }
 
-// Run by hand: ephrun_tests '[.bench]' -c "secrets bench: adding 150 generated keys".
+// Run by hand: ephrun_tests "secrets bench: adding 150 generated keys".
 // Each launch registers its private key; a fleet of 150 adds them one after another.
 TEST_CASE("secrets bench: adding 150 generated keys", "[.bench][secrets-bench]") {
   std::vector<std::string> keys;
