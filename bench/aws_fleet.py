@@ -11,7 +11,7 @@ client could send: per instance a RunInstances and a TerminateInstances; for the
 pair import and delete, a security group create, ingress rule and delete, one image look-up,
 one listing that finds every instance running and one that finds them all terminated.
 
-usage: bench/aws_fleet.py [--bin build/ephrun] [--runs 3] [--count 50] [--rate-limit 20]
+usage: bench/aws_fleet.py [--bin build/ephrun] [--runs 3] [--count 50] [--rate-limit 20] [--timeline]
 """
 import argparse
 import os
@@ -48,7 +48,12 @@ def one_run(a, args, i):
     for c in log:
         by_action[c["action"]] = by_action.get(c["action"], 0) + 1
     fewest = 2 * args.count + 8
-    return dict(total=float(m["total_s"]), launch=float(m["last_running_s"]), destroy=float(m["last_destroy_s"]),
+    t0 = log[0]["t"] if log else 0
+    phases = {}
+    for c in log:
+        first, last, n = phases.get(c["action"], (c["t"] - t0, 0, 0))
+        phases[c["action"]] = (first, c["t"] - t0, n + 1)
+    return dict(phases=phases, total=float(m["total_s"]), launch=float(m["last_running_s"]), destroy=float(m["last_destroy_s"]),
                 sent=len(log), through=through, throttled=throttled, bound=through / args.rate_limit,
                 fewest=fewest / args.rate_limit, describes=by_action.get("DescribeInstances", 0),
                 actions=by_action)
@@ -60,6 +65,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--count", type=int, default=50)
     ap.add_argument("--rate-limit", type=int, default=20)
+    ap.add_argument("--timeline", action="store_true",
+                    help="print when each action was first and last answered, per run (s from the first request)")
     args = ap.parse_args()
     rows = []
     for i in range(args.runs):
@@ -73,6 +80,10 @@ def main():
         print("| %d | %.2f | %.2f | %.2f | %d | %d | %d | %d | %.2f | %.2f× | %.2f | %.2f× |" % (
             i + 1, r["total"], r["launch"], r["destroy"], r["sent"], r["throttled"], r["through"], r["describes"],
             r["bound"], r["total"] / r["bound"], r["fewest"], r["total"] / r["fewest"]))
+    if args.timeline:
+        for i, r in enumerate(rows):
+            print("timeline run %d: " % (i + 1) + ", ".join(
+                "%s %d %.2f-%.2f" % (k, v[2], v[0], v[1]) for k, v in sorted(r["phases"].items(), key=lambda kv: kv[1][0])))
     med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
     ratio = statistics.median(r["total"] / r["bound"] for r in rows)
     print()

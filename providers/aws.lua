@@ -25,7 +25,7 @@
 ---   poll       EPHRUN_AWS_POLL, longest pause between status polls in seconds (default 2;
 ---              waiting tasks of a run share each poll: one DescribeInstances per pause)
 ---   rate       EPHRUN_AWS_RATE, EC2 requests per second this process sends to a region at
----              most (default 19; EC2 throttles each account and region, answering
+---              most (default 20; EC2 throttles each account and region, answering
 ---              RequestLimitExceeded, which is retried with backoff)
 ---   destroy_deadline EPHRUN_AWS_DESTROY_DEADLINE (default 10m)
 ---   cleanup_deadline EPHRUN_AWS_CLEANUP_DEADLINE, how long deleting the security group
@@ -93,7 +93,7 @@ local function config(opts)
       "ssh_port (EPHRUN_AWS_SSH_PORT)")),
     user = setting(opts, "user", "EPHRUN_AWS_SSH_USER", nil),
     poll = positive(setting(opts, "poll", "EPHRUN_AWS_POLL", 2), "poll (EPHRUN_AWS_POLL)"),
-    rate = positive(setting(opts, "rate", "EPHRUN_AWS_RATE", 19), "rate (EPHRUN_AWS_RATE)"),
+    rate = positive(setting(opts, "rate", "EPHRUN_AWS_RATE", 20), "rate (EPHRUN_AWS_RATE)"),
     cleanup_deadline = setting(opts, "cleanup_deadline", "EPHRUN_AWS_CLEANUP_DEADLINE", 300),
     regions = setting(opts, "regions", "EPHRUN_AWS_REGIONS", nil),
   }
@@ -154,6 +154,11 @@ M.stats = { requests = 0, throttled = 0, retried = 0 }
 -- again; 5xx and transport failures only for reads and calls that are safe to repeat.
 local REPEATABLE = { rate_limited = true, server = true }
 
+-- EC2 counts an account's requests per sliding second; what leaves here 1 s
+-- apart can arrive closer than that (a busy machine, a slow connection), so
+-- the window the pacer counts in is this much longer.
+local SLACK = 0.02
+
 -- One EC2 call, paced per region's endpoint with every task of the process.
 -- `o.idempotent` (and any Describe*) may be sent again after a 5xx.
 -- `o.once`: one attempt (figures that only label something must not hold a run up).
@@ -167,7 +172,7 @@ local function call(c, region, action, params, o)
     local ok, r = pcall(s.ec2, s, action, params, NO_RETRIES)
     if ok then return r end
     error(lift(r, s), 0)
-  end, { what = "aws: " .. action, pacer = api.pacer("aws ec2 " .. s:endpoint("ec2") .. " " .. region, c.rate),
+  end, { what = "aws: " .. action, pacer = api.pacer("aws ec2 " .. s:endpoint("ec2") .. " " .. region, c.rate, 1, SLACK),
     kinds = repeatable and REPEATABLE or nil, deadline = o.deadline or 300, attempts = o.once and 1 or nil,
     delay = 0.25, max_delay = 12, stats = M.stats })
 end

@@ -157,13 +157,11 @@ bool escape_byte(char c) { return c == '\\' || c == '%' || c == '\''; }
 // A DFA over byte classes: only bytes that occur in some pattern get a class of
 // their own, which keeps the table small (states × classes).
 struct Matcher {
-  std::vector<std::string> masks;  // "<secret:NAME>" by secret index
   std::array<std::uint16_t, 256> cls{};
   std::size_t nclass = 1;
   std::vector<std::int32_t> next;      // state * nclass + class
   std::vector<std::uint32_t> out_len;  // longest pattern ending in this state, 0 = none
   std::vector<std::int32_t> out_secret;
-  std::size_t max_form = 0;     // longest text span one occurrence can cover
   std::size_t max_pattern = 0;  // longest pattern, in decoded bytes
   std::size_t ring_size = 1;    // a power of two >= max_pattern
 
@@ -221,6 +219,8 @@ struct Matcher {
         }
       }
     }
+    for (const auto& [p, _] : patterns) max_pattern = std::max(max_pattern, p.size());
+    while (ring_size < max_pattern) ring_size *= 2;
   }
 
   // Appends [begin, end) of every occurrence in `t`.
@@ -281,24 +281,48 @@ struct Matcher {
     }
   }
 
-  // Every occurrence in any form, as sorted, disjoint ranges (overlaps merged,
-  // keeping the name of the longest).
-  std::vector<Range> find(std::string_view t) const {
-    std::vector<Range> hits;
+  // Appends every occurrence in any form, unsorted; `shell` and `quoted` say
+  // whether the text needs the shell-word passes (see Set::find).
+  void collect(std::string_view t, bool shell, bool quoted, std::vector<Range>& hits) const {
     scan(t, hits);
     // Lambdas rather than function pointers, so each token function is inlined.
     scan_decoded(
         t, "%+", [](std::string_view x, std::size_t i) { return url_token(x, i); }, hits);
     scan_decoded(
         t, "\\", [](std::string_view x, std::size_t i) { return json_token(x, i); }, hits);
-    // Where every backslash escapes '"', '\\' or '/', the shell reading equals the JSON one.
-    if (shell_escapes_differ(t))
+    if (shell)
       scan_decoded(
           t, "\\", [](std::string_view x, std::size_t i) { return backslash_token(x, i); }, hits);
-    // An apostrophe is common in prose; this pass only runs when a quoted one is there.
-    if (t.find("'\\''") != std::string_view::npos || t.find("'\"'\"'") != std::string_view::npos)
+    if (quoted)
       scan_decoded(
           t, "'", [](std::string_view x, std::size_t i) { return single_quote_token(x, i); }, hits);
+  }
+};
+
+// The matchers of all registered secrets. Rebuilding one automaton over every
+// secret on each add made N adds cost O(N^2) (150 generated keys: 3.5 s), so
+// the secrets are split into runs of 1, 2, 4, ... in the order added, one
+// matcher each, merged like a binary counter: each secret's forms go into
+// O(log N) builds, and a redaction scans O(log N) automata.
+struct Set {
+  struct Level {
+    std::shared_ptr<const Matcher> matcher;
+    std::size_t begin, count;  // the entries it covers
+  };
+  std::vector<Level> levels;
+  std::vector<std::string> masks;  // "<secret:NAME>" by secret index
+  std::size_t max_form = 0;        // longest text span one occurrence can cover
+
+  // Every occurrence in any form, as sorted, disjoint ranges (overlaps merged,
+  // keeping the name of the longest).
+  std::vector<Range> find(std::string_view t) const {
+    // Where every backslash escapes '"', '\\' or '/', the shell reading equals the JSON one.
+    const bool shell = shell_escapes_differ(t);
+    // An apostrophe is common in prose; this pass only runs when a quoted one is there.
+    const bool quoted =
+        t.find("'\\''") != std::string_view::npos || t.find("'\"'\"'") != std::string_view::npos;
+    std::vector<Range> hits;
+    for (const auto& l : levels) l.matcher->collect(t, shell, quoted, hits);
     if (hits.empty()) return hits;
     std::sort(hits.begin(), hits.end(), [](const Range& a, const Range& b) {
       return a.begin != b.begin ? a.begin < b.begin : a.end > b.end;
@@ -335,6 +359,7 @@ std::vector<std::pair<std::string, int>> forms(const std::string& value, int sec
 }  // namespace secrets_detail
 
 using secrets_detail::Matcher;
+using secrets_detail::Set;
 
 Secrets::Secrets() = default;
 Secrets::~Secrets() = default;
@@ -358,28 +383,54 @@ void Secrets::add(const std::string& name, const std::string& value) {
   std::lock_guard lk(mu_);
   for (const auto& e : entries_)
     if (e.value == value) return;
-  entries_.push_back({name, value});
-  auto m = std::make_shared<Matcher>();
-  std::vector<std::pair<std::string, int>> patterns;
-  for (std::size_t i = 0; i < entries_.size(); ++i) {
-    m->masks.push_back("<secret:" + entries_[i].name + ">");
-    for (auto& f : secrets_detail::forms(entries_[i].value, static_cast<int>(i)))
-      patterns.push_back(std::move(f));
-    m->max_form = std::max(m->max_form, entries_[i].value.size() * secrets_detail::kMaxExpansion);
+  const int index = static_cast<int>(entries_.size());
+  entries_.push_back({name, value, secrets_detail::forms(value, index)});
+  for (const auto& f : entries_.back().forms) pattern_bytes_ += f.first.size();
+  debt_ = 0;
+  // A new snapshot: redactions in flight keep scanning the one they took.
+  auto set = set_ ? std::make_shared<Set>(*set_) : std::make_shared<Set>();
+  set->masks.push_back("<secret:" + name + ">");
+  set->max_form = std::max(set->max_form, value.size() * secrets_detail::kMaxExpansion);
+  set->levels.push_back({nullptr, entries_.size() - 1, 1});
+  auto& ls = set->levels;
+  while (ls.size() >= 2 && ls[ls.size() - 2].count == ls.back().count) {
+    ls[ls.size() - 2].count += ls.back().count;
+    ls.pop_back();
   }
+  std::vector<std::pair<std::string, int>> patterns;
+  for (std::size_t i = ls.back().begin; i < entries_.size(); ++i)
+    patterns.insert(patterns.end(), entries_[i].forms.begin(), entries_[i].forms.end());
+  auto m = std::make_shared<Matcher>();
   m->build(patterns);
-  for (const auto& [p, _] : patterns) m->max_pattern = std::max(m->max_pattern, p.size());
-  while (m->ring_size < m->max_pattern) m->ring_size *= 2;
-  matcher_ = std::move(m);
+  ls.back().matcher = std::move(m);
+  set_ = std::move(set);
 }
 
-std::shared_ptr<const Matcher> Secrets::matcher() const {
+// Several matchers make every scan several passes: once the scanning they
+// cost has paid for it (kCompact times the patterns' bytes, the order of one
+// build), the secrets are held by one matcher again. Adds reset the count, so
+// a burst of adds with logging in between (a fleet's launches) does not
+// rebuild everything each time.
+constexpr std::size_t kCompact = 16;
+
+std::shared_ptr<const Set> Secrets::matcher(std::size_t scanning) const {
   std::lock_guard lk(mu_);
-  return matcher_;
+  if (!set_ || set_->levels.size() < 2) return set_;
+  debt_ += scanning * (set_->levels.size() - 1);
+  if (debt_ <= pattern_bytes_ * kCompact) return set_;
+  std::vector<std::pair<std::string, int>> patterns;
+  for (const auto& e : entries_) patterns.insert(patterns.end(), e.forms.begin(), e.forms.end());
+  auto m = std::make_shared<Matcher>();
+  m->build(patterns);
+  auto set = std::make_shared<Set>(*set_);
+  set->levels = {{std::move(m), 0, entries_.size()}};
+  set_ = std::move(set);
+  debt_ = 0;
+  return set_;
 }
 
 std::string Secrets::redact(std::string text) const {
-  auto m = matcher();
+  auto m = matcher(text.size());
   if (!m) return text;
   auto ranges = m->find(text);
   if (ranges.empty()) return text;
@@ -395,10 +446,10 @@ std::string Secrets::redact(std::string text) const {
   return out;
 }
 
-bool Secrets::empty() const { return matcher() == nullptr; }
+bool Secrets::empty() const { return matcher(0) == nullptr; }
 
 std::size_t Secrets::safe_cut(std::string_view text, std::size_t max) const {
-  auto m = matcher();
+  auto m = matcher(0);
   if (!m) return std::min(text.size(), max);
   if (text.size() < m->max_form) return 0;
   // Everything from here on may be the start of an occurrence still arriving.

@@ -10,12 +10,13 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace ephrun {
 
 namespace secrets_detail {
-struct Matcher;
+struct Set;
 }
 
 class Secrets {
@@ -29,8 +30,9 @@ class Secrets {
   Secrets(const Secrets&) = delete;
   Secrets& operator=(const Secrets&) = delete;
 
-  /// Registers `value` under `name`. The matcher for every form is built here,
-  /// once, so that redacting stays one linear pass per form of the text.
+  /// Registers `value` under `name`. Its forms are computed once, here; the
+  /// matchers are merged so that N adds cost O(N log N) and redacting stays a
+  /// linear pass per form of the text for each of O(log N) matchers.
   void add(const std::string& name, const std::string& value);
   /// Replaces each registered value, in any of its encoded forms, by `<secret:NAME>`.
   [[nodiscard]] std::string redact(std::string text) const;
@@ -49,14 +51,18 @@ class Secrets {
  private:
   struct Entry {
     std::string name, value;
+    std::vector<std::pair<std::string, int>> forms;  // patterns, by secret index
   };
-  [[nodiscard]] std::shared_ptr<const secrets_detail::Matcher> matcher() const;
+  /// The current matchers, for scanning `scanning` bytes of text.
+  [[nodiscard]] std::shared_ptr<const secrets_detail::Set> matcher(std::size_t scanning) const;
 
   mutable std::mutex mu_;
   std::vector<Entry> entries_;
   std::set<std::string> warned_short_;
-  // Rebuilt on add, read without holding mu_ during a scan.
-  std::shared_ptr<const secrets_detail::Matcher> matcher_;
+  // Replaced on add (and when compacted), read without holding mu_ during a scan.
+  mutable std::shared_ptr<const secrets_detail::Set> set_;  // compacted by redactions
+  std::size_t pattern_bytes_ = 0;                           // of every form of every entry
+  mutable std::size_t debt_ = 0;  // bytes scanned × extra matchers since the last change
 };
 
 /// Shorthand for `Secrets::global().redact(text)`.

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "runtime/secrets.hpp"
+#include "ssh/keys.hpp"
 #include "ssh/util.hpp"
 
 using namespace ephrun;
@@ -89,6 +90,38 @@ TEST_CASE("secrets: shell-quoted, JSON-escaped, URL-encoded and base64 forms", "
   std::string b64url = ssh::base64_encode(v);
   for (auto& c : b64url) c = c == '+' ? '-' : c == '/' ? '_' : c;
   CHECK(s.redact(b64url).find(mask) == 0);
+}
+
+// The secrets are held by several matchers (1, 2, 4, ... of them, merged as
+// more are added): a text is redacted by all of them, and where two secrets
+// held by different matchers overlap, the longer one names the mask.
+TEST_CASE("secrets: every secret is found whichever matcher holds it", "[secrets]") {
+  Secrets s;
+  std::vector<std::string> values;
+  for (int n = 1; n <= 11; ++n) {
+    values.push_back("value-" + std::to_string(n) + "-" +
+                     std::string(8, static_cast<char>('a' + n)));
+    s.add("V" + std::to_string(n), values.back());
+    // After each add (11 = 8 + 2 + 1 matchers at the end), every one so far.
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      INFO(n << " added, secret " << i + 1);
+      CHECK(s.redact("a " + values[i] + " b") == "a <secret:V" + std::to_string(i + 1) + "> b");
+      CHECK(s.redact(nlohmann::json("x/" + values[i]).dump()) ==
+            "\"x/<secret:V" + std::to_string(i + 1) + ">\"");
+      CHECK(s.redact(ssh::base64_encode(values[i])).find("<secret:V") == 0);
+    }
+  }
+  s.add("LONG", values[0] + "-and-more");
+  CHECK(s.redact("[" + values[0] + "-and-more]") == "[<secret:LONG>]");
+  CHECK(s.redact("[" + values[0] + "]") == "[<secret:V1>]");
+  // Enough scanning that they are held by one matcher again, then one more add.
+  const std::string filler(1 << 20, 'x');
+  CHECK(s.redact(filler + values[5] + filler).size() == 2 * filler.size() + 11);
+  s.add("LAST", "the-last-value");
+  for (std::size_t i = 0; i < values.size(); ++i)
+    CHECK(s.redact("a " + values[i] + " b") == "a <secret:V" + std::to_string(i + 1) + "> b");
+  CHECK(s.redact("[" + values[0] + "-and-more]") == "[<secret:LONG>]");
+  CHECK(s.redact("(the-last-value)") == "(<secret:LAST>)");
 }
 
 TEST_CASE("secrets: a JSON document keeps its shape around a masked value", "[secrets]") {
@@ -252,5 +285,22 @@ TEST_CASE("secrets bench: 10 MB of log lines, 20 secrets", "[.bench][secrets-ben
               << " ms; split+redact " << ms(t2, t3) << " ms\n";
     CHECK(n_new < n_old);  // the encoded forms were masked too
     CHECK(n_split == n_new);
+  }
+}
+
+// Run by hand: ephrun_tests "secrets bench: adding 150 generated keys".
+// Each launch registers its private key; a fleet of 150 adds them one after another.
+TEST_CASE("secrets bench: adding 150 generated keys", "[.bench][secrets-bench]") {
+  std::vector<std::string> keys;
+  for (int i = 0; i < 150; ++i) keys.push_back(ssh::generate_ed25519("bench").private_pem);
+  Secrets s;
+  for (int b = 0; b < 3; ++b) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 50; ++i) {
+      s.add("ssh-private-key", keys[static_cast<std::size_t>(b * 50 + i)]);
+      (void)s.redact("a log line between two adds, as each launch writes one");
+    }
+    std::chrono::duration<double> dt = std::chrono::steady_clock::now() - t0;
+    std::cout << "keys " << b * 50 + 1 << "-" << b * 50 + 50 << ": " << dt.count() << " s\n";
   }
 }
