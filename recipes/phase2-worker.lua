@@ -64,7 +64,7 @@ return ephrun.recipe {
     token = { type = "secret", default = "@env:PHASE2_TOKEN", doc = "a secret for init (a git token...), "
       .. "passed over SSH, never in user-data" },
     job = { default = "python3 worker.py", doc = "the job, started detached; it should print COMPLETE when done "
-      .. "and keep its checkpoint at $PHASE2_CHECKPOINT" },
+      .. "and keep its checkpoint at $PHASE2_CHECKPOINT (replaced by a rename, never rewritten in place)" },
     checkpoint = { default = "phase2/checkpoint", doc = "the file the job leaves to resume from" },
     complete = { default = "COMPLETE", doc = "the log line that says the job is done" },
     snapshot = { default = false, doc = "finish takes a final snapshot of the volume first" },

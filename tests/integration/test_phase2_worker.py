@@ -18,9 +18,12 @@ from common import BIN, env
 from aws import AwsStandin
 
 TOKEN = "phase2-git-token-5b0c77e1"
-# Counts from its checkpoint until a `gate` file appears, then says COMPLETE.
+# Counts from its checkpoint until a `gate` file appears, then says COMPLETE. The checkpoint is
+# replaced by a rename, as the recipe asks: written in place, a copy taken between the truncation
+# and the write would be empty.
 JOB = ('n=$(cat "$PHASE2_CHECKPOINT" 2>/dev/null || echo 0); echo "worker from $n"; '
-       'while [ ! -f gate ]; do n=$((n + 1)); echo $n > "$PHASE2_CHECKPOINT"; sleep 0.1; done; echo COMPLETE')
+       'while [ ! -f gate ]; do n=$((n + 1)); echo $n > "$PHASE2_CHECKPOINT.tmp" && '
+       'mv "$PHASE2_CHECKPOINT.tmp" "$PHASE2_CHECKPOINT"; sleep 0.1; done; echo COMPLETE')
 INIT = 'mkdir -p app && printf %s "$PHASE2_TOKEN" | wc -c > app/token-length'
 
 
