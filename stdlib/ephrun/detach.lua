@@ -514,6 +514,18 @@ local function gone_reason(rec, ps, now)
   return "forced", why
 end
 
+-- A run its TTL or the provider ended had nobody to say so when it happened:
+-- the first status that finds it gone sends `terminated` (once per run, marked
+-- in the run's directory). `ephrun reap` sends its own when it destroys one.
+local function notify_forced(id, out, row)
+  if row and row.status == "destroyed" then return end
+  local dir = run_dir(id)
+  if not ephrun.fs.exists(dir) or ephrun.fs.exists(dir .. "/forced.notified") then return end
+  require("ephrun.notify").send("terminated", { recipe = out.recipe, run_id = id, provider = out.provider,
+    id = out.instance, detail = out.why })
+  ephrun.fs.write(dir .. "/forced.notified", out.why .. "\n", { mode = "0600" })
+end
+
 --- The status of run `id` as a table (what --json prints).
 function M.report(id, opts)
   opts = opts or {}
@@ -540,6 +552,7 @@ function M.report(id, opts)
   elseif ps.state == "terminated" then
     out.status, out.why = gone_reason(rec, ps, now)
     if row and row.destroyed then out.cost = M.cost(rec) end
+    if out.status == "forced" then notify_forced(id, out, row) end
   elseif not rec.info then
     out.status = row and row.status or "unknown"
   end

@@ -18,6 +18,7 @@ import unittest
 from common import BIN, RECIPES, env
 from aws import AwsStandin
 from vultr import VultrStandin
+from test_notify import Receiver
 
 RECIPE = os.path.join(RECIPES, "detach_job.lua")
 SPOT = os.path.join(RECIPES, "detach_spot.lua")
@@ -180,10 +181,18 @@ class DetachLocal(unittest.TestCase):
         while os.path.exists(self.instance_dir(inst)):
             self.assertLess(time.time(), deadline, "the TTL never ended the instance")
             time.sleep(0.2)
-        s = self.status(run)
+        # Nobody was there when the TTL ended it: the first status that finds it gone says so
+        # to the webhook, once.
+        hook = Receiver()
+        self.addCleanup(hook.close)
+        s = json.loads(self.ok("status", run, "--json", EPHRUN_NOTIFY_URL=hook.url).stdout)
         self.assertEqual((s["status"], s["state"]), ("forced", "terminated"))
         self.assertIn("TTL", s["why"])
-        self.assertIn("ended: its TTL", self.ok("status", run).stdout)
+        self.assertIn("ended: its TTL", self.ok("status", run, EPHRUN_NOTIFY_URL=hook.url).stdout)
+        self.assertEqual(hook.events(), ["terminated"])
+        msg = hook.messages()[0]
+        self.assertEqual((msg["run_id"], msg["id"]), (run, inst))
+        self.assertIn("TTL", msg["detail"])
         # Expired: `reap --expired` takes the journal entry; it stays forced.
         self.assertIn("(expired)", self.ok("reap", "--yes", "--expired").stdout)
         self.assertEqual(self.status(run)["status"], "forced")
