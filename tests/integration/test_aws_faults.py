@@ -23,11 +23,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
-from common import BIN, RECIPES, SRC, env
+from common import BIN, RECIPES, SRC, Output, env
 from aws import ACCESS_KEY, REGION, SECRET_KEY, AwsStandin
 
 RECIPE = os.path.join(RECIPES, "aws_faults.lua")
@@ -48,40 +47,6 @@ CODE = {"fail": 1, "SIGINT": 130, "SIGTERM": 143, "SIGKILL": -9}
 SIG = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 FAST = {"pending_seconds": 0.5, "stopping_seconds": 0.5, "shutting_down_seconds": 0.5, "start_sshd": True}
 TIMEOUT = 120
-
-
-class Output:
-    """A process's merged output, read by a thread; wait() for a line containing a token."""
-
-    def __init__(self, stream):
-        self.lines, self.cond, self.closed = [], threading.Condition(), False
-        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _read(self, stream):
-        for line in stream:
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
-    def wait(self, token, timeout=TIMEOUT):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for line in self.lines:
-                    if token in line:
-                        return line
-                left = deadline - time.monotonic()
-                if self.closed or left <= 0:
-                    raise AssertionError("never printed %r:\n%s" % (token, self.text()))
-                self.cond.wait(left)
-
-    def text(self):
-        with self.cond:
-            return "".join(self.lines)
 
 
 class AwsFaults(unittest.TestCase):
@@ -206,7 +171,7 @@ class AwsFaults(unittest.TestCase):
         p = subprocess.Popen([BIN, *self.confirmed(args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, env=self.env, cwd=self.tmp, stdin=subprocess.DEVNULL)
         self.procs.append(p)
-        return p, Output(p.stdout)
+        return p, Output(p.stdout, timeout=TIMEOUT)
 
     def finish(self, p, out):
         try:

@@ -23,11 +23,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
-from common import BIN, RECIPES, SRC, env
+from common import BIN, RECIPES, SRC, Output, env
 
 RECIPE = os.path.join(RECIPES, "fault_matrix.lua")
 PHASES = ["launch", "ssh", "sync", "build", "fetch"]
@@ -41,49 +40,6 @@ CODE = {"fail": 1, "SIGINT": 130, "SIGTERM": 143, "SIGKILL": -9, "closed pipe": 
 SIG = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal.SIGKILL}
 MARKER_TIMEOUT = 60
 EXIT_TIMEOUT = 60
-
-
-class Output:
-    """Collects a process's merged output in a thread; wait() for a line containing a token."""
-
-    def __init__(self, stream):
-        self.lines, self.cond = [], threading.Condition()
-        self.closed = False
-        self.closing = False
-        self.thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self.thread.start()
-
-    def _read(self, stream):
-        for line in stream:
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-                if self.closing:  # the reading thread closes its own end: no read is in flight
-                    stream.close()
-                    break
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
-    def wait(self, token, timeout=MARKER_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for line in self.lines:
-                    if token in line:
-                        return line
-                left = deadline - time.monotonic()
-                if self.closed or left <= 0:
-                    raise AssertionError("never printed %r:\n%s" % (token, self.text()))
-                self.cond.wait(left)
-
-    def close(self):
-        """Closes the pipe after the next line, as `head` or a pager quitting does."""
-        with self.cond:
-            self.closing = True
-
-    def text(self):
-        return "".join(self.lines)
 
 
 def processes(needle):
@@ -220,7 +176,7 @@ class FaultMatrix(unittest.TestCase):
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
                              stdin=subprocess.DEVNULL, cwd=self.tmp)
         self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait()))
-        return p, Output(p.stdout)
+        return p, Output(p.stdout, timeout=MARKER_TIMEOUT)
 
     def freeze_connection(self, inst):
         """SIGSTOPs every process under the instance's sshd listener (the connection's sshd and
