@@ -629,14 +629,7 @@ local function poll_until(c, inst, deadline, what, done)
     return r, cur, next_in
   end, {
     deadline = deadline, delay = math.min(0.25, c.poll), max_delay = c.poll,
-    timeout_message = function(cur)
-      return ("aws instance %s is still %s after %s, not %s"):format(inst.id, shown(cur),
-        ephrun.time.format_duration(deadline), what)
-    end,
-    progress = function(elapsed, cur)
-      ephrun.log.info("aws instance %s: still %s after %s, waiting for %s", inst.id, shown(cur),
-        ephrun.time.format_duration(elapsed), what)
-    end,
+    subject = "aws instance " .. inst.id, show = shown, goal = what,
   })
 end
 
@@ -858,12 +851,7 @@ function M.wait_snapshot(id, deadline, opts)
     return s.status == "complete", s
   end, {
     deadline = deadline, delay = math.min(0.25, c.poll), max_delay = c.poll * 2,
-    timeout_message = function(s)
-      return ("aws image %s is still %s after %s"):format(id, tostring(s.status), ephrun.time.format_duration(deadline))
-    end,
-    progress = function(elapsed, s)
-      ephrun.log.info("aws image %s: still %s after %s", id, tostring(s.status), ephrun.time.format_duration(elapsed))
-    end,
+    subject = "aws image " .. id, show = function(s) return tostring(s.status) end,
   })
 end
 

@@ -485,14 +485,7 @@ local function poll_until(c, opts, inst, deadline, what, done)
     return done(raw), raw, next_in
   end, {
     deadline = deadline, delay = math.min(FIRST_POLL, c.poll) * 1.5, max_delay = c.poll,
-    timeout_message = function(raw)
-      return ("vultr instance %s is still %s after %s, not %s"):format(inst.id, summary(raw),
-        ephrun.time.format_duration(deadline), what)
-    end,
-    progress = function(elapsed, raw)
-      ephrun.log.info("vultr instance %s: still %s after %s, waiting for %s", inst.id, summary(raw),
-        ephrun.time.format_duration(elapsed), what)
-    end,
+    subject = "vultr instance " .. inst.id, show = summary, goal = what,
   })
 end
 
@@ -561,13 +554,7 @@ function M.wait_snapshot(id, deadline, opts)
     return s.status == "complete", s
   end, {
     deadline = deadline, delay = math.min(0.25, c.poll), max_delay = c.poll * 2,
-    timeout_message = function(s)
-      return ("vultr snapshot %s is still %s after %s"):format(id, tostring(s.status),
-        ephrun.time.format_duration(deadline))
-    end,
-    progress = function(elapsed, s)
-      ephrun.log.info("vultr snapshot %s: still %s after %s", id, tostring(s.status), ephrun.time.format_duration(elapsed))
-    end,
+    subject = "vultr snapshot " .. id, show = function(s) return tostring(s.status) end,
   })
 end
 

@@ -438,6 +438,11 @@ end
 ---@field timeout_message? fun(state: any, deadline: number): string the timeout error's message instead
 ---@field progress? fun(elapsed: number, state: any) called every `progress_every` seconds of a long wait
 ---@field progress_every? number default 30
+---@field subject? string with `show`: what is awaited, e.g. "aws instance i-1"; the timeout error then says
+--- "SUBJECT is still SHOWN after D[, not GOAL]" and every `progress_every` seconds the log says
+--- "SUBJECT: still SHOWN after T[, waiting for GOAL]" (unless `timeout_message`/`progress` are given)
+---@field show? fun(state: any): string the awaited thing's state in words ("pending")
+---@field goal? string the state awaited ("running")
 
 --- Calls `probe()` until it says done, pausing between calls with backoff.
 --- `probe` returns `done, state[, wait]`: when `done`, `state` is returned;
@@ -450,6 +455,17 @@ end
 ---@return any state
 function M.poll_until(probe, o)
   o = o or {}
+  if o.subject and o.show then
+    local goal = o.goal
+    o.timeout_message = o.timeout_message or function(state, deadline)
+      return ("%s is still %s after %s%s"):format(o.subject, o.show(state), ephrun.time.format_duration(deadline),
+        goal and (", not " .. goal) or "")
+    end
+    o.progress = o.progress or function(elapsed, state)
+      ephrun.log.info("%s: still %s after %s%s", o.subject, o.show(state), ephrun.time.format_duration(elapsed),
+        goal and (", waiting for " .. goal) or "")
+    end
+  end
   local deadline = o.deadline or 600
   local started = now()
   local limit = started + deadline

@@ -438,6 +438,13 @@ it("poll_until raises a timeout error at its deadline and reports progress on lo
     deadline = 0.2, delay = 0.05, timeout_message = function(state, d) return ("still %s after %ss"):format(state, d) end,
   })
   eq(tostring(e2), "still pending after 0.2s")
+  -- subject + show (+ goal): the providers' wording, derived
+  local _, e3 = pcall(api.poll_until, function() return false, { s = "pending" } end, {
+    deadline = 0.2, delay = 0.05, subject = "aws instance i-1", show = function(st) return st.s end, goal = "running",
+  })
+  ok(errors.is(e3, "timeout"), tostring(e3))
+  contains(tostring(e3), "aws instance i-1 is still pending after ")
+  contains(tostring(e3), ", not running")
   raises(function() api.poll_until(function() error("gone", 0) end) end, "^gone$")
 end)
 
